@@ -1,0 +1,155 @@
+//! The raw TOML shape of `weir.toml`, exactly as written by a user. Every table denies unknown
+//! keys; every default is stated next to its field. [`super::Config`] validates this into typed
+//! form.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::size::ByteSize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    /// HTTP API and local state. Default: see [`Server`].
+    #[serde(default)]
+    pub server: Server,
+    /// Which broker keeps the messages. Default: `embedded`.
+    #[serde(default)]
+    pub broker: Broker,
+    /// Point-to-point queues, by name. Default: none.
+    #[serde(default)]
+    pub queues: BTreeMap<Spanned<String>, Queue>,
+    /// Pub/sub topics, by name. Default: none.
+    #[serde(default)]
+    pub topics: BTreeMap<Spanned<String>, Topic>,
+    /// Plugins, by name. Default: none.
+    #[serde(default)]
+    pub plugins: BTreeMap<Spanned<String>, Plugin>,
+    /// Which plugin consumes which source. Default: none.
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Server {
+    /// Address of the HTTP API. Default: `127.0.0.1:7070`. Port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+    /// Directory for weir's own state (precompiled plugin cache, ...), relative to the config
+    /// file. Default: `.weir`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest message payload accepted, in bytes or with a unit. Default: `1MiB`.
+    #[serde(default = "default_max_message")]
+    pub max_message_size: Spanned<ByteSize>,
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:7070".to_owned())
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".weir")
+}
+fn default_max_message() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(1 << 20))
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            max_message_size: default_max_message(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Broker {
+    /// `embedded` (the default): messages live in this process.
+    #[serde(default)]
+    pub kind: BrokerKind,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum BrokerKind {
+    #[default]
+    Embedded,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Queue {}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Topic {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Plugin {
+    /// The component file, relative to the config file. Required.
+    pub path: Spanned<PathBuf>,
+    /// Linear memory limit per instance. Default: `64MiB`.
+    #[serde(default = "default_memory")]
+    pub memory: Spanned<ByteSize>,
+    /// Wall-clock limit per invocation, in milliseconds. Default: 1000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: Spanned<u64>,
+    /// Fuel (roughly, wasm instructions) per invocation. Default: unlimited.
+    #[serde(default)]
+    pub fuel: Option<Spanned<u64>>,
+    /// Destinations the plugin may publish to. Default: none.
+    #[serde(default)]
+    pub publish: Vec<Spanned<String>>,
+    /// Warm instances kept for reuse. Default: 4.
+    #[serde(default = "default_instances")]
+    pub instances: Spanned<u32>,
+}
+
+fn default_memory() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(64 << 20))
+}
+fn default_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 1000)
+}
+fn default_instances() -> Spanned<u32> {
+    Spanned::new(0..0, 4)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Binding {
+    /// Name used in stats and the API. Default: `<source>.<plugin>`.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// The queue or topic consumed. Required.
+    pub source: Spanned<String>,
+    /// The plugin that handles its messages. Required.
+    pub plugin: Spanned<String>,
+    /// Attempts before a message is dead-lettered. Default: 5.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: Spanned<u32>,
+    /// Delay before the first retry after a failure, in milliseconds; doubles per attempt.
+    /// Default: 100.
+    #[serde(default = "default_retry_delay_ms")]
+    pub retry_delay_ms: Spanned<u64>,
+    /// Queue receiving messages that failed for good. Default: `<binding name>.dlq`, created
+    /// automatically.
+    #[serde(default)]
+    pub dead_letter: Option<Spanned<String>>,
+}
+
+fn default_max_attempts() -> Spanned<u32> {
+    Spanned::new(0..0, 5)
+}
+fn default_retry_delay_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 100)
+}

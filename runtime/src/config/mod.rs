@@ -1,0 +1,379 @@
+//! `weir.toml`: parsing (strict: unknown keys are errors) and validation into a typed
+//! [`Config`]. Every error names the file, the line and the key or value at fault.
+
+mod file;
+mod size;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use size::ByteSize;
+
+use crate::names::{BindingName, DestinationName, PluginName};
+
+/// The validated configuration of one weir server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// HTTP API and local state.
+    pub server: ServerConfig,
+    /// Queues and topics.
+    pub destinations: BTreeMap<DestinationName, DestinationKind>,
+    /// Plugins by name.
+    pub plugins: BTreeMap<PluginName, PluginConfig>,
+    /// Bindings, in file order.
+    pub bindings: Vec<BindingConfig>,
+}
+
+/// HTTP API and local state.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Directory for weir's own state (absolute).
+    pub data_dir: PathBuf,
+    /// Largest message payload accepted, in bytes.
+    pub max_message_size: u64,
+}
+
+/// What kind of destination a name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DestinationKind {
+    /// Point-to-point: each message handled by one consumer.
+    Queue,
+    /// Pub/sub: each binding gets every message.
+    Topic,
+}
+
+/// One plugin.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    /// The component file (absolute).
+    pub path: PathBuf,
+    /// Sandbox limits.
+    pub limits: Limits,
+    /// Destinations the plugin may publish to.
+    pub publish: BTreeSet<DestinationName>,
+    /// Warm instances kept for reuse.
+    pub instances: u32,
+}
+
+/// Sandbox limits of a plugin, applied to each invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock time per invocation.
+    pub timeout: Duration,
+    /// Fuel per invocation, when metered.
+    pub fuel: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 64 << 20, timeout: Duration::from_secs(1), fuel: None }
+    }
+}
+
+/// One binding: a source consumed by a plugin.
+#[derive(Debug, Clone)]
+pub struct BindingConfig {
+    /// Name used in stats and the API.
+    pub name: BindingName,
+    /// The consumed queue or topic.
+    pub source: DestinationName,
+    /// The plugin handling its messages.
+    pub plugin: PluginName,
+    /// Attempts before a message is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the first retry after a failure; doubles per attempt.
+    pub retry_delay: Duration,
+    /// Where messages that failed for good go.
+    pub dead_letter: DestinationName,
+}
+
+/// A configuration problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem is at a place in the file.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Limits accepted for plugin settings.
+const MAX_MEMORY: u64 = 4 << 30;
+const MIN_MEMORY: u64 = 64 << 10;
+const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+const MAX_INSTANCES: u32 = 256;
+const MAX_ATTEMPTS: u32 = 1000;
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it are relative to its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            position: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cx = Cx { file: path, text };
+        let raw: file::File = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            cx.err(span, e.message().to_owned())
+        })?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = std::path::absolute(&base).unwrap_or(base);
+        cx.validate(raw, &base)
+    }
+}
+
+struct Cx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Cx<'_> {
+    fn err(&self, span: Range<usize>, message: String) -> ConfigError {
+        let position = (span != (0..0)).then(|| {
+            let before = &self.text[..span.start.min(self.text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, col)
+        });
+        ConfigError { file: self.file.to_owned(), position, message }
+    }
+
+    fn name<T>(
+        &self,
+        s: &toml::Spanned<String>,
+        new: fn(String) -> Result<T, crate::names::NameError>,
+    ) -> Result<T, ConfigError> {
+        new(s.get_ref().clone()).map_err(|e| self.err(s.span(), e.to_string()))
+    }
+
+    fn validate(&self, raw: file::File, base: &Path) -> Result<Config, ConfigError> {
+        let listen = raw.server.listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.err(
+                raw.server.listen.span(),
+                format!(
+                    "`server.listen` must be an address such as \"127.0.0.1:7070\", found {:?}",
+                    raw.server.listen.get_ref()
+                ),
+            )
+        })?;
+        let max_message_size = raw.server.max_message_size.get_ref().0;
+        if max_message_size == 0 || max_message_size > 64 << 20 {
+            return Err(self.err(
+                raw.server.max_message_size.span(),
+                format!("`server.max_message_size` must be between 1B and 64MiB, found {max_message_size}"),
+            ));
+        }
+        let server = ServerConfig { listen, data_dir: base.join(&raw.server.data_dir), max_message_size };
+        let file::BrokerKind::Embedded = raw.broker.kind;
+
+        let mut destinations = BTreeMap::new();
+        let declared = raw
+            .queues
+            .keys()
+            .map(|k| (k, DestinationKind::Queue))
+            .chain(raw.topics.keys().map(|k| (k, DestinationKind::Topic)));
+        for (key, kind) in declared {
+            let name = self.name(key, DestinationName::new)?;
+            if destinations.insert(name.clone(), kind).is_some() {
+                return Err(self.err(
+                    key.span(),
+                    format!("`{name}` is declared both as a queue and as a topic; destination names are shared"),
+                ));
+            }
+        }
+
+        let mut plugins = BTreeMap::new();
+        for (key, p) in &raw.plugins {
+            let name = self.name(key, PluginName::new)?;
+            plugins.insert(name.clone(), self.plugin(&name, p, base)?);
+        }
+
+        let mut bindings = Vec::new();
+        let mut binding_names = BTreeSet::new();
+        for b in &raw.bindings {
+            let binding = self.binding(b, &destinations, &plugins)?;
+            if !binding_names.insert(binding.name.clone()) {
+                let span = b.name.as_ref().map_or(b.source.span(), |n| n.span());
+                return Err(self.err(
+                    span,
+                    format!("two bindings are named `{}`; give one a distinct `name`", binding.name),
+                ));
+            }
+            bindings.push(binding);
+        }
+        // Default dead-letter queues are created for the bindings that use them.
+        for b in &bindings {
+            destinations.entry(b.dead_letter.clone()).or_insert(DestinationKind::Queue);
+        }
+        for (key, p) in &raw.plugins {
+            for d in &p.publish {
+                let dest = self.name(d, DestinationName::new)?;
+                if !destinations.contains_key(&dest) {
+                    return Err(self.err(
+                        d.span(),
+                        format!(
+                            "plugin `{}` may publish to `{dest}`, but no queue or topic of that name is declared",
+                            key.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Config { file: self.file.to_owned(), server, destinations, plugins, bindings })
+    }
+
+    fn plugin(
+        &self,
+        name: &PluginName,
+        p: &file::Plugin,
+        base: &Path,
+    ) -> Result<PluginConfig, ConfigError> {
+        let path = base.join(p.path.get_ref());
+        if !path.is_file() {
+            return Err(self.err(
+                p.path.span(),
+                format!(
+                    "plugin `{name}`: component file `{}` does not exist (build the example plugins with `scripts/build-plugins`)",
+                    path.display()
+                ),
+            ));
+        }
+        let memory_bytes = p.memory.get_ref().0;
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory_bytes) {
+            return Err(self.err(
+                p.memory.span(),
+                format!(
+                    "plugin `{name}`: `memory` must be between 64KiB and 4GiB, found {}",
+                    p.memory.get_ref()
+                ),
+            ));
+        }
+        let timeout_ms = *p.timeout_ms.get_ref();
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(self.err(
+                p.timeout_ms.span(),
+                format!("plugin `{name}`: `timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}, found {timeout_ms}"),
+            ));
+        }
+        let fuel = match &p.fuel {
+            Some(f) if *f.get_ref() == 0 => {
+                return Err(self.err(f.span(), format!("plugin `{name}`: `fuel` must be positive; omit it for unlimited fuel")));
+            }
+            Some(f) => Some(*f.get_ref()),
+            None => None,
+        };
+        let instances = *p.instances.get_ref();
+        if !(1..=MAX_INSTANCES).contains(&instances) {
+            return Err(self.err(
+                p.instances.span(),
+                format!("plugin `{name}`: `instances` must be between 1 and {MAX_INSTANCES}, found {instances}"),
+            ));
+        }
+        let mut publish = BTreeSet::new();
+        for d in &p.publish {
+            publish.insert(self.name(d, DestinationName::new)?);
+        }
+        Ok(PluginConfig {
+            path,
+            limits: Limits { memory_bytes, timeout: Duration::from_millis(timeout_ms), fuel },
+            publish,
+            instances,
+        })
+    }
+
+    fn binding(
+        &self,
+        b: &file::Binding,
+        destinations: &BTreeMap<DestinationName, DestinationKind>,
+        plugins: &BTreeMap<PluginName, PluginConfig>,
+    ) -> Result<BindingConfig, ConfigError> {
+        let source = self.name(&b.source, DestinationName::new)?;
+        if !destinations.contains_key(&source) {
+            return Err(self.err(
+                b.source.span(),
+                format!("binding source `{source}` is not a declared queue or topic; declare it as [queues.{source}] or [topics.{source}]"),
+            ));
+        }
+        let plugin = self.name(&b.plugin, PluginName::new)?;
+        if !plugins.contains_key(&plugin) {
+            return Err(self.err(
+                b.plugin.span(),
+                format!("binding plugin `{plugin}` is not declared; declare it as [plugins.{plugin}]"),
+            ));
+        }
+        let name = match &b.name {
+            Some(n) => self.name(n, BindingName::new)?,
+            None => BindingName::new(format!("{source}.{plugin}"))
+                .map_err(|e| self.err(b.source.span(), e.to_string()))?,
+        };
+        let max_attempts = *b.max_attempts.get_ref();
+        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+            return Err(self.err(
+                b.max_attempts.span(),
+                format!("binding `{name}`: `max_attempts` must be between 1 and {MAX_ATTEMPTS}, found {max_attempts}"),
+            ));
+        }
+        let dead_letter = match &b.dead_letter {
+            Some(d) => {
+                let dest = self.name(d, DestinationName::new)?;
+                if destinations.get(&dest) != Some(&DestinationKind::Queue) {
+                    return Err(self.err(
+                        d.span(),
+                        format!("binding `{name}`: dead-letter queue `{dest}` is not a declared queue; declare [queues.{dest}] or omit `dead_letter` for the default `{name}.dlq`"),
+                    ));
+                }
+                dest
+            }
+            None => DestinationName::new(format!("{name}.dlq"))
+                .map_err(|e| self.err(b.source.span(), e.to_string()))?,
+        };
+        if dead_letter == source {
+            return Err(self.err(
+                b.source.span(),
+                format!("binding `{name}` consumes its own dead-letter queue `{source}`"),
+            ));
+        }
+        Ok(BindingConfig {
+            name,
+            source,
+            plugin,
+            max_attempts,
+            retry_delay: Duration::from_millis(*b.retry_delay_ms.get_ref()),
+            dead_letter,
+        })
+    }
+}
+
+
+#[cfg(test)]
+mod tests;

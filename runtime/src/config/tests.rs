@@ -1,0 +1,134 @@
+use std::path::Path;
+
+use super::*;
+
+/// Parses `text` as `dir/weir.toml`, where `dir` holds an empty `p.wasm`.
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.wasm"), b"").unwrap();
+    let file = dir.path().join("weir.toml");
+    Config::parse(&file, text).map_err(|mut e| {
+        e.file = Path::new("weir.toml").to_owned();
+        e
+    })
+}
+
+fn check_err(text: &str, expect: &str) {
+    match parse(text) {
+        Ok(c) => panic!("expected error {expect:?}, parsed {c:?}"),
+        Err(e) => assert_eq!(e.to_string(), expect),
+    }
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[queues.orders]
+[topics."orders.enriched"]
+
+[plugins.enrich]
+path = "p.wasm"
+memory = "32MiB"
+timeout_ms = 250
+fuel = 1000000
+publish = ["orders.enriched"]
+
+[[bindings]]
+source = "orders"
+plugin = "enrich"
+"#;
+
+#[test]
+fn good_config() {
+    let c = parse(GOOD).unwrap();
+    let p = &c.plugins[&PluginName::new("enrich").unwrap()];
+    assert_eq!(p.limits.memory_bytes, 32 << 20);
+    assert_eq!(p.limits.timeout, Duration::from_millis(250));
+    assert_eq!(p.limits.fuel, Some(1_000_000));
+    assert!(p.path.is_absolute());
+    let b = &c.bindings[0];
+    assert_eq!(b.name.as_str(), "orders.enrich");
+    assert_eq!(b.dead_letter.as_str(), "orders.enrich.dlq");
+    assert_eq!(b.max_attempts, 5);
+    assert_eq!(
+        c.destinations.get(&b.dead_letter),
+        Some(&DestinationKind::Queue),
+        "the default dead-letter queue is created"
+    );
+}
+
+#[test]
+fn defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:7070");
+    assert!(c.server.data_dir.ends_with(".weir"));
+    assert_eq!(c.server.max_message_size, 1 << 20);
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    check_err(
+        "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
+        "weir.toml:3:1: unknown field `lisen`, expected one of `listen`, `data_dir`, `max_message_size`",
+    );
+    check_err("[queue.orders]\n", "weir.toml:1:2: unknown field `queue`, expected one of `server`, `broker`, `queues`, `topics`, `plugins`, `bindings`");
+    check_err(
+        "[server]\nlisten = \"nowhere\"\n",
+        "weir.toml:2:10: `server.listen` must be an address such as \"127.0.0.1:7070\", found \"nowhere\"",
+    );
+    check_err("[queues.\"bad name\"]\n", "weir.toml:1:9: destination name `bad name` contains ' '; names use letters, digits, `.`, `_` and `-` and start with a letter or digit");
+    check_err(
+        "[queues.a]\n[topics.a]\n",
+        "weir.toml:2:9: `a` is declared both as a queue and as a topic; destination names are shared",
+    );
+    check_err("[broker]\nkind = \"kafka\"\n", "weir.toml:2:8: unknown variant `kafka`, expected `embedded`");
+    check_err("[server]\nlisten = 7070\n", "weir.toml:2:10: invalid type: integer `7070`, expected a string");
+}
+
+#[test]
+fn plugin_errors() {
+    check_err("[plugins.x]\npath = \"p.wasm\"\nmemory = \"1KiB\"\n", "weir.toml:3:10: plugin `x`: `memory` must be between 64KiB and 4GiB, found 1KiB");
+    check_err("[plugins.x]\npath = \"p.wasm\"\nmemory = \"12 parsecs\"\n", "weir.toml:3:10: unknown size unit \"parsecs\" in \"12 parsecs\"; use B, KiB, MiB or GiB");
+    check_err("[plugins.x]\npath = \"p.wasm\"\ntimeout_ms = 0\n", "weir.toml:3:14: plugin `x`: `timeout_ms` must be between 1 and 600000, found 0");
+    check_err("[plugins.x]\npath = \"p.wasm\"\nfuel = 0\n", "weir.toml:3:8: plugin `x`: `fuel` must be positive; omit it for unlimited fuel");
+    check_err("[plugins.x]\npath = \"p.wasm\"\npublish = [\"nowhere\"]\n", "weir.toml:3:12: plugin `x` may publish to `nowhere`, but no queue or topic of that name is declared");
+    check_err("[plugins.x]\npath = \"p.wasm\"\nthreads = 4\n", "weir.toml:3:1: unknown field `threads`, expected one of `path`, `memory`, `timeout_ms`, `fuel`, `publish`, `instances`");
+}
+
+#[test]
+fn missing_plugin_file_is_named() {
+    let e = parse("[plugins.x]\npath = \"missing.wasm\"\n").unwrap_err();
+    assert_eq!(e.position, Some((2, 8)));
+    assert!(e.message.starts_with("plugin `x`: component file `"), "{e}");
+    assert!(e.message.contains("missing.wasm` does not exist"), "{e}");
+}
+
+#[test]
+fn binding_errors() {
+    let base = "[queues.q]\n[plugins.p]\npath = \"p.wasm\"\n";
+    check_err(
+        &format!("{base}[[bindings]]\nsource = \"nope\"\nplugin = \"p\"\n"),
+        "weir.toml:5:10: binding source `nope` is not a declared queue or topic; declare it as [queues.nope] or [topics.nope]",
+    );
+    check_err(
+        &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"nope\"\n"),
+        "weir.toml:6:10: binding plugin `nope` is not declared; declare it as [plugins.nope]",
+    );
+    check_err(
+        &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\nmax_attempts = 0\n"),
+        "weir.toml:7:16: binding `q.p`: `max_attempts` must be between 1 and 1000, found 0",
+    );
+    check_err(
+        &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\ndead_letter = \"dlq\"\n"),
+        "weir.toml:7:15: binding `q.p`: dead-letter queue `dlq` is not a declared queue; declare [queues.dlq] or omit `dead_letter` for the default `q.p.dlq`",
+    );
+    check_err(
+        &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\n[[bindings]]\nsource = \"q\"\nplugin = \"p\"\n"),
+        "weir.toml:8:10: two bindings are named `q.p`; give one a distinct `name`",
+    );
+    check_err(
+        &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\nretries = 3\n"),
+        "weir.toml:7:1: unknown field `retries`, expected one of `name`, `source`, `plugin`, `max_attempts`, `retry_delay_ms`, `dead_letter`",
+    );
+}

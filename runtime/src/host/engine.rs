@@ -1,0 +1,165 @@
+//! wasmtime engines, the linker of granted imports, and the epoch ticker that enforces
+//! per-invocation time limits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use super::bindings::MessageHandler as Handler;
+use super::cache::Cache;
+use super::state::HostState;
+
+/// How the host is set up.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// Where precompiled components are kept; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Most component instances alive at once, per engine (each plugin keeps up to its
+    /// `instances` warm). Sizes the pooling allocator.
+    pub max_instances: u32,
+    /// Largest linear memory any plugin may be granted, in bytes.
+    pub max_memory_bytes: u64,
+    /// Granularity of time limits.
+    pub epoch_tick: Duration,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            cache_dir: None,
+            max_instances: 128,
+            max_memory_bytes: 4 << 30,
+            epoch_tick: Duration::from_millis(1),
+        }
+    }
+}
+
+impl HostOptions {
+    /// Sets the precompiled-component cache directory.
+    #[must_use]
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets the size of the instance pool.
+    #[must_use]
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.max_instances = n;
+        self
+    }
+}
+
+/// One engine and the linker of host imports for it.
+pub(super) struct EngineSet {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+}
+
+/// The wasm host. Cheap to share behind an `Arc`; plugins keep it alive.
+pub struct Host {
+    /// Without fuel metering.
+    pub(super) plain: EngineSet,
+    /// With fuel metering, for plugins that set a fuel limit.
+    pub(super) metered: EngineSet,
+    pub(super) cache: Option<Cache>,
+    pub(super) options: HostOptions,
+    _ticker: Ticker,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// Builds the engines and starts the epoch ticker.
+    pub fn new(options: HostOptions) -> anyhow::Result<Arc<Host>> {
+        let plain = engine_set(&options, false)?;
+        let metered = engine_set(&options, true)?;
+        let cache = options.cache_dir.clone().map(Cache::new);
+        let ticker = Ticker::start(
+            vec![plain.engine.clone(), metered.engine.clone()],
+            options.epoch_tick,
+        );
+        Ok(Arc::new(Host { plain, metered, cache, options, _ticker: ticker }))
+    }
+
+    /// Epoch ticks allowed for an invocation of `timeout`.
+    pub(super) fn deadline_ticks(&self, timeout: Duration) -> u64 {
+        let tick = self.options.epoch_tick.as_nanos().max(1);
+        // +1: the current tick may be about to end.
+        (timeout.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+    }
+}
+
+/// The engine settings weir uses. Stated in the README's performance section.
+fn engine_config(options: &HostOptions, fuel: bool) -> anyhow::Result<Config> {
+    let mut pool = PoolingAllocationConfig::default();
+    let n = options.max_instances;
+    pool.total_component_instances(n)
+        // A componentized module has a few core instances (the module, shims, adapters).
+        .total_core_instances(n * 4)
+        .total_memories(n)
+        .total_tables(n * 2)
+        .max_memory_size(usize::try_from(options.max_memory_bytes)?)
+        .max_component_instance_size(1 << 20)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(2)
+        .max_tables_per_component(4);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .epoch_interruption(true)
+        .consume_fuel(fuel)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(config)
+}
+
+fn engine_set(options: &HostOptions, fuel: bool) -> anyhow::Result<EngineSet> {
+    let engine = Engine::new(&engine_config(options, fuel)?)?;
+    let mut linker = Linker::new(&engine);
+    Handler::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    Ok(EngineSet { engine, linker })
+}
+
+/// Advances the engines' epochs every tick until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engines: Vec<Engine>, tick: Duration) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("weir-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    for e in &engines {
+                        e.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawning the epoch thread");
+        Ticker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! One invocation of a plugin: take a warm instance, apply limits, call `handle`, classify the
+//! result, and hand back the buffered effects.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use wasmtime::Trap;
+
+use super::bindings;
+use super::plugin::{Instance, Plugin};
+use crate::names::{Attempt, DestinationName};
+use crate::storage::{Record, Stored};
+
+/// A message ready to hand to a plugin (already in the shape the guest receives, so that
+/// redeliveries and benchmarks do not rebuild it).
+#[derive(Clone)]
+pub struct Message(pub(super) bindings::Message);
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.0.id)
+            .field("source", &self.0.source)
+            .field("offset", &self.0.offset)
+            .field("attempt", &self.0.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Message {
+    /// The message for delivery attempt `attempt` of a stored record.
+    pub fn new(source: &DestinationName, stored: &Stored, attempt: Attempt) -> Message {
+        let r: &Record = &stored.record;
+        Message(bindings::Message {
+            id: r.id.clone(),
+            source: source.as_str().to_owned(),
+            key: r.key.clone(),
+            headers: r.headers.clone(),
+            payload: r.payload.clone(),
+            offset: stored.offset.0,
+            attempt: attempt.get(),
+            timestamp_ms: r.timestamp_ms,
+            reply_to: r.reply_to.clone(),
+            correlation_id: r.correlation_id.clone(),
+        })
+    }
+
+    /// Sets the attempt number.
+    pub fn set_attempt(&mut self, attempt: Attempt) {
+        self.0.attempt = attempt.get();
+    }
+
+    /// The message id.
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+}
+
+/// What a handler asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledge.
+    Ack,
+    /// Deliver again after a delay.
+    Retry(Duration),
+    /// Dead-letter, with a reason.
+    DeadLetter(String),
+    /// Reply with bytes, then acknowledge.
+    Reply(Vec<u8>),
+}
+
+/// Why an invocation failed, counted apart in stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// The handler returned an error.
+    HandlerError,
+    /// The guest trapped (panic, unreachable, bad memory access, ...).
+    Trap,
+    /// The invocation ran past its time limit.
+    Timeout,
+    /// The guest asked for more memory than its limit.
+    OutOfMemory,
+    /// The invocation used up its fuel.
+    OutOfFuel,
+    /// No instance could be created to run it.
+    Instantiation,
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureClass::HandlerError => "handler-error",
+            FailureClass::Trap => "trap",
+            FailureClass::Timeout => "timeout",
+            FailureClass::OutOfMemory => "out-of-memory",
+            FailureClass::OutOfFuel => "out-of-fuel",
+            FailureClass::Instantiation => "instantiation",
+        })
+    }
+}
+
+/// A failed invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The class of failure.
+    pub class: FailureClass,
+    /// What happened.
+    pub message: String,
+    /// Whether delivering the message again may succeed.
+    pub retryable: bool,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+/// Effects an invocation buffered: applied only if it succeeds.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Key-value writes (`None` deletes), last write per key wins.
+    pub kv: BTreeMap<String, Option<Vec<u8>>>,
+    /// Messages published, in order.
+    pub publishes: Vec<(DestinationName, Record)>,
+}
+
+/// The result of one invocation.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The handler's outcome, or why it failed.
+    pub result: Result<Outcome, Failure>,
+    /// Buffered effects; empty when the invocation failed.
+    pub effects: Effects,
+}
+
+impl Plugin {
+    /// Runs the handler on one message, on the calling thread. Blocks for at most the plugin's
+    /// time limit (plus one epoch tick).
+    pub fn invoke(&self, message: &Message) -> Invocation {
+        let mut instance = match self.take_instance() {
+            Ok(i) => i,
+            Err(e) => {
+                return failed(FailureClass::Instantiation, format!("cannot instantiate plugin `{}`: {e:#}", self.name()), true);
+            }
+        };
+        let result = self.call(&mut instance, message);
+        match result {
+            Ok(Ok(outcome)) => {
+                let effects = std::mem::take(&mut instance.store.data_mut().effects);
+                self.put_instance(instance);
+                Invocation { result: Ok(outcome_from(outcome)), effects }
+            }
+            Ok(Err(e)) => {
+                self.put_instance(instance);
+                failed(FailureClass::HandlerError, e.message, e.retryable)
+            }
+            Err(e) => {
+                // The instance may be in any state after a trap: drop it.
+                let oom = instance.store.data().memory_exceeded;
+                drop(instance);
+                let (class, message) = classify(&e, oom);
+                failed(class, message, true)
+            }
+        }
+    }
+
+    fn call(
+        &self,
+        instance: &mut Instance,
+        message: &Message,
+    ) -> wasmtime::Result<Result<bindings::Outcome, bindings::HandlerError>> {
+        instance.store.data_mut().begin(&message.0.id);
+        instance.store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(fuel) = self.limits().fuel {
+            instance.store.set_fuel(fuel)?;
+        }
+        instance.handler.weir_plugin_handler().call_handle(&mut instance.store, &message.0)
+    }
+}
+
+fn failed(class: FailureClass, message: String, retryable: bool) -> Invocation {
+    Invocation { result: Err(Failure { class, message, retryable }), effects: Effects::default() }
+}
+
+fn outcome_from(o: bindings::Outcome) -> Outcome {
+    match o {
+        bindings::Outcome::Ack => Outcome::Ack,
+        bindings::Outcome::Retry(ms) => Outcome::Retry(Duration::from_millis(ms)),
+        bindings::Outcome::DeadLetter(reason) => Outcome::DeadLetter(reason),
+        bindings::Outcome::Reply(bytes) => Outcome::Reply(bytes),
+    }
+}
+
+fn classify(e: &wasmtime::Error, memory_exceeded: bool) -> (FailureClass, String) {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => (FailureClass::Timeout, "invocation exceeded its time limit".to_owned()),
+        Some(Trap::OutOfFuel) => (FailureClass::OutOfFuel, "invocation ran out of fuel".to_owned()),
+        _ if memory_exceeded => (
+            FailureClass::OutOfMemory,
+            format!("plugin exceeded its memory limit and then failed: {}", root_message(e)),
+        ),
+        Some(_) | None => (FailureClass::Trap, root_message(e)),
+    }
+}
+
+fn root_message(e: &wasmtime::Error) -> String {
+    // The first line of the full chain: the trap kind and where.
+    let full = format!("{e:#}");
+    full.lines().next().unwrap_or_default().to_owned()
+}

@@ -1,0 +1,20 @@
+//! The WebAssembly host: compiles, validates, caches and runs plugin components. wasmtime is used
+//! only inside this module; the rest of weir sees [`Host`], [`Plugin`], [`Message`] and the
+//! classified result of an [`Invocation`].
+//!
+//! **Invariant:** a plugin reaches only the `weir:plugin` imports it was built against; a
+//! component importing anything else is refused at load.
+//!
+//! **Invariant:** an instance that trapped (including timeouts, fuel and memory exhaustion) is
+//! dropped, never reused.
+
+mod bindings;
+mod cache;
+mod engine;
+mod invoke;
+mod plugin;
+mod state;
+
+pub use engine::{Host, HostOptions};
+pub use invoke::{Effects, Failure, FailureClass, Invocation, Message, Outcome};
+pub use plugin::{LoadError, LoadedFrom, Plugin, PluginSpec};

@@ -1,0 +1,10 @@
+//! weir: a host runtime for event processing with WebAssembly component plugins.
+//!
+//! The library behind the `weir` binary. See `ARCHITECTURE.md` for the map; the main entry
+//! points are [`config::Config`], [`server::run`] and [`host::Host`].
+
+pub mod config;
+pub mod host;
+pub mod ids;
+pub mod names;
+pub mod storage;

@@ -1,0 +1,192 @@
+//! Validated identifiers and positions: destination, plugin and binding names, offsets and
+//! attempts. Everything that crosses an API boundary as a name goes through these constructors.
+
+use std::fmt;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("{kind} name is empty")]
+    Empty {
+        /// What kind of name it was.
+        kind: &'static str,
+    },
+    /// The name is too long.
+    #[error("{kind} name `{name}` is {len} bytes long; at most {MAX_NAME_LEN} are allowed")]
+    TooLong {
+        /// What kind of name it was.
+        kind: &'static str,
+        /// The name (cut to a readable length).
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The name contains a character outside the allowed set.
+    #[error(
+        "{kind} name `{name}` contains {found:?}; names use letters, digits, `.`, `_` and `-` and start with a letter or digit"
+    )]
+    BadChar {
+        /// What kind of name it was.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// The first offending character.
+        found: char,
+    },
+}
+
+/// Longest accepted name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { kind });
+    }
+    if name.len() > MAX_NAME_LEN {
+        let shown: String = name.chars().take(40).collect();
+        return Err(NameError::TooLong { kind, name: format!("{shown}..."), len: name.len() });
+    }
+    for (i, c) in name.chars().enumerate() {
+        let ok = c.is_ascii_alphanumeric() || (i > 0 && matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(NameError::BadChar { kind, name: name.to_owned(), found: c });
+        }
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps a name.
+            pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+                let name = name.into();
+                validate($kind, &name)?;
+                Ok(Self(name))
+            }
+
+            /// The name as a string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The name of a destination: a queue or a topic.
+    DestinationName,
+    "destination"
+);
+name_type!(
+    /// The name of a plugin declared in the config.
+    PluginName,
+    "plugin"
+);
+name_type!(
+    /// The name of a binding: a source consumed by a plugin.
+    BindingName,
+    "binding"
+);
+
+/// A position in a log. The first record of a log has offset 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset(pub u64);
+
+impl Offset {
+    /// The offset after this one.
+    #[must_use]
+    pub fn next(self) -> Offset {
+        Offset(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A delivery attempt number, starting at 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attempt(u32);
+
+impl Attempt {
+    /// The first attempt.
+    pub const FIRST: Attempt = Attempt(1);
+
+    /// Wraps an attempt number; attempts start at 1.
+    pub fn new(n: u32) -> Option<Attempt> {
+        (n >= 1).then_some(Attempt(n))
+    }
+
+    /// The attempt number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The attempt after this one.
+    #[must_use]
+    pub fn next(self) -> Attempt {
+        Attempt(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, expect: Result<(), &str>) {
+        let got = DestinationName::new(name).map(|_| ()).map_err(|e| e.to_string());
+        assert_eq!(got.as_ref().map_err(String::as_str), expect, "name {name:?}");
+    }
+
+    #[test]
+    fn names() {
+        check("orders", Ok(()));
+        check("orders.enriched-v2_x", Ok(()));
+        check("9lives", Ok(()));
+        check("", Err("destination name is empty"));
+        check(
+            ".hidden",
+            Err("destination name `.hidden` contains '.'; names use letters, digits, `.`, `_` and `-` and start with a letter or digit"),
+        );
+        check(
+            "a b",
+            Err("destination name `a b` contains ' '; names use letters, digits, `.`, `_` and `-` and start with a letter or digit"),
+        );
+        assert!(DestinationName::new("x".repeat(129)).is_err());
+        assert!(DestinationName::new("x".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn attempts_start_at_one() {
+        assert!(Attempt::new(0).is_none());
+        assert_eq!(Attempt::FIRST.next().get(), 2);
+    }
+}

@@ -1,0 +1,200 @@
+//! In-memory [`Storage`]: the foundation's broker. Nothing survives a restart; the durable
+//! embedded engine replaces it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use super::{Commit, Record, Storage, StorageError, Stored};
+use crate::names::{BindingName, DestinationName, Offset, PluginName};
+
+/// Logs, cursors and key-value state in memory, behind one lock.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    logs: HashMap<DestinationName, Log>,
+    cursors: HashMap<BindingName, Offset>,
+    kv: HashMap<PluginName, BTreeMap<String, Vec<u8>>>,
+}
+
+#[derive(Debug)]
+struct Log {
+    records: Vec<Arc<Record>>,
+    end: watch::Sender<Offset>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> MemoryStorage {
+        MemoryStorage::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves no half-applied commit (commits validate before
+        // mutating), so the data is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn create_log(&self, name: &DestinationName) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if inner.logs.contains_key(name) {
+            return Err(StorageError::LogExists(name.clone()));
+        }
+        let (end, _) = watch::channel(Offset(0));
+        inner.logs.insert(name.clone(), Log { records: Vec::new(), end });
+        Ok(())
+    }
+
+    fn has_log(&self, name: &DestinationName) -> bool {
+        self.lock().logs.contains_key(name)
+    }
+
+    fn read(&self, log: &DestinationName, from: Offset, max: usize) -> Result<Vec<Stored>, StorageError> {
+        let inner = self.lock();
+        let log = inner.logs.get(log).ok_or_else(|| StorageError::UnknownLog(log.clone()))?;
+        let start = usize::try_from(from.0).unwrap_or(usize::MAX).min(log.records.len());
+        Ok(log.records[start..]
+            .iter()
+            .take(max)
+            .enumerate()
+            .map(|(i, r)| Stored { offset: Offset((start + i) as u64), record: Arc::clone(r) })
+            .collect())
+    }
+
+    fn watch_end(&self, log: &DestinationName) -> Result<watch::Receiver<Offset>, StorageError> {
+        let inner = self.lock();
+        let log = inner.logs.get(log).ok_or_else(|| StorageError::UnknownLog(log.clone()))?;
+        Ok(log.end.subscribe())
+    }
+
+    fn cursor(&self, binding: &BindingName) -> Offset {
+        self.lock().cursors.get(binding).copied().unwrap_or_default()
+    }
+
+    fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>> {
+        self.lock().kv.get(plugin)?.get(key).cloned()
+    }
+
+    fn kv_list(&self, plugin: &PluginName, prefix: &str, start_after: Option<&str>, limit: usize) -> Vec<String> {
+        let inner = self.lock();
+        let Some(map) = inner.kv.get(plugin) else { return Vec::new() };
+        let from = match start_after {
+            Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_owned()),
+            _ => std::ops::Bound::Included(prefix.to_owned()),
+        };
+        map.range((from, std::ops::Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError> {
+        let mut inner = self.lock();
+        // Validate first so that a failing commit changes nothing.
+        for (dest, _) in &commit.publishes {
+            if !inner.logs.contains_key(dest) {
+                return Err(StorageError::UnknownLog(dest.clone()));
+            }
+        }
+        let mut offsets = Vec::with_capacity(commit.publishes.len());
+        let mut touched = Vec::new();
+        for (dest, record) in commit.publishes {
+            let log = inner.logs.get_mut(&dest).expect("validated above");
+            offsets.push(Offset(log.records.len() as u64));
+            log.records.push(Arc::new(record));
+            touched.push(dest);
+        }
+        if let Some((plugin, writes)) = commit.kv {
+            let map = inner.kv.entry(plugin).or_default();
+            for (k, v) in writes {
+                match v {
+                    Some(v) => map.insert(k, v),
+                    None => map.remove(&k),
+                };
+            }
+        }
+        if let Some((binding, offset)) = commit.cursor {
+            inner.cursors.insert(binding, offset);
+        }
+        for dest in touched {
+            let log = &inner.logs[&dest];
+            log.end.send_replace(Offset(log.records.len() as u64));
+        }
+        Ok(offsets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> DestinationName {
+        DestinationName::new(s).unwrap()
+    }
+
+    fn record(id: &str) -> Record {
+        Record {
+            id: id.to_owned(),
+            key: None,
+            headers: vec![],
+            payload: id.as_bytes().to_vec(),
+            timestamp_ms: 0,
+            reply_to: None,
+            correlation_id: None,
+        }
+    }
+
+    #[test]
+    fn append_read_watch() {
+        let s = MemoryStorage::new();
+        s.create_log(&name("q")).unwrap();
+        assert_eq!(s.create_log(&name("q")), Err(StorageError::LogExists(name("q"))));
+        let mut end = s.watch_end(&name("q")).unwrap();
+        assert_eq!(s.append(&name("q"), vec![record("a"), record("b")]).unwrap(), vec![Offset(0), Offset(1)]);
+        assert!(end.has_changed().unwrap());
+        assert_eq!(*end.borrow_and_update(), Offset(2));
+        let got = s.read(&name("q"), Offset(1), 10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].record.id, "b");
+        assert!(s.read(&name("q"), Offset(99), 10).unwrap().is_empty());
+        assert_eq!(s.read(&name("nope"), Offset(0), 1).unwrap_err(), StorageError::UnknownLog(name("nope")));
+    }
+
+    #[test]
+    fn failing_commit_changes_nothing() {
+        let s = MemoryStorage::new();
+        s.create_log(&name("q")).unwrap();
+        let plugin = PluginName::new("p").unwrap();
+        let commit = Commit {
+            kv: Some((plugin.clone(), vec![("k".into(), Some(b"v".to_vec()))])),
+            publishes: vec![(name("q"), record("a")), (name("missing"), record("b"))],
+            cursor: Some((BindingName::new("b").unwrap(), Offset(5))),
+        };
+        assert!(s.commit(commit).is_err());
+        assert!(s.read(&name("q"), Offset(0), 10).unwrap().is_empty());
+        assert_eq!(s.kv_get(&plugin, "k"), None);
+        assert_eq!(s.cursor(&BindingName::new("b").unwrap()), Offset(0));
+    }
+
+    #[test]
+    fn kv_list_by_prefix() {
+        let s = MemoryStorage::new();
+        let p = PluginName::new("p").unwrap();
+        let writes = ["a", "b/1", "b/2", "b/3", "c"].map(|k| (k.to_owned(), Some(vec![1])));
+        s.commit(Commit { kv: Some((p.clone(), writes.to_vec())), ..Commit::default() }).unwrap();
+        assert_eq!(s.kv_list(&p, "b/", None, 10), ["b/1", "b/2", "b/3"]);
+        assert_eq!(s.kv_list(&p, "b/", Some("b/1"), 1), ["b/2"]);
+        assert_eq!(s.kv_list(&p, "", None, 2), ["a", "b/1"]);
+        s.commit(Commit { kv: Some((p.clone(), vec![("a".into(), None)])), ..Commit::default() }).unwrap();
+        assert_eq!(s.kv_get(&p, "a"), None);
+    }
+}

@@ -1,0 +1,101 @@
+//! The storage seam: logs (one per queue and topic), binding cursors and per-plugin key-value
+//! state, behind the [`Storage`] trait. The broker, the delivery engine and the API see only
+//! this trait; an engine (in-memory today, the durable embedded log or NATS JetStream later) lives
+//! behind it.
+//!
+//! **Invariant:** a [`Commit`] is applied whole or not at all: the key-value writes, the
+//! published records and the cursor advance of one invocation become visible together.
+
+mod memory;
+
+use std::sync::Arc;
+
+pub use memory::MemoryStorage;
+use tokio::sync::watch;
+
+use crate::names::{BindingName, DestinationName, Offset, PluginName};
+
+/// One message as stored in a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Idempotency key, unique within the log.
+    pub id: String,
+    /// Ordering key.
+    pub key: Option<String>,
+    /// Application headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// Message body.
+    pub payload: Vec<u8>,
+    /// Publish time, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Where replies go, for requests.
+    pub reply_to: Option<String>,
+    /// Correlates a reply with its request.
+    pub correlation_id: Option<String>,
+}
+
+/// A record with its position.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Position in its log.
+    pub offset: Offset,
+    /// The record, shared (reads hand out the same allocation).
+    pub record: Arc<Record>,
+}
+
+/// Everything one invocation changes, applied atomically by [`Storage::commit`].
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Key-value writes of a plugin: `None` deletes.
+    pub kv: Option<(PluginName, Vec<(String, Option<Vec<u8>>)>)>,
+    /// Records to append, in order.
+    pub publishes: Vec<(DestinationName, Record)>,
+    /// Advance a binding's cursor to this offset (the next one it will read).
+    pub cursor: Option<(BindingName, Offset)>,
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// No log of that name exists.
+    #[error("no queue or topic named `{0}`")]
+    UnknownLog(DestinationName),
+    /// A log of that name already exists.
+    #[error("a queue or topic named `{0}` already exists")]
+    LogExists(DestinationName),
+}
+
+/// A store of logs, cursors and key-value state.
+pub trait Storage: Send + Sync + 'static {
+    /// Creates an empty log.
+    fn create_log(&self, name: &DestinationName) -> Result<(), StorageError>;
+
+    /// Whether a log of that name exists.
+    fn has_log(&self, name: &DestinationName) -> bool;
+
+    /// Appends records to one log, returning their offsets.
+    fn append(&self, log: &DestinationName, records: Vec<Record>) -> Result<Vec<Offset>, StorageError> {
+        let publishes = records.into_iter().map(|r| (log.clone(), r)).collect();
+        self.commit(Commit { publishes, ..Commit::default() })
+    }
+
+    /// Reads up to `max` records starting at `from`.
+    fn read(&self, log: &DestinationName, from: Offset, max: usize) -> Result<Vec<Stored>, StorageError>;
+
+    /// A receiver of the log's end offset (the offset the next record will get), updated on every
+    /// append. Consumers wait on it instead of polling.
+    fn watch_end(&self, log: &DestinationName) -> Result<watch::Receiver<Offset>, StorageError>;
+
+    /// The next offset a binding will read (0 for a new binding).
+    fn cursor(&self, binding: &BindingName) -> Offset;
+
+    /// Reads a plugin's key-value entry.
+    fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>>;
+
+    /// Lists a plugin's keys with `prefix`, after `start_after`, at most `limit`, in byte order.
+    fn kv_list(&self, plugin: &PluginName, prefix: &str, start_after: Option<&str>, limit: usize) -> Vec<String>;
+
+    /// Applies a commit atomically; returns the offsets of its published records, in order.
+    fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError>;
+}

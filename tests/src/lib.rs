@@ -1,0 +1,1 @@
+//! Test support lives in `all/`; this library is empty.
