@@ -3,8 +3,12 @@
 //! The library behind the `weir` binary. See `ARCHITECTURE.md` for the map; the main entry
 //! points are [`config::Config`], [`server::run`] and [`host::Host`].
 
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod host;
 pub mod ids;
 pub mod names;
+pub mod server;
 pub mod storage;

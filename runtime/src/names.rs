@@ -46,12 +46,20 @@ fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
     }
     if name.len() > MAX_NAME_LEN {
         let shown: String = name.chars().take(40).collect();
-        return Err(NameError::TooLong { kind, name: format!("{shown}..."), len: name.len() });
+        return Err(NameError::TooLong {
+            kind,
+            name: format!("{shown}..."),
+            len: name.len(),
+        });
     }
     for (i, c) in name.chars().enumerate() {
         let ok = c.is_ascii_alphanumeric() || (i > 0 && matches!(c, '.' | '_' | '-'));
         if !ok {
-            return Err(NameError::BadChar { kind, name: name.to_owned(), found: c });
+            return Err(NameError::BadChar {
+                kind,
+                name: name.to_owned(),
+                found: c,
+            });
         }
     }
     Ok(())
@@ -162,8 +170,14 @@ mod tests {
     use super::*;
 
     fn check(name: &str, expect: Result<(), &str>) {
-        let got = DestinationName::new(name).map(|_| ()).map_err(|e| e.to_string());
-        assert_eq!(got.as_ref().map_err(String::as_str), expect, "name {name:?}");
+        let got = DestinationName::new(name)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            got.as_ref().map_err(String::as_str),
+            expect,
+            "name {name:?}"
+        );
     }
 
     #[test]
@@ -174,11 +188,15 @@ mod tests {
         check("", Err("destination name is empty"));
         check(
             ".hidden",
-            Err("destination name `.hidden` contains '.'; names use letters, digits, `.`, `_` and `-` and start with a letter or digit"),
+            Err(
+                "destination name `.hidden` contains '.'; names use letters, digits, `.`, `_` and `-` and start with a letter or digit",
+            ),
         );
         check(
             "a b",
-            Err("destination name `a b` contains ' '; names use letters, digits, `.`, `_` and `-` and start with a letter or digit"),
+            Err(
+                "destination name `a b` contains ' '; names use letters, digits, `.`, `_` and `-` and start with a letter or digit",
+            ),
         );
         assert!(DestinationName::new("x".repeat(129)).is_err());
         assert!(DestinationName::new("x".repeat(128)).is_ok());

@@ -77,7 +77,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: 64 << 20, timeout: Duration::from_secs(1), fuel: None }
+        Limits {
+            memory_bytes: 64 << 20,
+            timeout: Duration::from_secs(1),
+            fuel: None,
+        }
     }
 }
 
@@ -146,7 +150,11 @@ impl Config {
             cx.err(span, e.message().to_owned())
         })?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
         let base = std::path::absolute(&base).unwrap_or(base);
         cx.validate(raw, &base)
     }
@@ -165,7 +173,11 @@ impl Cx<'_> {
             let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             (line, col)
         });
-        ConfigError { file: self.file.to_owned(), position, message }
+        ConfigError {
+            file: self.file.to_owned(),
+            position,
+            message,
+        }
     }
 
     fn name<T>(
@@ -177,15 +189,20 @@ impl Cx<'_> {
     }
 
     fn validate(&self, raw: file::File, base: &Path) -> Result<Config, ConfigError> {
-        let listen = raw.server.listen.get_ref().parse::<SocketAddr>().map_err(|_| {
-            self.err(
-                raw.server.listen.span(),
-                format!(
-                    "`server.listen` must be an address such as \"127.0.0.1:7070\", found {:?}",
-                    raw.server.listen.get_ref()
-                ),
-            )
-        })?;
+        let listen = raw
+            .server
+            .listen
+            .get_ref()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                self.err(
+                    raw.server.listen.span(),
+                    format!(
+                        "`server.listen` must be an address such as \"127.0.0.1:7070\", found {:?}",
+                        raw.server.listen.get_ref()
+                    ),
+                )
+            })?;
         let max_message_size = raw.server.max_message_size.get_ref().0;
         if max_message_size == 0 || max_message_size > 64 << 20 {
             return Err(self.err(
@@ -193,7 +210,11 @@ impl Cx<'_> {
                 format!("`server.max_message_size` must be between 1B and 64MiB, found {max_message_size}"),
             ));
         }
-        let server = ServerConfig { listen, data_dir: base.join(&raw.server.data_dir), max_message_size };
+        let server = ServerConfig {
+            listen,
+            data_dir: base.join(&raw.server.data_dir),
+            max_message_size,
+        };
         let file::BrokerKind::Embedded = raw.broker.kind;
 
         let mut destinations = BTreeMap::new();
@@ -226,14 +247,19 @@ impl Cx<'_> {
                 let span = b.name.as_ref().map_or(b.source.span(), |n| n.span());
                 return Err(self.err(
                     span,
-                    format!("two bindings are named `{}`; give one a distinct `name`", binding.name),
+                    format!(
+                        "two bindings are named `{}`; give one a distinct `name`",
+                        binding.name
+                    ),
                 ));
             }
             bindings.push(binding);
         }
         // Default dead-letter queues are created for the bindings that use them.
         for b in &bindings {
-            destinations.entry(b.dead_letter.clone()).or_insert(DestinationKind::Queue);
+            destinations
+                .entry(b.dead_letter.clone())
+                .or_insert(DestinationKind::Queue);
         }
         for (key, p) in &raw.plugins {
             for d in &p.publish {
@@ -249,7 +275,13 @@ impl Cx<'_> {
                 }
             }
         }
-        Ok(Config { file: self.file.to_owned(), server, destinations, plugins, bindings })
+        Ok(Config {
+            file: self.file.to_owned(),
+            server,
+            destinations,
+            plugins,
+            bindings,
+        })
     }
 
     fn plugin(
@@ -287,7 +319,10 @@ impl Cx<'_> {
         }
         let fuel = match &p.fuel {
             Some(f) if *f.get_ref() == 0 => {
-                return Err(self.err(f.span(), format!("plugin `{name}`: `fuel` must be positive; omit it for unlimited fuel")));
+                return Err(self.err(
+                    f.span(),
+                    format!("plugin `{name}`: `fuel` must be positive; omit it for unlimited fuel"),
+                ));
             }
             Some(f) => Some(*f.get_ref()),
             None => None,
@@ -305,7 +340,11 @@ impl Cx<'_> {
         }
         Ok(PluginConfig {
             path,
-            limits: Limits { memory_bytes, timeout: Duration::from_millis(timeout_ms), fuel },
+            limits: Limits {
+                memory_bytes,
+                timeout: Duration::from_millis(timeout_ms),
+                fuel,
+            },
             publish,
             instances,
         })
@@ -328,7 +367,9 @@ impl Cx<'_> {
         if !plugins.contains_key(&plugin) {
             return Err(self.err(
                 b.plugin.span(),
-                format!("binding plugin `{plugin}` is not declared; declare it as [plugins.{plugin}]"),
+                format!(
+                    "binding plugin `{plugin}` is not declared; declare it as [plugins.{plugin}]"
+                ),
             ));
         }
         let name = match &b.name {
@@ -373,7 +414,6 @@ impl Cx<'_> {
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests;

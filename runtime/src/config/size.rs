@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,7 +81,11 @@ mod tests {
 
     fn check(input: &str, expect: Result<u64, &str>) {
         let got = ByteSize::parse(input).map(|b| b.0);
-        assert_eq!(got.as_ref().map_err(String::as_str), expect, "input {input:?}");
+        assert_eq!(
+            got.as_ref().map_err(String::as_str),
+            expect,
+            "input {input:?}"
+        );
     }
 
     #[test]
@@ -91,10 +95,22 @@ mod tests {
         check("100", Ok(100));
         check("100B", Ok(100));
         check("2GiB", Ok(2 << 30));
-        check("1.5MiB", Err("unknown size unit \".5MiB\" in \"1.5MiB\"; use B, KiB, MiB or GiB"));
-        check("MiB", Err("expected a size such as \"64MiB\", found \"MiB\""));
-        check("64mb", Err("unknown size unit \"mb\" in \"64mb\"; use B, KiB, MiB or GiB"));
-        check("99999999999999GiB", Err("size \"99999999999999GiB\" is too large"));
+        check(
+            "1.5MiB",
+            Err("unknown size unit \".5MiB\" in \"1.5MiB\"; use B, KiB, MiB or GiB"),
+        );
+        check(
+            "MiB",
+            Err("expected a size such as \"64MiB\", found \"MiB\""),
+        );
+        check(
+            "64mb",
+            Err("unknown size unit \"mb\" in \"64mb\"; use B, KiB, MiB or GiB"),
+        );
+        check(
+            "99999999999999GiB",
+            Err("size \"99999999999999GiB\" is too large"),
+        );
     }
 
     #[test]

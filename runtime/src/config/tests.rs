@@ -72,28 +72,58 @@ fn errors_name_file_line_and_key() {
         "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
         "weir.toml:3:1: unknown field `lisen`, expected one of `listen`, `data_dir`, `max_message_size`",
     );
-    check_err("[queue.orders]\n", "weir.toml:1:2: unknown field `queue`, expected one of `server`, `broker`, `queues`, `topics`, `plugins`, `bindings`");
+    check_err(
+        "[queue.orders]\n",
+        "weir.toml:1:2: unknown field `queue`, expected one of `server`, `broker`, `queues`, `topics`, `plugins`, `bindings`",
+    );
     check_err(
         "[server]\nlisten = \"nowhere\"\n",
         "weir.toml:2:10: `server.listen` must be an address such as \"127.0.0.1:7070\", found \"nowhere\"",
     );
-    check_err("[queues.\"bad name\"]\n", "weir.toml:1:9: destination name `bad name` contains ' '; names use letters, digits, `.`, `_` and `-` and start with a letter or digit");
+    check_err(
+        "[queues.\"bad name\"]\n",
+        "weir.toml:1:9: destination name `bad name` contains ' '; names use letters, digits, `.`, `_` and `-` and start with a letter or digit",
+    );
     check_err(
         "[queues.a]\n[topics.a]\n",
         "weir.toml:2:9: `a` is declared both as a queue and as a topic; destination names are shared",
     );
-    check_err("[broker]\nkind = \"kafka\"\n", "weir.toml:2:8: unknown variant `kafka`, expected `embedded`");
-    check_err("[server]\nlisten = 7070\n", "weir.toml:2:10: invalid type: integer `7070`, expected a string");
+    check_err(
+        "[broker]\nkind = \"kafka\"\n",
+        "weir.toml:2:8: unknown variant `kafka`, expected `embedded`",
+    );
+    check_err(
+        "[server]\nlisten = 7070\n",
+        "weir.toml:2:10: invalid type: integer `7070`, expected a string",
+    );
 }
 
 #[test]
 fn plugin_errors() {
-    check_err("[plugins.x]\npath = \"p.wasm\"\nmemory = \"1KiB\"\n", "weir.toml:3:10: plugin `x`: `memory` must be between 64KiB and 4GiB, found 1KiB");
-    check_err("[plugins.x]\npath = \"p.wasm\"\nmemory = \"12 parsecs\"\n", "weir.toml:3:10: unknown size unit \"parsecs\" in \"12 parsecs\"; use B, KiB, MiB or GiB");
-    check_err("[plugins.x]\npath = \"p.wasm\"\ntimeout_ms = 0\n", "weir.toml:3:14: plugin `x`: `timeout_ms` must be between 1 and 600000, found 0");
-    check_err("[plugins.x]\npath = \"p.wasm\"\nfuel = 0\n", "weir.toml:3:8: plugin `x`: `fuel` must be positive; omit it for unlimited fuel");
-    check_err("[plugins.x]\npath = \"p.wasm\"\npublish = [\"nowhere\"]\n", "weir.toml:3:12: plugin `x` may publish to `nowhere`, but no queue or topic of that name is declared");
-    check_err("[plugins.x]\npath = \"p.wasm\"\nthreads = 4\n", "weir.toml:3:1: unknown field `threads`, expected one of `path`, `memory`, `timeout_ms`, `fuel`, `publish`, `instances`");
+    check_err(
+        "[plugins.x]\npath = \"p.wasm\"\nmemory = \"1KiB\"\n",
+        "weir.toml:3:10: plugin `x`: `memory` must be between 64KiB and 4GiB, found 1KiB",
+    );
+    check_err(
+        "[plugins.x]\npath = \"p.wasm\"\nmemory = \"12 parsecs\"\n",
+        "weir.toml:3:10: unknown size unit \"parsecs\" in \"12 parsecs\"; use B, KiB, MiB or GiB",
+    );
+    check_err(
+        "[plugins.x]\npath = \"p.wasm\"\ntimeout_ms = 0\n",
+        "weir.toml:3:14: plugin `x`: `timeout_ms` must be between 1 and 600000, found 0",
+    );
+    check_err(
+        "[plugins.x]\npath = \"p.wasm\"\nfuel = 0\n",
+        "weir.toml:3:8: plugin `x`: `fuel` must be positive; omit it for unlimited fuel",
+    );
+    check_err(
+        "[plugins.x]\npath = \"p.wasm\"\npublish = [\"nowhere\"]\n",
+        "weir.toml:3:12: plugin `x` may publish to `nowhere`, but no queue or topic of that name is declared",
+    );
+    check_err(
+        "[plugins.x]\npath = \"p.wasm\"\nthreads = 4\n",
+        "weir.toml:3:1: unknown field `threads`, expected one of `path`, `memory`, `timeout_ms`, `fuel`, `publish`, `instances`",
+    );
 }
 
 #[test]
@@ -124,7 +154,9 @@ fn binding_errors() {
         "weir.toml:7:15: binding `q.p`: dead-letter queue `dlq` is not a declared queue; declare [queues.dlq] or omit `dead_letter` for the default `q.p.dlq`",
     );
     check_err(
-        &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\n[[bindings]]\nsource = \"q\"\nplugin = \"p\"\n"),
+        &format!(
+            "{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\n[[bindings]]\nsource = \"q\"\nplugin = \"p\"\n"
+        ),
         "weir.toml:8:10: two bindings are named `q.p`; give one a distinct `name`",
     );
     check_err(

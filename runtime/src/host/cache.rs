@@ -19,7 +19,6 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-
 /// A directory of precompiled components.
 #[derive(Debug)]
 pub(super) struct Cache {
@@ -35,7 +34,8 @@ impl Cache {
         let mut h = DefaultHasher::new();
         env!("CARGO_PKG_VERSION").hash(&mut h);
         engine.precompile_compatibility_hash().hash(&mut h);
-        self.dir.join(format!("{content_hash}-{:016x}.cwasm", h.finish()))
+        self.dir
+            .join(format!("{content_hash}-{:016x}.cwasm", h.finish()))
     }
 
     /// The cached compiled form, if present and intact.
@@ -58,7 +58,12 @@ impl Cache {
     }
 
     /// Stores a compiled component (atomically: temp file, fsync, rename).
-    pub fn put(&self, engine: &Engine, content_hash: &str, component: &Component) -> anyhow::Result<()> {
+    pub fn put(
+        &self,
+        engine: &Engine,
+        content_hash: &str,
+        component: &Component,
+    ) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let code = component.serialize()?;
         let path = self.path(engine, content_hash);

@@ -74,7 +74,9 @@ pub struct Host {
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("Host")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,7 +90,13 @@ impl Host {
             vec![plain.engine.clone(), metered.engine.clone()],
             options.epoch_tick,
         );
-        Ok(Arc::new(Host { plain, metered, cache, options, _ticker: ticker }))
+        Ok(Arc::new(Host {
+            plain,
+            metered,
+            cache,
+            options,
+            _ticker: ticker,
+        }))
     }
 
     /// Epoch ticks allowed for an invocation of `timeout`.
@@ -151,7 +159,10 @@ impl Ticker {
                 }
             })
             .expect("spawning the epoch thread");
-        Ticker { stop, thread: Some(thread) }
+        Ticker {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 

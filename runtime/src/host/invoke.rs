@@ -143,7 +143,11 @@ impl Plugin {
         let mut instance = match self.take_instance() {
             Ok(i) => i,
             Err(e) => {
-                return failed(FailureClass::Instantiation, format!("cannot instantiate plugin `{}`: {e:#}", self.name()), true);
+                return failed(
+                    FailureClass::Instantiation,
+                    format!("cannot instantiate plugin `{}`: {e:#}", self.name()),
+                    true,
+                );
             }
         };
         let result = self.call(&mut instance, message);
@@ -151,7 +155,10 @@ impl Plugin {
             Ok(Ok(outcome)) => {
                 let effects = std::mem::take(&mut instance.store.data_mut().effects);
                 self.put_instance(instance);
-                Invocation { result: Ok(outcome_from(outcome)), effects }
+                Invocation {
+                    result: Ok(outcome_from(outcome)),
+                    effects,
+                }
             }
             Ok(Err(e)) => {
                 self.put_instance(instance);
@@ -177,12 +184,22 @@ impl Plugin {
         if let Some(fuel) = self.limits().fuel {
             instance.store.set_fuel(fuel)?;
         }
-        instance.handler.weir_plugin_handler().call_handle(&mut instance.store, &message.0)
+        instance
+            .handler
+            .weir_plugin_handler()
+            .call_handle(&mut instance.store, &message.0)
     }
 }
 
 fn failed(class: FailureClass, message: String, retryable: bool) -> Invocation {
-    Invocation { result: Err(Failure { class, message, retryable }), effects: Effects::default() }
+    Invocation {
+        result: Err(Failure {
+            class,
+            message,
+            retryable,
+        }),
+        effects: Effects::default(),
+    }
 }
 
 fn outcome_from(o: bindings::Outcome) -> Outcome {
@@ -196,11 +213,20 @@ fn outcome_from(o: bindings::Outcome) -> Outcome {
 
 fn classify(e: &wasmtime::Error, memory_exceeded: bool) -> (FailureClass, String) {
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => (FailureClass::Timeout, "invocation exceeded its time limit".to_owned()),
-        Some(Trap::OutOfFuel) => (FailureClass::OutOfFuel, "invocation ran out of fuel".to_owned()),
+        Some(Trap::Interrupt) => (
+            FailureClass::Timeout,
+            "invocation exceeded its time limit".to_owned(),
+        ),
+        Some(Trap::OutOfFuel) => (
+            FailureClass::OutOfFuel,
+            "invocation ran out of fuel".to_owned(),
+        ),
         _ if memory_exceeded => (
             FailureClass::OutOfMemory,
-            format!("plugin exceeded its memory limit and then failed: {}", root_message(e)),
+            format!(
+                "plugin exceeded its memory limit and then failed: {}",
+                root_message(e)
+            ),
         ),
         Some(_) | None => (FailureClass::Trap, root_message(e)),
     }

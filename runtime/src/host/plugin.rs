@@ -149,7 +149,11 @@ impl std::fmt::Debug for Plugin {
 
 impl Host {
     /// Loads and validates a plugin, and creates its first instance.
-    pub fn load(self: &Arc<Self>, spec: PluginSpec, storage: Arc<dyn Storage>) -> Result<Plugin, LoadError> {
+    pub fn load(
+        self: &Arc<Self>,
+        spec: PluginSpec,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Plugin, LoadError> {
         let started = Instant::now();
         let name = spec.name.clone();
         let bytes = std::fs::read(&spec.path).map_err(|source| LoadError::Read {
@@ -165,17 +169,22 @@ impl Host {
         let metered = spec.limits.fuel.is_some();
         let set: &EngineSet = if metered { &self.metered } else { &self.plain };
         let hash = hex(&Sha256::digest(&bytes));
-        let (component, loaded_from) = self.compile(set, &hash, &bytes).map_err(|e| LoadError::Invalid {
-            plugin: name.clone(),
-            path: spec.path.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let (component, loaded_from) =
+            self.compile(set, &hash, &bytes)
+                .map_err(|e| LoadError::Invalid {
+                    plugin: name.clone(),
+                    path: spec.path.clone(),
+                    reason: format!("{e:#}"),
+                })?;
         check_imports(&name, &component, &set.engine)?;
         let pre = set
             .linker
             .instantiate_pre(&component)
             .and_then(HandlerPre::new)
-            .map_err(|e| LoadError::WrongWorld { plugin: name.clone(), reason: format!("{e:#}") })?;
+            .map_err(|e| LoadError::WrongWorld {
+                plugin: name.clone(),
+                reason: format!("{e:#}"),
+            })?;
         let grants = Arc::new(Grants {
             plugin: name.clone(),
             publish: spec.publish.clone(),
@@ -194,14 +203,20 @@ impl Host {
             grants,
             idle: Mutex::new(Vec::new()),
         };
-        let first = plugin
-            .instantiate()
-            .map_err(|e| LoadError::Instantiate { plugin: name, reason: format!("{e:#}") })?;
+        let first = plugin.instantiate().map_err(|e| LoadError::Instantiate {
+            plugin: name,
+            reason: format!("{e:#}"),
+        })?;
         plugin.put_instance(first);
         Ok(plugin)
     }
 
-    fn compile(&self, set: &EngineSet, hash: &str, bytes: &[u8]) -> anyhow::Result<(Component, LoadedFrom)> {
+    fn compile(
+        &self,
+        set: &EngineSet,
+        hash: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, LoadedFrom)> {
         if let Some(cache) = &self.cache {
             if let Some(c) = cache.get(&set.engine, hash) {
                 return Ok((c, LoadedFrom::Cache));
@@ -250,9 +265,16 @@ impl Plugin {
 
     /// A new instance with the plugin's limits.
     pub(super) fn instantiate(&self) -> wasmtime::Result<Instance> {
-        let set = if self.metered { &self.host.metered } else { &self.host.plain };
+        let set = if self.metered {
+            &self.host.metered
+        } else {
+            &self.host.plain
+        };
         let memory_limit = usize::try_from(self.spec.limits.memory_bytes).unwrap_or(usize::MAX);
-        let mut store = Store::new(&set.engine, HostState::new(Arc::clone(&self.grants), memory_limit));
+        let mut store = Store::new(
+            &set.engine,
+            HostState::new(Arc::clone(&self.grants), memory_limit),
+        );
         store.limiter(|s| s);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks);
@@ -287,7 +309,10 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
         return Err(if bytes.is_empty() {
             "is empty, not a WebAssembly component".to_owned()
         } else {
-            format!("is not a WebAssembly file: it starts with {} instead of 00 61 73 6d", shown.join(" "))
+            format!(
+                "is not a WebAssembly file: it starts with {} instead of 00 61 73 6d",
+                shown.join(" ")
+            )
         });
     }
     match bytes[4..8] {
@@ -299,11 +324,19 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-fn check_imports(plugin: &PluginName, component: &Component, engine: &wasmtime::Engine) -> Result<(), LoadError> {
+fn check_imports(
+    plugin: &PluginName,
+    component: &Component,
+    engine: &wasmtime::Engine,
+) -> Result<(), LoadError> {
     for (name, item) in component.component_type().imports(engine) {
-        let granted = GRANTED_IMPORTS.contains(&name) && matches!(item.ty, ComponentItem::ComponentInstance(_));
+        let granted = GRANTED_IMPORTS.contains(&name)
+            && matches!(item.ty, ComponentItem::ComponentInstance(_));
         if !granted {
-            return Err(LoadError::ForbiddenImport { plugin: plugin.clone(), import: name.to_owned() });
+            return Err(LoadError::ForbiddenImport {
+                plugin: plugin.clone(),
+                import: name.to_owned(),
+            });
         }
     }
     Ok(())

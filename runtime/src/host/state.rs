@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 
-use super::bindings::weir::plugin::{clock, kv, log, publish, types};
 use super::bindings::Outgoing;
+use super::bindings::weir::plugin::{clock, kv, log, publish, types};
 use super::invoke::Effects;
 use crate::names::{DestinationName, PluginName};
 use crate::storage::{Record, Storage};
@@ -37,7 +37,10 @@ pub(crate) struct Grants {
 
 impl std::fmt::Debug for Grants {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Grants").field("plugin", &self.plugin).field("publish", &self.publish).finish_non_exhaustive()
+        f.debug_struct("Grants")
+            .field("plugin", &self.plugin)
+            .field("publish", &self.publish)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +90,12 @@ impl HostState {
 
 /// Memory and table limits of one instance.
 impl ResourceLimiter for HostState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.memory_exceeded = true;
             return Ok(false);
@@ -95,7 +103,12 @@ impl ResourceLimiter for HostState {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -115,17 +128,31 @@ impl log::Host for HostState {
         let plugin = self.grants.plugin.as_str();
         let id = self.message_id.as_str();
         match level {
-            log::Level::Trace => tracing::trace!(target: "weir::plugin", plugin, message_id = id, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "weir::plugin", plugin, message_id = id, "{message}"),
-            log::Level::Info => tracing::info!(target: "weir::plugin", plugin, message_id = id, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "weir::plugin", plugin, message_id = id, "{message}"),
-            log::Level::Error => tracing::error!(target: "weir::plugin", plugin, message_id = id, "{message}"),
+            log::Level::Trace => {
+                tracing::trace!(target: "weir::plugin", plugin, message_id = id, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(target: "weir::plugin", plugin, message_id = id, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(target: "weir::plugin", plugin, message_id = id, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "weir::plugin", plugin, message_id = id, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(target: "weir::plugin", plugin, message_id = id, "{message}")
+            }
         }
     }
 }
 
 impl publish::Host for HostState {
-    fn publish(&mut self, destination: String, message: Outgoing) -> Result<(), publish::PublishError> {
+    fn publish(
+        &mut self,
+        destination: String,
+        message: Outgoing,
+    ) -> Result<(), publish::PublishError> {
         use publish::PublishError;
         let Ok(dest) = DestinationName::new(destination.as_str()) else {
             return Err(PublishError::UnknownDestination(destination));
@@ -142,7 +169,12 @@ impl publish::Host for HostState {
         if self.effects.publishes.len() >= MAX_PUBLISHES as usize {
             return Err(PublishError::TooMany(MAX_PUBLISHES));
         }
-        let size = message.payload.len() + message.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let size = message.payload.len()
+            + message
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         if !self.charge(size) {
             return Err(PublishError::TooLarge(MAX_EFFECT_BYTES as u64));
         }
@@ -196,7 +228,12 @@ impl kv::Host for HostState {
         Ok(())
     }
 
-    fn list_keys(&mut self, prefix: String, start_after: Option<String>, limit: u32) -> Result<Vec<String>, kv::KvError> {
+    fn list_keys(
+        &mut self,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, kv::KvError> {
         if prefix.len() > MAX_KV_KEY || start_after.as_ref().is_some_and(|s| s.len() > MAX_KV_KEY) {
             return Err(kv::KvError::TooLarge(MAX_KV_KEY as u64));
         }
@@ -204,8 +241,16 @@ impl kv::Host for HostState {
         let after = start_after.as_deref();
         let in_range = |k: &str| k.starts_with(prefix.as_str()) && after.is_none_or(|a| k > a);
         // Keys this invocation deleted may hide stored ones: ask for that many more.
-        let deleted = self.effects.kv.iter().filter(|(k, v)| v.is_none() && in_range(k)).count();
-        let stored = self.grants.storage.kv_list(&self.grants.plugin, &prefix, after, limit + deleted);
+        let deleted = self
+            .effects
+            .kv
+            .iter()
+            .filter(|(k, v)| v.is_none() && in_range(k))
+            .count();
+        let stored =
+            self.grants
+                .storage
+                .kv_list(&self.grants.plugin, &prefix, after, limit + deleted);
         let mut keys: BTreeSet<String> = stored.into_iter().collect();
         for (k, v) in &self.effects.kv {
             if in_range(k) {

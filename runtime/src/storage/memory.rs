@@ -48,7 +48,13 @@ impl Storage for MemoryStorage {
             return Err(StorageError::LogExists(name.clone()));
         }
         let (end, _) = watch::channel(Offset(0));
-        inner.logs.insert(name.clone(), Log { records: Vec::new(), end });
+        inner.logs.insert(
+            name.clone(),
+            Log {
+                records: Vec::new(),
+                end,
+            },
+        );
         Ok(())
     }
 
@@ -56,35 +62,63 @@ impl Storage for MemoryStorage {
         self.lock().logs.contains_key(name)
     }
 
-    fn read(&self, log: &DestinationName, from: Offset, max: usize) -> Result<Vec<Stored>, StorageError> {
+    fn read(
+        &self,
+        log: &DestinationName,
+        from: Offset,
+        max: usize,
+    ) -> Result<Vec<Stored>, StorageError> {
         let inner = self.lock();
-        let log = inner.logs.get(log).ok_or_else(|| StorageError::UnknownLog(log.clone()))?;
-        let start = usize::try_from(from.0).unwrap_or(usize::MAX).min(log.records.len());
+        let log = inner
+            .logs
+            .get(log)
+            .ok_or_else(|| StorageError::UnknownLog(log.clone()))?;
+        let start = usize::try_from(from.0)
+            .unwrap_or(usize::MAX)
+            .min(log.records.len());
         Ok(log.records[start..]
             .iter()
             .take(max)
             .enumerate()
-            .map(|(i, r)| Stored { offset: Offset((start + i) as u64), record: Arc::clone(r) })
+            .map(|(i, r)| Stored {
+                offset: Offset((start + i) as u64),
+                record: Arc::clone(r),
+            })
             .collect())
     }
 
     fn watch_end(&self, log: &DestinationName) -> Result<watch::Receiver<Offset>, StorageError> {
         let inner = self.lock();
-        let log = inner.logs.get(log).ok_or_else(|| StorageError::UnknownLog(log.clone()))?;
+        let log = inner
+            .logs
+            .get(log)
+            .ok_or_else(|| StorageError::UnknownLog(log.clone()))?;
         Ok(log.end.subscribe())
     }
 
     fn cursor(&self, binding: &BindingName) -> Offset {
-        self.lock().cursors.get(binding).copied().unwrap_or_default()
+        self.lock()
+            .cursors
+            .get(binding)
+            .copied()
+            .unwrap_or_default()
     }
 
     fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>> {
         self.lock().kv.get(plugin)?.get(key).cloned()
     }
 
-    fn kv_list(&self, plugin: &PluginName, prefix: &str, start_after: Option<&str>, limit: usize) -> Vec<String> {
+    fn kv_list(
+        &self,
+        plugin: &PluginName,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Vec<String> {
         let inner = self.lock();
-        let Some(map) = inner.kv.get(plugin) else { return Vec::new() };
+        let Some(map) = inner.kv.get(plugin) else {
+            return Vec::new();
+        };
         let from = match start_after {
             Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_owned()),
             _ => std::ops::Bound::Included(prefix.to_owned()),
@@ -157,16 +191,26 @@ mod tests {
     fn append_read_watch() {
         let s = MemoryStorage::new();
         s.create_log(&name("q")).unwrap();
-        assert_eq!(s.create_log(&name("q")), Err(StorageError::LogExists(name("q"))));
+        assert_eq!(
+            s.create_log(&name("q")),
+            Err(StorageError::LogExists(name("q")))
+        );
         let mut end = s.watch_end(&name("q")).unwrap();
-        assert_eq!(s.append(&name("q"), vec![record("a"), record("b")]).unwrap(), vec![Offset(0), Offset(1)]);
+        assert_eq!(
+            s.append(&name("q"), vec![record("a"), record("b")])
+                .unwrap(),
+            vec![Offset(0), Offset(1)]
+        );
         assert!(end.has_changed().unwrap());
         assert_eq!(*end.borrow_and_update(), Offset(2));
         let got = s.read(&name("q"), Offset(1), 10).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].record.id, "b");
         assert!(s.read(&name("q"), Offset(99), 10).unwrap().is_empty());
-        assert_eq!(s.read(&name("nope"), Offset(0), 1).unwrap_err(), StorageError::UnknownLog(name("nope")));
+        assert_eq!(
+            s.read(&name("nope"), Offset(0), 1).unwrap_err(),
+            StorageError::UnknownLog(name("nope"))
+        );
     }
 
     #[test]
@@ -190,11 +234,19 @@ mod tests {
         let s = MemoryStorage::new();
         let p = PluginName::new("p").unwrap();
         let writes = ["a", "b/1", "b/2", "b/3", "c"].map(|k| (k.to_owned(), Some(vec![1])));
-        s.commit(Commit { kv: Some((p.clone(), writes.to_vec())), ..Commit::default() }).unwrap();
+        s.commit(Commit {
+            kv: Some((p.clone(), writes.to_vec())),
+            ..Commit::default()
+        })
+        .unwrap();
         assert_eq!(s.kv_list(&p, "b/", None, 10), ["b/1", "b/2", "b/3"]);
         assert_eq!(s.kv_list(&p, "b/", Some("b/1"), 1), ["b/2"]);
         assert_eq!(s.kv_list(&p, "", None, 2), ["a", "b/1"]);
-        s.commit(Commit { kv: Some((p.clone(), vec![("a".into(), None)])), ..Commit::default() }).unwrap();
+        s.commit(Commit {
+            kv: Some((p.clone(), vec![("a".into(), None)])),
+            ..Commit::default()
+        })
+        .unwrap();
         assert_eq!(s.kv_get(&p, "a"), None);
     }
 }

@@ -67,7 +67,7 @@ pub enum StorageError {
 }
 
 /// A store of logs, cursors and key-value state.
-pub trait Storage: Send + Sync + 'static {
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Creates an empty log.
     fn create_log(&self, name: &DestinationName) -> Result<(), StorageError>;
 
@@ -75,13 +75,25 @@ pub trait Storage: Send + Sync + 'static {
     fn has_log(&self, name: &DestinationName) -> bool;
 
     /// Appends records to one log, returning their offsets.
-    fn append(&self, log: &DestinationName, records: Vec<Record>) -> Result<Vec<Offset>, StorageError> {
+    fn append(
+        &self,
+        log: &DestinationName,
+        records: Vec<Record>,
+    ) -> Result<Vec<Offset>, StorageError> {
         let publishes = records.into_iter().map(|r| (log.clone(), r)).collect();
-        self.commit(Commit { publishes, ..Commit::default() })
+        self.commit(Commit {
+            publishes,
+            ..Commit::default()
+        })
     }
 
     /// Reads up to `max` records starting at `from`.
-    fn read(&self, log: &DestinationName, from: Offset, max: usize) -> Result<Vec<Stored>, StorageError>;
+    fn read(
+        &self,
+        log: &DestinationName,
+        from: Offset,
+        max: usize,
+    ) -> Result<Vec<Stored>, StorageError>;
 
     /// A receiver of the log's end offset (the offset the next record will get), updated on every
     /// append. Consumers wait on it instead of polling.
@@ -94,7 +106,13 @@ pub trait Storage: Send + Sync + 'static {
     fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>>;
 
     /// Lists a plugin's keys with `prefix`, after `start_after`, at most `limit`, in byte order.
-    fn kv_list(&self, plugin: &PluginName, prefix: &str, start_after: Option<&str>, limit: usize) -> Vec<String>;
+    fn kv_list(
+        &self,
+        plugin: &PluginName,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Vec<String>;
 
     /// Applies a commit atomically; returns the offsets of its published records, in order.
     fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError>;

@@ -1,0 +1,151 @@
+//! Publishing and reading messages over HTTP.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::names::{DestinationName, Offset};
+use crate::server::{PublishRequest, Published, Runtime};
+
+/// Prefix of HTTP headers that become message headers.
+const HEADER_PREFIX: &str = "weir-header-";
+
+pub(super) async fn publish(
+    State(rt): State<Arc<Runtime>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Published>), ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "body exceeds the limit of {} bytes (server.max_message_size)",
+                    rt.config.server.max_message_size
+                ),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", e.body_text())
+        }
+    })?;
+    let text = |h: &str| -> Result<Option<String>, ApiError> {
+        headers
+            .get(h)
+            .map(|v| {
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_header",
+                        format!("header `{h}` is not visible ASCII"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let mut message_headers = Vec::new();
+    for (k, v) in &headers {
+        if let Some(name) = k.as_str().strip_prefix(HEADER_PREFIX) {
+            let v = v.to_str().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_header",
+                    format!("header `{k}` is not visible ASCII"),
+                )
+            })?;
+            message_headers.push((name.to_owned(), v.to_owned()));
+        }
+    }
+    let request = PublishRequest {
+        payload: body.to_vec(),
+        key: text("weir-key")?,
+        id: text("weir-id")?,
+        headers: message_headers,
+    };
+    let published = rt.publish(&name, request)?;
+    Ok((StatusCode::CREATED, Json(published)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReadQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+pub(super) async fn read(
+    State(rt): State<Arc<Runtime>>,
+    Path(name): Path<String>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(ApiError::bad_query)?;
+    let dest = DestinationName::new(name)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    if !rt.storage.has_log(&dest) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_destination",
+            format!("no queue or topic named `{dest}`"),
+        ));
+    }
+    let records = rt
+        .storage
+        .read(&dest, Offset(q.from), q.limit.min(1000))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_error",
+                e.to_string(),
+            )
+        })?;
+    let end = rt
+        .storage
+        .watch_end(&dest)
+        .map(|w| w.borrow().0)
+        .unwrap_or_default();
+    let messages: Vec<serde_json::Value> = records
+        .iter()
+        .map(|s| {
+            let r = &s.record;
+            let v = serde_json::json!({
+                "offset": s.offset.0,
+                "id": r.id,
+                "key": r.key,
+                "headers": r.headers,
+                "timestamp_ms": r.timestamp_ms,
+            });
+            with_bytes(v, "payload", &r.payload)
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "destination": dest.as_str(), "end": end, "messages": messages }),
+    ))
+}
+
+/// Adds `bytes` to a JSON object as `field` (UTF-8 text) or `field_hex` (anything else).
+pub(super) fn with_bytes(mut v: serde_json::Value, field: &str, bytes: &[u8]) -> serde_json::Value {
+    let obj = v.as_object_mut().expect("an object");
+    match std::str::from_utf8(bytes) {
+        Ok(text) => obj.insert(field.to_owned(), text.into()),
+        Err(_) => obj.insert(
+            format!("{field}_hex"),
+            bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into(),
+        ),
+    };
+    v
+}

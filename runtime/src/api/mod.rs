@@ -1,0 +1,115 @@
+//! The HTTP API, versioned under `/v1`. Every failure answers with a 4xx/5xx status and a JSON
+//! body `{"error": {"code": "...", "message": "..."}}` whose `code` is stable.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/destinations/{name}/messages` | publish; body = payload; headers `weir-key`, `weir-id`, `weir-header-<name>` |
+//! | `GET /v1/destinations/{name}/messages?from=&limit=` | read stored messages |
+//! | `GET /v1/stats` | counters of destinations, bindings, plugins |
+//! | `GET /v1/plugins/{name}/kv?prefix=&limit=` | a plugin's key-value state |
+//! | `GET /v1/health` | liveness |
+
+mod error;
+mod messages;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::names::PluginName;
+use crate::server::Runtime;
+pub use error::ApiError;
+
+type AppState = Arc<Runtime>;
+
+/// The router of the whole API.
+pub fn router(runtime: Arc<Runtime>) -> Router {
+    // Room for the largest payload plus framing; larger bodies get 413 before being buffered.
+    let body_limit = runtime.config.server.max_message_size as usize + 1;
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/stats", get(stats))
+        .route(
+            "/v1/destinations/{name}/messages",
+            post(messages::publish).get(messages::read),
+        )
+        .route("/v1/plugins/{name}/kv", get(kv))
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see /v1/...",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(runtime)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn stats(State(rt): State<AppState>) -> Json<crate::server::StatsSnapshot> {
+    Json(rt.stats())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvQuery {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    start_after: Option<String>,
+    #[serde(default = "default_kv_limit")]
+    limit: usize,
+}
+
+fn default_kv_limit() -> usize {
+    100
+}
+
+async fn kv(
+    State(rt): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(ApiError::bad_query)?;
+    let plugin =
+        PluginName::new(name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    if !rt.plugins.contains_key(&plugin) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "unknown_plugin",
+            format!("no plugin named `{plugin}`"),
+        ));
+    }
+    let limit = q.limit.min(1000);
+    let keys = rt
+        .storage
+        .kv_list(&plugin, &q.prefix, q.start_after.as_deref(), limit);
+    let entries: Vec<serde_json::Value> = keys
+        .into_iter()
+        .filter_map(|k| {
+            let v = rt.storage.kv_get(&plugin, &k)?;
+            Some(messages::with_bytes(
+                serde_json::json!({ "key": k }),
+                "value",
+                &v,
+            ))
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "plugin": plugin.as_str(), "entries": entries }),
+    ))
+}

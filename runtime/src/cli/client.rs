@@ -1,0 +1,184 @@
+//! Client commands: talk to a running server over its HTTP API.
+
+use std::io::Read;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+/// Where the server is.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Base URL of the server's HTTP API.
+    #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+}
+
+/// `weir publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The queue or topic.
+    destination: String,
+    /// The payload; `-` reads it from stdin.
+    payload: String,
+    /// Ordering key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Idempotency key (default: a fresh id).
+    #[arg(long)]
+    id: Option<String>,
+    /// A header `name=value`; repeatable.
+    #[arg(long = "header", short = 'H', value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Print the server's JSON answer instead of a summary.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// `weir tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// The queue or topic.
+    destination: String,
+    /// First offset to print.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Most messages to print.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected name=value, found {s:?}"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Reads a response as JSON, turning an error body into an error.
+fn answer(
+    server: &str,
+    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut resp = resp.with_context(|| {
+        format!(
+            "cannot reach weir at {server} (is `weir run` running? set --server or WEIR_SERVER)"
+        )
+    })?;
+    let status = resp.status();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .context("reading the server's answer")?;
+    let body: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("the server's answer is not JSON: {text}"))?;
+    if !status.is_success() {
+        let code = body["error"]["code"].as_str().unwrap_or("unknown");
+        let message = body["error"]["message"].as_str().unwrap_or("no message");
+        bail!("{message} ({code}, HTTP {})", status.as_u16());
+    }
+    Ok(body)
+}
+
+fn url(server: &str, path: &str) -> String {
+    format!("{}{path}", server.trim_end_matches('/'))
+}
+
+pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let payload = if args.payload == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading the payload from stdin")?;
+        buf
+    } else {
+        args.payload.into_bytes()
+    };
+    let server = &args.server.server;
+    let mut req = agent().post(url(
+        server,
+        &format!("/v1/destinations/{}/messages", encode(&args.destination)),
+    ));
+    if let Some(key) = &args.key {
+        req = req.header("weir-key", key);
+    }
+    if let Some(id) = &args.id {
+        req = req.header("weir-id", id);
+    }
+    for (k, v) in &args.headers {
+        req = req.header(format!("weir-header-{k}"), v);
+    }
+    let body = answer(server, req.send(&payload[..]))?;
+    if args.json {
+        println!("{body}");
+    } else {
+        println!(
+            "published to {} at offset {} (id {})",
+            body["destination"].as_str().unwrap_or("?"),
+            body["offset"],
+            body["id"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+pub fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let server = &args.server.server;
+    let path = format!(
+        "/v1/destinations/{}/messages?from={}&limit={}",
+        encode(&args.destination),
+        args.from,
+        args.limit
+    );
+    let body = answer(server, agent().get(url(server, &path)).call())?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    for m in body["messages"].as_array().into_iter().flatten() {
+        let payload = m["payload"].as_str().map_or_else(
+            || format!("<hex {}>", m["payload_hex"].as_str().unwrap_or("")),
+            str::to_owned,
+        );
+        let key = m["key"]
+            .as_str()
+            .map(|k| format!(" key={k}"))
+            .unwrap_or_default();
+        println!("{}{key} {payload}", m["offset"]);
+    }
+    Ok(())
+}
+
+pub fn stats(args: ServerArgs) -> anyhow::Result<()> {
+    let body = answer(
+        &args.server,
+        agent().get(url(&args.server, "/v1/stats")).call(),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}
+
+/// Percent-encodes a path segment (names are validated by the server; this only keeps the URL
+/// well-formed whatever the user typed).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,119 @@
+//! The `weir` command line: `run` a server, and client commands that talk to a running one over
+//! its HTTP API (`publish`, `tail`, `stats`), plus `check` and `bench`.
+
+mod bench;
+mod client;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// weir: queues, topics and streams whose consumers are sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a server from a config file until Ctrl-C or SIGTERM.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+    },
+    /// Validates a config file and loads (type-checks) its plugins without serving.
+    Check {
+        /// The config file.
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+    },
+    /// Publishes one message to a queue or topic of a running server.
+    Publish(client::PublishArgs),
+    /// Prints stored messages of a queue or topic.
+    Tail(client::TailArgs),
+    /// Prints a running server's counters as JSON.
+    Stats(client::ServerArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Parses arguments and runs the command; errors print to stderr with exit code 1 (2 for usage).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::server::run(config, shutdown_signal()))
+        }
+        Command::Check { config } => {
+            let config = Config::load(&config)?;
+            let rt = crate::server::Runtime::start(config)
+                .context("config is valid but a plugin failed to load")?;
+            println!(
+                "ok: {} destinations, {} plugins, {} bindings",
+                rt.config.destinations.len(),
+                rt.plugins.len(),
+                rt.config.bindings.len()
+            );
+            Ok(())
+        }
+        Command::Publish(args) => client::publish(args),
+        Command::Tail(args) => client::tail(args),
+        Command::Stats(args) => client::stats(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

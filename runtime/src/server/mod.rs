@@ -1,0 +1,260 @@
+//! A running weir server: the [`Runtime`] (storage, loaded plugins, bindings) and [`run`], which
+//! serves the HTTP API and drives every binding until shutdown.
+
+mod publish;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use publish::{PublishError, PublishRequest, Published};
+
+use crate::config::{Config, DestinationKind};
+use crate::delivery::{BindingSnapshot, BindingStats};
+use crate::host::{Host, HostOptions, LoadedFrom, Plugin, PluginSpec};
+use crate::names::{BindingName, DestinationName, PluginName};
+use crate::storage::{MemoryStorage, Storage};
+
+/// Everything a running server holds.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The validated config.
+    pub config: Config,
+    /// The store.
+    pub storage: Arc<dyn Storage>,
+    /// Loaded plugins by name.
+    pub plugins: BTreeMap<PluginName, Arc<Plugin>>,
+    /// Binding counters by name.
+    pub bindings: BTreeMap<BindingName, Arc<BindingStats>>,
+    _host: Arc<Host>,
+}
+
+/// A point-in-time view of the server, as served by `GET /v1/stats`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StatsSnapshot {
+    /// Per destination.
+    pub destinations: BTreeMap<String, DestinationStats>,
+    /// Per binding.
+    pub bindings: BTreeMap<String, BindingStatsView>,
+    /// Per plugin.
+    pub plugins: BTreeMap<String, PluginInfo>,
+}
+
+/// Counters of one destination.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DestinationStats {
+    /// `queue` or `topic`.
+    pub kind: String,
+    /// Messages stored (the end offset).
+    pub messages: u64,
+}
+
+/// Counters of one binding, with where it reads.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BindingStatsView {
+    /// The consumed source.
+    pub source: String,
+    /// The plugin.
+    pub plugin: String,
+    /// The next offset it will read.
+    pub cursor: u64,
+    /// Messages not yet handled.
+    pub lag: u64,
+    /// Its counters.
+    #[serde(flatten)]
+    pub counters: BindingSnapshot,
+}
+
+/// What is known about a loaded plugin.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PluginInfo {
+    /// The component file.
+    pub path: String,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// `compiled` or `cache`.
+    pub loaded_from: String,
+    /// Time to load, in milliseconds.
+    pub load_ms: f64,
+}
+
+impl Runtime {
+    /// Creates the store and its logs, and loads every plugin. Blocking (plugins compile here).
+    pub fn start(config: Config) -> anyhow::Result<Runtime> {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        for name in config.destinations.keys() {
+            storage.create_log(name)?;
+        }
+        let instances: u32 = config.plugins.values().map(|p| p.instances + 2).sum();
+        let options = HostOptions::default()
+            .cache_dir(config.server.data_dir.join("cache"))
+            .max_instances(instances.max(16));
+        let host = Host::new(options)?;
+        let mut plugins = BTreeMap::new();
+        for (name, p) in &config.plugins {
+            let spec = PluginSpec {
+                name: name.clone(),
+                path: p.path.clone(),
+                limits: p.limits,
+                publish: p.publish.clone(),
+                max_message_size: config.server.max_message_size as usize,
+                instances: p.instances,
+            };
+            let plugin = host.load(spec, Arc::clone(&storage))?;
+            tracing::info!(
+                plugin = %name, from = ?plugin.loaded_from(), ms = plugin.load_time().as_secs_f64() * 1e3,
+                "loaded plugin"
+            );
+            plugins.insert(name.clone(), Arc::new(plugin));
+        }
+        let bindings = config
+            .bindings
+            .iter()
+            .map(|b| (b.name.clone(), Arc::default()))
+            .collect();
+        Ok(Runtime {
+            config,
+            storage,
+            plugins,
+            bindings,
+            _host: host,
+        })
+    }
+
+    /// Publishes one message to a queue or topic.
+    pub fn publish(
+        &self,
+        destination: &str,
+        request: PublishRequest,
+    ) -> Result<Published, PublishError> {
+        let limit = self.config.server.max_message_size as usize;
+        let (dest, record) = publish::validate(destination, request, limit)?;
+        if !self.config.destinations.contains_key(&dest) {
+            return Err(PublishError::UnknownDestination(dest.to_string()));
+        }
+        let id = record.id.clone();
+        let offset = self.storage.append(&dest, vec![record])?[0];
+        Ok(publish::published(&dest, offset, id))
+    }
+
+    /// Counters of everything.
+    pub fn stats(&self) -> StatsSnapshot {
+        let end = |d: &DestinationName| {
+            self.storage
+                .watch_end(d)
+                .map(|w| *w.borrow())
+                .unwrap_or_default()
+                .0
+        };
+        let destinations = self
+            .config
+            .destinations
+            .iter()
+            .map(|(name, kind)| {
+                let kind = match kind {
+                    DestinationKind::Queue => "queue",
+                    DestinationKind::Topic => "topic",
+                };
+                (
+                    name.to_string(),
+                    DestinationStats {
+                        kind: kind.to_owned(),
+                        messages: end(name),
+                    },
+                )
+            })
+            .collect();
+        let bindings = self
+            .config
+            .bindings
+            .iter()
+            .map(|b| {
+                let cursor = self.storage.cursor(&b.name).0;
+                let view = BindingStatsView {
+                    source: b.source.to_string(),
+                    plugin: b.plugin.to_string(),
+                    cursor,
+                    lag: end(&b.source).saturating_sub(cursor),
+                    counters: self.bindings[&b.name].snapshot(),
+                };
+                (b.name.to_string(), view)
+            })
+            .collect();
+        let plugins = self
+            .plugins
+            .iter()
+            .map(|(name, p)| {
+                let info = PluginInfo {
+                    path: p.path().display().to_string(),
+                    sha256: p.hash().to_owned(),
+                    loaded_from: match p.loaded_from() {
+                        LoadedFrom::Compiled => "compiled",
+                        LoadedFrom::Cache => "cache",
+                    }
+                    .to_owned(),
+                    load_ms: p.load_time().as_secs_f64() * 1e3,
+                };
+                (name.to_string(), info)
+            })
+            .collect();
+        StatsSnapshot {
+            destinations,
+            bindings,
+            plugins,
+        }
+    }
+}
+
+/// Runs a server for `config` until `shutdown` completes: loads plugins, binds the HTTP API
+/// (printing `weir listening on http://ADDR` on stdout once it accepts connections), drives
+/// every binding, then stops intake and lets each binding finish its message in flight.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listen = config.server.listen;
+    let runtime = tokio::task::spawn_blocking(move || Runtime::start(config)).await??;
+    let runtime = Arc::new(runtime);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr: SocketAddr = listener.local_addr()?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for b in &runtime.config.bindings {
+        let plugin = Arc::clone(&runtime.plugins[&b.plugin]);
+        let stats = Arc::clone(&runtime.bindings[&b.name]);
+        let fut = crate::delivery::run_binding(
+            b.clone(),
+            plugin,
+            Arc::clone(&runtime.storage),
+            stats,
+            stop_rx.clone(),
+        );
+        let name = b.name.clone();
+        tasks.spawn(async move { (name, fut.await) });
+    }
+
+    println!("weir listening on http://{addr}");
+    tracing::info!(%addr, "serving the HTTP API");
+    let app = crate::api::router(Arc::clone(&runtime));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        let (name, result) = done?;
+        if let Err(e) = result {
+            tracing::error!(binding = %name, "binding stopped: {e}");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
