@@ -1,0 +1,36 @@
+//! `counter`: counts messages in kv under `count` and, for keyed messages, `count/<key>`
+//! (u64 little-endian); replies with the total as decimal text when header `reply` is present.
+
+use weir_sdk::{HandlerError, Message, Outcome, kv};
+
+/// Adds one to the u64 little-endian counter stored at `key` and returns the new value.
+fn increment(key: &str) -> Result<u64, HandlerError> {
+    let count = match kv::get(key)? {
+        None => 0,
+        Some(bytes) => {
+            let bytes = <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| {
+                HandlerError::fatal(format!(
+                    "counter expected 8 bytes at kv key `{key}`, found {}",
+                    bytes.len()
+                ))
+            })?;
+            u64::from_le_bytes(bytes)
+        }
+    };
+    let count = count + 1;
+    kv::set(key, count.to_le_bytes())?;
+    Ok(count)
+}
+
+fn handle(msg: Message) -> Result<Outcome, HandlerError> {
+    let total = increment("count")?;
+    if let Some(key) = &msg.key {
+        increment(&format!("count/{key}"))?;
+    }
+    if msg.has_header("reply") {
+        return Ok(Outcome::Reply(total.to_string().into_bytes()));
+    }
+    Ok(Outcome::Ack)
+}
+
+weir_sdk::handler!(handle);

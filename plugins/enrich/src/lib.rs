@@ -1,0 +1,22 @@
+//! `enrich`: publishes each payload upper-cased (ASCII) to the destination in header
+//! `forward-to` (default `orders.enriched`), keeping the key and adding `enriched-by: enrich`.
+
+use weir_sdk::{HandlerError, Message, Outcome, Outgoing};
+
+/// Where enriched messages go when the message has no `forward-to` header.
+const DEFAULT_DESTINATION: &str = "orders.enriched";
+
+fn handle(msg: Message) -> Result<Outcome, HandlerError> {
+    let destination = msg.header("forward-to").unwrap_or(DEFAULT_DESTINATION);
+    let out = Outgoing {
+        key: msg.key.clone(),
+        headers: vec![("enriched-by".into(), "enrich".into())],
+        payload: msg.payload.to_ascii_uppercase(),
+    };
+    weir_sdk::publish(destination, out).map_err(|e| {
+        HandlerError::retryable(format!("enrich could not publish to `{destination}`: {e}"))
+    })?;
+    Ok(Outcome::Ack)
+}
+
+weir_sdk::handler!(handle);

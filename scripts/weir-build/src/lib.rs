@@ -1,0 +1,196 @@
+//! Builds weir's plugins into WebAssembly components.
+//!
+//! Every directory under the plugins directory is one plugin, and its name is the
+//! component's name:
+//! - a directory with a `Cargo.toml` is a Rust crate of the plugins workspace, compiled as a
+//!   core module for `wasm32-unknown-unknown` (see [`toolchain`] for which cargo is used);
+//! - a directory with `*.c` files and no `Cargo.toml` is a C plugin, compiled with clang
+//!   against C bindings generated from the WIT package.
+//!
+//! Each core module is then turned into a component with `wit-component` and written to
+//! `<out_dir>/<name>.wasm`. A component is replaced atomically (temp file + rename) and only
+//! when its bytes change, so a concurrent reader or a file watcher never sees a partial file
+//! and an unchanged plugin keeps its file.
+//!
+//! The library is also called from build scripts, so it prints nothing on stdout (cargo
+//! would read it as build-script directives), and it strips the environment a build script
+//! inherits before running the nested cargo.
+
+mod c;
+mod component;
+mod rust;
+pub mod toolchain;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// What to build and where the components go.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The plugins directory (`plugins/`): a cargo workspace of Rust plugins plus C plugins.
+    pub plugins_dir: PathBuf,
+    /// The WIT package the plugins implement (`wit/`); C bindings are generated from it.
+    pub wit_dir: PathBuf,
+    /// Where `<name>.wasm` components land; `plugins/target/components/` by default.
+    pub out_dir: PathBuf,
+    /// Show the nested cargo's and clang's output on stderr as they run.
+    pub verbose: bool,
+}
+
+impl Options {
+    /// The defaults for a weir checkout at `repo_root`: `plugins/`, `wit/` and
+    /// `plugins/target/components/`, not verbose.
+    pub fn for_repo(repo_root: impl AsRef<Path>) -> Self {
+        let root = repo_root.as_ref();
+        Self {
+            plugins_dir: root.join("plugins"),
+            wit_dir: root.join("wit"),
+            out_dir: root.join("plugins").join("target").join("components"),
+            verbose: false,
+        }
+    }
+
+    /// The directory for everything intermediate: the plugins workspace's target directory.
+    fn target_dir(&self) -> PathBuf {
+        self.plugins_dir.join("target")
+    }
+}
+
+/// A component that was built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// The plugin's name: its directory under the plugins directory.
+    pub name: String,
+    /// Where the component was written: `<out_dir>/<name>.wasm`.
+    pub path: PathBuf,
+}
+
+/// The language a plugin is written in, from what its directory contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Rust,
+    C,
+}
+
+/// One plugin found under the plugins directory.
+#[derive(Debug, Clone)]
+struct Plugin {
+    name: String,
+    dir: PathBuf,
+    kind: Kind,
+}
+
+/// Builds every plugin under `opts.plugins_dir`; returns the components sorted by name.
+pub fn build_all(opts: &Options) -> Result<Vec<Built>> {
+    build(opts, &[])
+}
+
+/// Builds the plugins named in `only` (every plugin when `only` is empty); returns the
+/// components sorted by name.
+pub fn build(opts: &Options, only: &[&str]) -> Result<Vec<Built>> {
+    let mut plugins = discover(&opts.plugins_dir)?;
+    if !only.is_empty() {
+        if let Some(unknown) = only.iter().find(|n| !plugins.iter().any(|p| p.name == **n)) {
+            let known: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+            bail!(
+                "no plugin named `{unknown}` in {}; found {}",
+                opts.plugins_dir.display(),
+                known.join(", ")
+            );
+        }
+        plugins.retain(|p| only.contains(&p.name.as_str()));
+    }
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("creating {}", opts.out_dir.display()))?;
+
+    let mut cores = Vec::new();
+    let rust: Vec<&Plugin> = plugins.iter().filter(|p| p.kind == Kind::Rust).collect();
+    if !rust.is_empty() {
+        cores.extend(rust::build(opts, &rust)?);
+    }
+    let c: Vec<&Plugin> = plugins.iter().filter(|p| p.kind == Kind::C).collect();
+    if !c.is_empty() {
+        cores.extend(c::build(opts, &c)?);
+    }
+
+    let mut built = Vec::new();
+    for (name, core) in cores {
+        let path = opts.out_dir.join(format!("{name}.wasm"));
+        let bytes = component::componentize(&core)
+            .with_context(|| format!("turning plugin `{name}` into a component"))?;
+        component::write_if_changed(&path, &bytes)?;
+        built.push(Built { name, path });
+    }
+    built.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(built)
+}
+
+/// The source files and directories the components depend on, for a build script's
+/// `cargo:rerun-if-changed` lines: the WIT package, every plugin's sources, the plugins
+/// workspace manifest and lock file, and the SDK next to the plugins directory when present.
+/// Build outputs (`target/`) are never listed, so building does not trigger a rebuild.
+pub fn input_paths(opts: &Options) -> Result<Vec<PathBuf>> {
+    let mut paths = vec![
+        opts.wit_dir.clone(),
+        opts.plugins_dir.join("Cargo.toml"),
+        opts.plugins_dir.join("Cargo.lock"),
+    ];
+    for plugin in discover(&opts.plugins_dir)? {
+        for entry in read_dir_sorted(&plugin.dir)? {
+            if entry.file_name().is_some_and(|n| n != "target") {
+                paths.push(entry);
+            }
+        }
+    }
+    if let Some(sdk) = opts.plugins_dir.parent().map(|p| p.join("sdk"))
+        && sdk.join("Cargo.toml").is_file()
+    {
+        paths.push(sdk.join("Cargo.toml"));
+        paths.push(sdk.join("src"));
+    }
+    paths.retain(|p| p.exists());
+    Ok(paths)
+}
+
+/// Finds the plugins under `plugins_dir`, sorted by name.
+fn discover(plugins_dir: &Path) -> Result<Vec<Plugin>> {
+    let mut plugins = Vec::new();
+    for dir in read_dir_sorted(plugins_dir)? {
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        if !dir.is_dir() || name == "target" || name.starts_with('.') {
+            continue;
+        }
+        let kind = if dir.join("Cargo.toml").is_file() {
+            Kind::Rust
+        } else if read_dir_sorted(&dir)?
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "c"))
+        {
+            Kind::C
+        } else {
+            continue;
+        };
+        plugins.push(Plugin { name, dir, kind });
+    }
+    if plugins.is_empty() {
+        bail!(
+            "expected plugin directories (with a Cargo.toml or *.c files) in {}, found none",
+            plugins_dir.display()
+        );
+    }
+    Ok(plugins)
+}
+
+/// The entries of `dir`, sorted, so builds and their output do not depend on directory order.
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("reading directory {}", dir.display()))?;
+    entries.sort();
+    Ok(entries)
+}
