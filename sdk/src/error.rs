@@ -41,24 +41,38 @@ impl From<KvError> for HandlerError {
 /// when your plugin wants otherwise.
 impl From<PublishError> for HandlerError {
     fn from(error: PublishError) -> Self {
-        Self::fatal(describe_publish_error(&error))
+        Self::fatal(error.describe())
     }
 }
 
-/// A one-line, lowercase description of a publish refusal.
-pub(crate) fn describe_publish_error(error: &PublishError) -> String {
-    match error {
-        PublishError::UnknownDestination(name) => {
-            format!("publish refused: no queue or topic named `{name}`")
+impl PublishError {
+    /// A one-line, lowercase description for logs and [`HandlerError`] messages, e.g.
+    /// ``publish refused: no queue or topic named `orders.x` ``.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::UnknownDestination(name) => {
+                format!("publish refused: no queue or topic named `{name}`")
+            }
+            Self::NotPermitted(name) => {
+                format!("publish refused: plugin may not publish to `{name}`")
+            }
+            Self::TooLarge(limit) => {
+                format!("publish refused: message larger than {limit} bytes")
+            }
+            Self::TooMany(limit) => {
+                format!("publish refused: more than {limit} messages in one invocation")
+            }
         }
-        PublishError::NotPermitted(name) => {
-            format!("publish refused: plugin may not publish to `{name}`")
-        }
-        PublishError::TooLarge(limit) => {
-            format!("publish refused: message larger than {limit} bytes")
-        }
-        PublishError::TooMany(limit) => {
-            format!("publish refused: more than {limit} messages in one invocation")
+    }
+}
+
+impl KvError {
+    /// A one-line, lowercase description for logs and [`HandlerError`] messages, e.g.
+    /// `kv unavailable: disk full`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::TooLarge(limit) => format!("kv refused: key or value larger than {limit} bytes"),
+            Self::Unavailable(why) => format!("kv unavailable: {why}"),
         }
     }
 }

@@ -14,7 +14,7 @@ fn handle(msg: Message) -> Result<Outcome, HandlerError> {
         payload: msg.payload.to_ascii_uppercase(),
     };
     weir_sdk::publish(destination, out).map_err(|e| {
-        HandlerError::retryable(format!("enrich could not publish to `{destination}`: {e}"))
+        HandlerError::retryable(format!("enrich could not forward: {}", e.describe()))
     })?;
     Ok(Outcome::Ack)
 }
