@@ -174,7 +174,7 @@ mod tests {
             .map(|_| ())
             .map_err(|e| e.to_string());
         assert_eq!(
-            got.as_ref().map_err(String::as_str),
+            got.as_ref().copied().map_err(String::as_str),
             expect,
             "name {name:?}"
         );

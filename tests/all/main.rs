@@ -1,1 +1,8 @@
-//! Integration tests for weir.
+//! Integration tests for weir, through the public library API and the real `weir` binary. The
+//! plugins they use are built from source by `tests/build.rs`.
+
+mod binary;
+mod cli;
+mod host;
+mod http;
+mod support;

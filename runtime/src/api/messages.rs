@@ -133,12 +133,17 @@ pub(super) async fn read(
     ))
 }
 
-/// Adds `bytes` to a JSON object as `field` (UTF-8 text) or `field_hex` (anything else).
+/// Adds `bytes` to a JSON object as `field` (printable UTF-8 text) or `field_hex` (anything
+/// else, such as binary counters).
 pub(super) fn with_bytes(mut v: serde_json::Value, field: &str, bytes: &[u8]) -> serde_json::Value {
     let obj = v.as_object_mut().expect("an object");
+    let printable = |t: &str| {
+        t.chars()
+            .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
+    };
     match std::str::from_utf8(bytes) {
-        Ok(text) => obj.insert(field.to_owned(), text.into()),
-        Err(_) => obj.insert(
+        Ok(text) if printable(text) => obj.insert(field.to_owned(), text.into()),
+        _ => obj.insert(
             format!("{field}_hex"),
             bytes
                 .iter()

@@ -225,15 +225,25 @@ fn classify(e: &wasmtime::Error, memory_exceeded: bool) -> (FailureClass, String
             FailureClass::OutOfMemory,
             format!(
                 "plugin exceeded its memory limit and then failed: {}",
-                root_message(e)
+                trap_message(e)
             ),
         ),
-        Some(_) | None => (FailureClass::Trap, root_message(e)),
+        Some(_) | None => (FailureClass::Trap, trap_message(e)),
     }
 }
 
-fn root_message(e: &wasmtime::Error) -> String {
-    // The first line of the full chain: the trap kind and where.
-    let full = format!("{e:#}");
-    full.lines().next().unwrap_or_default().to_owned()
+/// The trap itself ("wasm trap: wasm `unreachable` instruction executed"), then the innermost
+/// named wasm function, without the full backtrace.
+fn trap_message(e: &wasmtime::Error) -> String {
+    let what = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    let frame = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().iter().find_map(|f| f.func_name()));
+    match frame {
+        Some(func) => format!("{what} (in {func})"),
+        None => what,
+    }
 }

@@ -90,10 +90,12 @@ pub enum LoadError {
         import: String,
     },
     /// The component does not export the handler interface with the expected types.
-    #[error("plugin `{plugin}` does not export a compatible `weir:plugin/handler@0.1.0`: {reason}")]
+    #[error("plugin `{plugin}`: `{}` does not export a compatible `weir:plugin/handler@0.1.0`: {reason}", path.display())]
     WrongWorld {
         /// The plugin.
         plugin: PluginName,
+        /// The file.
+        path: PathBuf,
         /// What did not match.
         reason: String,
     },
@@ -183,6 +185,7 @@ impl Host {
             .and_then(HandlerPre::new)
             .map_err(|e| LoadError::WrongWorld {
                 plugin: name.clone(),
+                path: spec.path.clone(),
                 reason: format!("{e:#}"),
             })?;
         let grants = Arc::new(Grants {
@@ -217,16 +220,20 @@ impl Host {
         hash: &str,
         bytes: &[u8],
     ) -> anyhow::Result<(Component, LoadedFrom)> {
-        if let Some(cache) = &self.cache {
-            if let Some(c) = cache.get(&set.engine, hash) {
-                return Ok((c, LoadedFrom::Cache));
-            }
+        if let Some(c) = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&set.engine, hash))
+        {
+            return Ok((c, LoadedFrom::Cache));
         }
         let component = Component::new(&set.engine, bytes)?;
-        if let Some(cache) = &self.cache {
-            if let Err(e) = cache.put(&set.engine, hash, &component) {
-                tracing::warn!("cannot write the precompiled cache: {e:#}");
-            }
+        if let Some(Err(e)) = self
+            .cache
+            .as_ref()
+            .map(|cache| cache.put(&set.engine, hash, &component))
+        {
+            tracing::warn!("cannot write the precompiled cache: {e:#}");
         }
         Ok((component, LoadedFrom::Compiled))
     }

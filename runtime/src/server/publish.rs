@@ -88,13 +88,11 @@ pub(super) fn validate(
             limit,
         });
     }
-    if let Some(key) = &req.key {
-        if key.len() > MAX_KEY {
-            return Err(PublishError::Invalid(format!(
-                "key is {} bytes; the limit is {MAX_KEY}",
-                key.len()
-            )));
-        }
+    if let Some(key) = req.key.as_ref().filter(|k| k.len() > MAX_KEY) {
+        return Err(PublishError::Invalid(format!(
+            "key is {} bytes; the limit is {MAX_KEY}",
+            key.len()
+        )));
     }
     let id = match req.id {
         Some(id) if id.is_empty() || id.len() > MAX_ID || id.chars().any(char::is_control) => {

@@ -43,11 +43,14 @@ pub struct Stored {
     pub record: Arc<Record>,
 }
 
+/// Key-value writes of one plugin: `None` deletes.
+pub type KvWrites = (PluginName, Vec<(String, Option<Vec<u8>>)>);
+
 /// Everything one invocation changes, applied atomically by [`Storage::commit`].
 #[derive(Debug, Default)]
 pub struct Commit {
     /// Key-value writes of a plugin: `None` deletes.
-    pub kv: Option<(PluginName, Vec<(String, Option<Vec<u8>>)>)>,
+    pub kv: Option<KvWrites>,
     /// Records to append, in order.
     pub publishes: Vec<(DestinationName, Record)>,
     /// Advance a binding's cursor to this offset (the next one it will read).

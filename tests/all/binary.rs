@@ -1,0 +1,180 @@
+//! The real `weir run` binary end to end: messages published over HTTP are handled by plugins
+//! built from source, outcomes applied, failures dead-lettered, bad plugins refused at start.
+
+use crate::support::{Server, plugin, plugin_toml};
+
+fn pipeline_config() -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[queues.orders]
+[topics."orders.enriched"]
+[queues.jobs]
+
+{enrich}
+{counter}
+{tally}
+{trap}
+
+[[bindings]]
+source = "orders"
+plugin = "enrich"
+
+[[bindings]]
+source = "orders.enriched"
+plugin = "counter"
+
+[[bindings]]
+source = "orders.enriched"
+plugin = "c-tally"
+
+[[bindings]]
+source = "jobs"
+plugin = "trap"
+max_attempts = 2
+retry_delay_ms = 1
+"#,
+        enrich = plugin_toml("enrich", "publish = [\"orders.enriched\"]"),
+        counter = plugin_toml("counter", ""),
+        tally = plugin_toml("c-tally", ""),
+        trap = plugin_toml("trap", ""),
+    )
+}
+
+#[test]
+fn published_messages_are_handled_and_outcomes_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &pipeline_config());
+    for (i, key) in ["alice", "bob", "alice"].iter().enumerate() {
+        let body = server.publish("orders", &format!("order {i}"), &[("weir-key", key)]);
+        assert_eq!(body["offset"], i as u64);
+    }
+    // The topic fans out to both subscriptions, each with its own cursor.
+    server.wait_binding("orders.enriched.counter", "acked", 3);
+    let stats = server.wait_binding("orders.enriched.c-tally", "acked", 3);
+    assert_eq!(stats["bindings"]["orders.enrich"]["acked"], 3);
+    assert_eq!(stats["bindings"]["orders.enrich"]["lag"], 0);
+    assert_eq!(stats["destinations"]["orders.enriched"]["messages"], 3);
+
+    let (_, enriched) = server.get("/v1/destinations/orders.enriched/messages");
+    let payloads: Vec<&str> = enriched["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(payloads, ["ORDER 0", "ORDER 1", "ORDER 2"]);
+    assert_eq!(enriched["messages"][1]["key"], "bob");
+
+    let (_, kv) = server.get("/v1/plugins/counter/kv?prefix=count");
+    let entries: Vec<(String, String)> = kv["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap().to_owned(),
+                e["value_hex"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let le = |n: u64| {
+        n.to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        entries,
+        [
+            ("count".to_owned(), le(3)),
+            ("count/alice".to_owned(), le(2)),
+            ("count/bob".to_owned(), le(1))
+        ]
+    );
+    let (_, tally) = server.get("/v1/plugins/c-tally/kv");
+    assert_eq!(tally["entries"][0]["value_hex"], le(3));
+}
+
+#[test]
+fn a_trapping_plugin_is_dead_lettered_while_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &pipeline_config());
+    server.publish("jobs", "doomed", &[]);
+    server.publish("orders", "fine", &[]);
+    let stats = server.wait_binding("jobs.trap", "dead_lettered", 1);
+    assert_eq!(stats["bindings"]["jobs.trap"]["failures"]["trap"], 2);
+    assert_eq!(stats["bindings"]["jobs.trap"]["retried"], 1);
+    server.wait_binding("orders.enriched.counter", "acked", 1);
+
+    let (_, dlq) = server.get("/v1/destinations/jobs.trap.dlq/messages");
+    let m = &dlq["messages"][0];
+    assert_eq!(m["payload"], "doomed");
+    let header = |name: &str| {
+        m["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap().to_owned())
+    };
+    assert_eq!(header("weir-dlq-class").as_deref(), Some("trap"));
+    assert_eq!(header("weir-dlq-attempts").as_deref(), Some("2"));
+    assert_eq!(header("weir-dlq-source").as_deref(), Some("jobs"));
+    let reason = header("weir-dlq-reason").unwrap();
+    assert!(
+        reason.starts_with("wasm trap: wasm `unreachable` instruction executed"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_second_start_loads_plugins_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+        plugin_toml("counter", "")
+    );
+    let first = Server::start(dir.path(), &config);
+    assert_eq!(
+        first.stats()["plugins"]["counter"]["loaded_from"],
+        "compiled"
+    );
+    assert_eq!(first.stop(), Some(0), "SIGTERM stops the server cleanly");
+    let second = Server::start_existing(dir.path());
+    assert_eq!(second.stats()["plugins"]["counter"]["loaded_from"], "cache");
+}
+
+#[test]
+fn bad_plugins_stop_start_up_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let noop = std::fs::read(plugin("noop")).unwrap();
+    std::fs::write(dir.path().join("truncated.wasm"), &noop[..noop.len() / 3]).unwrap();
+    let cases = [
+        (
+            plugin_toml("sneaky", ""),
+            "plugin `sneaky` imports `wasi:cli/environment@0.2.0`, which weir does not grant",
+        ),
+        (
+            "[plugins.cut]\npath = \"truncated.wasm\"\n".to_owned(),
+            "is not a valid WebAssembly component",
+        ),
+    ];
+    for (config, expect) in cases {
+        std::fs::write(
+            dir.path().join("weir.toml"),
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}"),
+        )
+        .unwrap();
+        let (code, stdout, stderr) =
+            crate::support::weir(&["run", "--config", "weir.toml"], dir.path());
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(expect), "{stderr}");
+        assert!(
+            !stdout.contains("listening"),
+            "never started serving: {stdout}"
+        );
+    }
+}

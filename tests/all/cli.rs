@@ -1,0 +1,168 @@
+//! The `weir` command line as a person uses it: publish, tail, stats, check, bench, and bad input.
+
+use crate::support::{Server, plugin, plugin_toml, weir};
+
+#[test]
+fn publish_and_tail_from_a_second_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[queues.orders]\n{}",
+        plugin_toml("noop", "")
+    );
+    let server = Server::start(dir.path(), &config);
+    let url = server.url.as_str();
+    let (code, out, err) = weir(
+        &[
+            "publish",
+            "orders",
+            "hello",
+            "--key",
+            "k1",
+            "-H",
+            "trace=abc",
+            "--server",
+            url,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("published to orders at offset 0 (id "),
+        "{out}"
+    );
+    let (code, out, err) = weir(
+        &[
+            "publish", "orders", "again", "--id", "my-id", "--json", "--server", url,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (answer["offset"].as_u64(), answer["id"].as_str()),
+        (Some(1), Some("my-id"))
+    );
+
+    let (code, out, err) = weir(&["tail", "orders", "--server", url], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "0 key=k1 hello\n1 again\n");
+    let (_, read) = server.get("/v1/destinations/orders/messages");
+    assert_eq!(
+        read["messages"][0]["headers"][0],
+        serde_json::json!(["trace", "abc"])
+    );
+
+    let (code, out, _) = weir(&["stats", "--server", url], dir.path());
+    assert_eq!(code, 0);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["destinations"]["orders"]["messages"], 2);
+
+    // Bad input: a clear error, exit 1, nothing stored.
+    let (code, _, err) = weir(&["publish", "nowhere", "x", "--server", url], dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "error: no queue or topic named `nowhere` (unknown_destination, HTTP 404)"
+    );
+    let (code, _, err) = weir(
+        &["publish", "orders", "x", "-H", "novalue", "--server", url],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "usage errors exit 2");
+    assert!(
+        err.contains("expected name=value, found \"novalue\""),
+        "{err}"
+    );
+    assert_eq!(server.stats()["destinations"]["orders"]["messages"], 2);
+}
+
+#[test]
+fn client_commands_say_when_no_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = weir(&["stats", "--server", "http://127.0.0.1:9"], dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot reach weir at http://127.0.0.1:9 (is `weir run` running?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["frobnicate"][..],
+        &["publish"],
+        &["bench", "invoke", "--calls", "many"],
+    ] {
+        let (code, _, err) = weir(args, dir.path());
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("--help"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_validates_configs_and_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = format!(
+        "[queues.q]\n{}\n[[bindings]]\nsource = \"q\"\nplugin = \"noop\"\n",
+        plugin_toml("noop", "")
+    );
+    std::fs::write(dir.path().join("weir.toml"), &good).unwrap();
+    let (code, out, err) = weir(&["check"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "ok: 2 destinations, 1 plugins, 1 bindings");
+
+    std::fs::write(
+        dir.path().join("weir.toml"),
+        good.replace("source =", "sorce ="),
+    )
+    .unwrap();
+    let (code, _, err) = weir(&["check"], dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("weir.toml:7:1: unknown field `sorce`, expected one of `name`, `source`"),
+        "{err}"
+    );
+
+    let (code, _, err) = weir(&["check", "--config", "absent.toml"], dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("absent.toml: cannot read config file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_invoke_prints_one_json_object_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let noop = plugin("noop").display().to_string();
+    let (code, out, err) = weir(
+        &[
+            "bench", "invoke", "--plugin", &noop, "--calls", "2000", "--warmup", "100", "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["scenario"], "invoke");
+    assert_eq!(last["payload_bytes"], 1024);
+    assert_eq!(last["calls"], 2000);
+    let (p50, p99) = (
+        last["us_per_call_p50"].as_f64().unwrap(),
+        last["us_per_call_p99"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{last}");
+
+    let (code, _, err) = weir(&["bench", "invoke", "--plugin", "nope.wasm"], dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "plugin `nope.wasm` not found; build the example plugins with `scripts/build-plugins`"
+        ),
+        "{err}"
+    );
+}

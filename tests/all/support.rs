@@ -1,0 +1,219 @@
+//! Helpers: plugin paths, a `weir run` child process with its HTTP API, waiting on conditions.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of an example plugin built by `build.rs`.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = match name {
+        "noop" => env!("WEIR_PLUGIN_NOOP"),
+        "enrich" => env!("WEIR_PLUGIN_ENRICH"),
+        "counter" => env!("WEIR_PLUGIN_COUNTER"),
+        "trap" => env!("WEIR_PLUGIN_TRAP"),
+        "spin" => env!("WEIR_PLUGIN_SPIN"),
+        "hog" => env!("WEIR_PLUGIN_HOG"),
+        "fail" => env!("WEIR_PLUGIN_FAIL"),
+        "sneaky" => env!("WEIR_PLUGIN_SNEAKY"),
+        "c-tally" => env!("WEIR_PLUGIN_C_TALLY"),
+        other => panic!("no example plugin named {other}"),
+    };
+    PathBuf::from(path)
+}
+
+/// The `weir` binary of this build (`target/<profile>/weir`).
+pub fn weir_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join(format!("weir{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build --release -p weir` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `weir` with arguments; returns (exit code, stdout, stderr).
+pub fn weir(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(weir_bin())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("running weir");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `f` until it returns `Some`, or panics after `deadline` naming `what`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `weir run` child process on a free loopback port, killed on drop.
+pub struct Server {
+    child: Child,
+    /// Base URL of its API.
+    pub url: String,
+    stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Writes `config` to `dir/weir.toml` and starts a server on it, waiting until it listens.
+    pub fn start(dir: &Path, config: &str) -> Server {
+        std::fs::write(dir.join("weir.toml"), config).unwrap();
+        Server::start_existing(dir)
+    }
+
+    /// Starts a server on an existing `dir/weir.toml`.
+    pub fn start_existing(dir: &Path) -> Server {
+        let stderr_path = dir.join("weir.stderr");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(weir_bin())
+            .args(["run", "--config", "weir.toml"])
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("starting weir run");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("weir listening on ") {
+                        break url.to_owned();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    panic!("weir run did not start listening; stderr:\n{err}");
+                }
+            }
+        };
+        Server {
+            child,
+            url,
+            stderr_path,
+        }
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// GET a path; returns (status, JSON body).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let resp = agent().get(format!("{}{path}", self.url)).call();
+        read(resp)
+    }
+
+    /// POST bytes to a path with extra headers; returns (status, JSON body).
+    pub fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = agent().post(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        read(req.send(body))
+    }
+
+    /// Publishes a payload to a destination, asserting success.
+    pub fn publish(&self, dest: &str, payload: &str, headers: &[(&str, &str)]) -> Value {
+        let (status, body) = self.post(
+            &format!("/v1/destinations/{dest}/messages"),
+            payload.as_bytes(),
+            headers,
+        );
+        assert_eq!(status, 201, "publish to {dest}: {body}");
+        body
+    }
+
+    /// The stats document.
+    pub fn stats(&self) -> Value {
+        let (status, body) = self.get("/v1/stats");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until a binding's counter reaches `n`.
+    pub fn wait_binding(&self, binding: &str, counter: &str, n: u64) -> Value {
+        let what = format!(
+            "binding {binding} {counter} >= {n} (server stderr: {})",
+            self.stderr()
+        );
+        wait_for(&what, Duration::from_secs(30), || {
+            let s = self.stats();
+            (s["bindings"][binding][counter].as_u64().unwrap_or(0) >= n).then_some(s)
+        })
+    }
+
+    /// Stops the server with SIGTERM and returns its exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().ok()?;
+        status.code()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn read(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+    let mut resp = resp.expect("HTTP request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("body is not JSON (status {status}): {text}"));
+    (status, body)
+}
+
+/// A config fragment declaring an example plugin by path.
+pub fn plugin_toml(name: &str, extra: &str) -> String {
+    format!(
+        "[plugins.{name}]\npath = {:?}\n{extra}\n",
+        plugin(name).display().to_string()
+    )
+}
