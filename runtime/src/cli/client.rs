@@ -54,6 +54,21 @@ pub struct TailArgs {
     server: ServerArgs,
 }
 
+/// `weir kv`.
+#[derive(Debug, Args)]
+pub struct KvArgs {
+    /// The plugin.
+    plugin: String,
+    /// Only keys starting with this.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
@@ -181,4 +196,38 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+pub fn kv(args: KvArgs) -> anyhow::Result<()> {
+    let server = &args.server.server;
+    let path = format!(
+        "/v1/plugins/{}/kv?prefix={}&limit=1000",
+        encode(&args.plugin),
+        encode(&args.prefix)
+    );
+    let body = answer(server, agent().get(url(server, &path)).call())?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    for e in body["entries"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        match (e["value"].as_str(), e["value_hex"].as_str()) {
+            (Some(text), _) => println!("{key} = {text}"),
+            (None, Some(hex)) => println!("{key} = {}", describe_hex(hex)),
+            _ => println!("{key}"),
+        }
+    }
+    Ok(())
+}
+
+/// Shows binary values as hex, and 8-byte values also as the little-endian u64 most counters use.
+fn describe_hex(hex: &str) -> String {
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    match <[u8; 8]>::try_from(bytes.as_slice()) {
+        Ok(b) => format!("{} (hex {hex})", u64::from_le_bytes(b)),
+        Err(_) => format!("hex {hex}"),
+    }
 }

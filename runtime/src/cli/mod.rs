@@ -27,6 +27,9 @@ enum Command {
         /// The config file.
         #[arg(long, short, default_value = "weir.toml")]
         config: PathBuf,
+        /// Listen on this address instead of `server.listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Validates a config file and loads (type-checks) its plugins without serving.
     Check {
@@ -40,6 +43,8 @@ enum Command {
     Tail(client::TailArgs),
     /// Prints a running server's counters as JSON.
     Stats(client::ServerArgs),
+    /// Prints a plugin's key-value state.
+    Kv(client::KvArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -61,16 +66,21 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
+        Command::Run { config, listen } => {
+            let mut config = Config::load(&config)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -91,6 +101,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Publish(args) => client::publish(args),
         Command::Tail(args) => client::tail(args),
         Command::Stats(args) => client::stats(args),
+        Command::Kv(args) => client::kv(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

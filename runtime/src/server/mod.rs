@@ -106,10 +106,12 @@ impl Runtime {
                 instances: p.instances,
             };
             let plugin = host.load(spec, Arc::clone(&storage))?;
-            tracing::info!(
-                plugin = %name, from = ?plugin.loaded_from(), ms = plugin.load_time().as_secs_f64() * 1e3,
-                "loaded plugin"
-            );
+            let from = match plugin.loaded_from() {
+                LoadedFrom::Compiled => "compiled",
+                LoadedFrom::Cache => "cache",
+            };
+            let ms = plugin.load_time().as_secs_f64() * 1e3;
+            tracing::info!(plugin = %name, from, load_ms = format_args!("{ms:.1}"), "loaded plugin");
             plugins.insert(name.clone(), Arc::new(plugin));
         }
         let bindings = config
