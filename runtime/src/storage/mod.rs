@@ -6,6 +6,7 @@
 //! **Invariant:** a [`Commit`] is applied whole or not at all: the key-value writes, the
 //! published records and the cursor advance of one invocation become visible together.
 
+pub mod log;
 mod memory;
 
 use std::sync::Arc;

@@ -1,0 +1,236 @@
+//! Group commit: the one writer thread that takes every pending frame as one batch and writes it
+//! with one positional write, and the sync threads that `fdatasync` written batches.
+//!
+//! With [`Durability::Always`] a batch is acknowledged only when an `fdatasync` that started
+//! after its write returned. The writer does not wait for that fsync: it hands the batch's end to
+//! the sync threads (the newest request replaces an older one not yet started) and writes the
+//! next batch, so a batch's fsync overlaps the next batch's write and, on file systems that
+//! merge concurrent journal commits, other fsyncs. Each sync thread has its own file handle, so
+//! a write-back error reaches every fsync caller that could have covered the lost pages.
+
+use std::mem;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::error::LogError;
+use super::index;
+use super::io::SegmentFile;
+use super::options::Durability;
+use super::segment;
+use super::shared::{Active, Sealed, Shared, SyncJob, lock};
+
+/// Runs the writer until the log is closed (after draining) or stopped.
+pub(crate) fn run_writer(shared: Arc<Shared>) {
+    let mut batch = Vec::new();
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    loop {
+        let (first, end) = {
+            let mut pending = lock(&shared.pending);
+            loop {
+                if pending.stopped.is_some() {
+                    return;
+                }
+                if !pending.buf.is_empty() {
+                    break;
+                }
+                if pending.closed {
+                    drop(pending);
+                    let _ = sync_active(&shared);
+                    return;
+                }
+                match shared.opts.durability {
+                    Durability::Interval(every) if unsynced => {
+                        let wait = every.saturating_sub(last_sync.elapsed());
+                        if wait.is_zero() {
+                            break;
+                        }
+                        pending = shared
+                            .writer_cv
+                            .wait_timeout(pending, wait)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .0;
+                    }
+                    _ => {
+                        pending = shared
+                            .writer_cv
+                            .wait(pending)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                }
+            }
+            mem::swap(&mut pending.buf, &mut batch);
+            let first = pending.buf_first;
+            pending.buf_first = pending.next_offset;
+            (first, pending.next_offset)
+        };
+        shared.space_cv.notify_all();
+        if !batch.is_empty() && write_batch(&shared, &batch, first).is_err() {
+            return;
+        }
+        batch.clear();
+        match shared.opts.durability {
+            Durability::Always => {
+                let path = shared.read_segments().active.path.clone();
+                lock(&shared.sync_queue).latest = Some(SyncJob { path, end });
+                shared.sync_cv.notify_one();
+            }
+            Durability::Interval(every) => {
+                shared.commit(end);
+                unsynced = true;
+                if last_sync.elapsed() >= every {
+                    if sync_active(&shared).is_err() {
+                        return;
+                    }
+                    last_sync = Instant::now();
+                    unsynced = false;
+                }
+            }
+            Durability::Never => shared.commit(end),
+        }
+    }
+}
+
+/// Writes one batch to the active segment (rolling first if it is full) and indexes it.
+fn write_batch(shared: &Shared, batch: &[u8], first: u64) -> Result<(), ()> {
+    let (file, path, pos) = {
+        let segments = shared.read_segments();
+        let a = &segments.active;
+        let full = a.index.summary.len >= shared.opts.segment_bytes;
+        (!full).then(|| (a.file.clone(), a.path.clone(), a.index.summary.len))
+    }
+    .map_or_else(|| roll(shared, first), Ok)?;
+    if let Err(e) = file.write_at(batch, pos) {
+        shared.stop(stopped("write", path, e));
+        return Err(());
+    }
+    let mut segments = shared.write_segments();
+    let index = &mut segments.active.index;
+    let mut at = 0;
+    while at + 25 <= batch.len() {
+        let f = &batch[at..];
+        let len = 8 + u32::from_le_bytes([f[4], f[5], f[6], f[7]]) as usize;
+        let offset = u64::from_le_bytes(f[9..17].try_into().unwrap_or_default());
+        let ts = u64::from_le_bytes(f[17..25].try_into().unwrap_or_default());
+        index.observe(offset, pos + at as u64, ts, len as u64);
+        at += len;
+    }
+    Ok(())
+}
+
+fn stopped(op: &'static str, path: std::path::PathBuf, e: std::io::Error) -> LogError {
+    LogError::Stopped {
+        op,
+        path,
+        source: Arc::new(e),
+    }
+}
+
+/// Fsyncs the active segment with the writer's handle and acknowledges everything written.
+fn sync_active(shared: &Shared) -> Result<(), ()> {
+    let (file, path, end) = {
+        let s = shared.read_segments();
+        (
+            s.active.file.clone(),
+            s.active.path.clone(),
+            s.active.index.summary.end,
+        )
+    };
+    match file.sync() {
+        Ok(()) => {
+            shared.commit(end);
+            Ok(())
+        }
+        Err(e) => {
+            shared.stop(stopped("fsync", path, e));
+            Err(())
+        }
+    }
+}
+
+/// Seals the active segment (fsync, persisted index) and starts a new one at `base`.
+fn roll(shared: &Shared, base: u64) -> Result<(Arc<dyn SegmentFile>, std::path::PathBuf, u64), ()> {
+    sync_active(shared)?;
+    let io = &*shared.opts.io;
+    let dir = &shared.dir;
+    let (summary, entries, old_path, old_file) = {
+        let s = shared.read_segments();
+        let a = &s.active;
+        (
+            a.index.summary,
+            a.index.entries.clone(),
+            a.path.clone(),
+            a.file.clone(),
+        )
+    };
+    let index_path = segment::index_path(dir, summary.base);
+    let new_path = segment::log_path(dir, base);
+    let result = index::write(io, &index_path, &summary, &entries)
+        .map_err(|e| stopped("write", index_path.clone(), e))
+        .and_then(|()| {
+            index::load(io, &index_path, summary.base, summary.len).ok_or_else(|| {
+                stopped(
+                    "write",
+                    index_path.clone(),
+                    std::io::Error::other("index reads back wrong"),
+                )
+            })
+        })
+        .and_then(|(_, index)| {
+            let file = io
+                .open(&new_path, true)
+                .map_err(|e| stopped("write", new_path.clone(), e))?;
+            io.sync_dir(dir)
+                .map_err(|e| stopped("fsync", dir.clone(), e))?;
+            Ok((index, file))
+        });
+    let (index, file) = result.map_err(|e| shared.stop(e))?;
+    let mut s = shared.write_segments();
+    s.sealed.push_back(Sealed {
+        path: old_path,
+        file: old_file,
+        index,
+        summary,
+    });
+    s.active = Active {
+        path: new_path.clone(),
+        file: file.clone(),
+        index: index::IndexBuilder::new(base, shared.opts.index_interval_bytes),
+    };
+    Ok((file, new_path, 0))
+}
+
+/// Runs one sync thread until the log is closed or stopped.
+pub(crate) fn run_syncer(shared: Arc<Shared>) {
+    let mut handle: Option<(std::path::PathBuf, Arc<dyn SegmentFile>)> = None;
+    loop {
+        let job = {
+            let mut q = lock(&shared.sync_queue);
+            loop {
+                if let Some(job) = q.latest.take() {
+                    break job;
+                }
+                if q.closed {
+                    return;
+                }
+                q = shared
+                    .sync_cv
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        };
+        if handle.as_ref().is_none_or(|(p, _)| *p != job.path) {
+            match shared.opts.io.open(&job.path, false) {
+                Ok(file) => handle = Some((job.path.clone(), file)),
+                // Sealed and fsynced by a roll since, then removed by retention.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return shared.stop(stopped("fsync", job.path, e)),
+            }
+        }
+        let Some((_, file)) = &handle else { return };
+        match file.sync() {
+            Ok(()) => shared.commit(job.end),
+            Err(e) => return shared.stop(stopped("fsync", job.path, e)),
+        }
+    }
+}
