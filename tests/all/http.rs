@@ -21,7 +21,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     );
     let server = Server::start(dir.path(), &config);
     let big = vec![b'x'; 1025];
-    let cases: [Case; 9] = [
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/destinations/orders/messages",
@@ -79,6 +79,14 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             "unknown_plugin",
         ),
         ("GET", "/v2/anything", b"", &[], 404, "not_found"),
+        (
+            "POST",
+            "/v1/destinations/%FF/messages",
+            b"x",
+            &[],
+            400,
+            "invalid_path",
+        ),
         ("DELETE", "/v1/stats", b"", &[], 405, "method_not_allowed"),
     ];
     for (method, path, body, headers, status, code) in cases {

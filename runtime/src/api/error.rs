@@ -29,6 +29,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// 400 for a malformed path segment.
+    pub fn bad_path(e: axum::extract::rejection::PathRejection) -> ApiError {
+        ApiError::bad_request("invalid_path", e.body_text())
+    }
+
     /// 400 for a malformed query string.
     pub fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
         ApiError::bad_request("invalid_query", e.body_text())

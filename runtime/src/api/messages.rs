@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
@@ -18,10 +19,11 @@ const HEADER_PREFIX: &str = "weir-header-";
 
 pub(super) async fn publish(
     State(rt): State<Arc<Runtime>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Published>), ApiError> {
+    let Path(name) = name.map_err(ApiError::bad_path)?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -86,9 +88,10 @@ fn default_limit() -> usize {
 
 pub(super) async fn read(
     State(rt): State<Arc<Runtime>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = name.map_err(ApiError::bad_path)?;
     let Query(q) = query.map_err(ApiError::bad_query)?;
     let dest = DestinationName::new(name)
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -81,9 +82,10 @@ fn default_kv_limit() -> usize {
 
 async fn kv(
     State(rt): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     query: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = name.map_err(ApiError::bad_path)?;
     let Query(q) = query.map_err(ApiError::bad_query)?;
     let plugin =
         PluginName::new(name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;

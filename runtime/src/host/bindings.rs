@@ -6,4 +6,4 @@ wasmtime::component::bindgen!({
     world: "message-handler",
 });
 
-pub(crate) use weir::plugin::types::{HandlerError, Message, Outcome, Outgoing};
+pub(crate) use self::weir::plugin::types::{HandlerError, Message, Outcome, Outgoing};
