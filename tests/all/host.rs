@@ -21,7 +21,7 @@ fn dest(s: &str) -> DestinationName {
 fn storage() -> Arc<dyn Storage> {
     let s = MemoryStorage::new();
     for name in ["in", "orders.enriched"] {
-        s.create_log(&dest(name)).unwrap();
+        s.open_log(&dest(name)).unwrap();
     }
     Arc::new(s)
 }

@@ -69,7 +69,13 @@ pub(super) async fn publish(
         id: text("weir-id")?,
         headers: message_headers,
     };
-    let published = rt.publish(&name, request)?;
+    // A durable publish waits for its fsync (group-committed with concurrent publishers): wait
+    // on a blocking thread, not on an async worker.
+    let published = tokio::task::spawn_blocking(move || rt.publish(&name, request))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
     Ok((StatusCode::CREATED, Json(published)))
 }
 

@@ -59,7 +59,7 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     let host = Host::new(HostOptions::default().max_instances(8))?;
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let source = DestinationName::new("bench")?;
-    storage.create_log(&source)?;
+    storage.open_log(&source)?;
     let spec = PluginSpec {
         name: PluginName::new("bench")?,
         path: args.plugin.clone(),

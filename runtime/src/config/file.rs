@@ -69,12 +69,50 @@ impl Default for Server {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Broker {
-    /// `embedded` (the default): messages live in this process.
+    /// `embedded` (the default): durable logs on this machine's disk, under `server.data_dir`.
     #[serde(default)]
     pub kind: BrokerKind,
+    /// `always` (the default): a publish is acknowledged only once it is on disk (fdatasync,
+    /// group-committed); `interval`: acknowledged after the write, fsynced every
+    /// `fsync_interval_ms`; `never`: left to the OS.
+    #[serde(default)]
+    pub fsync: Fsync,
+    /// Fsync period for `fsync = "interval"`, in milliseconds. Default: 100.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: Spanned<u64>,
+    /// Size at which a log's segment file is sealed and a new one started. Default: `256MiB`.
+    #[serde(default = "default_segment_size")]
+    pub segment_size: Spanned<ByteSize>,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker {
+            kind: BrokerKind::default(),
+            fsync: Fsync::default(),
+            fsync_interval_ms: default_fsync_interval_ms(),
+            segment_size: default_segment_size(),
+        }
+    }
+}
+
+fn default_fsync_interval_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 100)
+}
+fn default_segment_size() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(256 << 20))
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Fsync {
+    #[default]
+    Always,
+    Interval,
+    Never,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -39,6 +39,21 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Largest message payload accepted, in bytes.
     pub max_message_size: u64,
+    /// When publishes are acknowledged relative to fsync.
+    pub fsync: FsyncPolicy,
+    /// Segment file size of each log, in bytes.
+    pub segment_bytes: u64,
+}
+
+/// When a publish is acknowledged relative to fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Only once on disk (group-committed fdatasync).
+    Always,
+    /// After the write; fsync at least this often.
+    Interval(Duration),
+    /// After the write; the OS decides when it reaches the disk.
+    Never,
 }
 
 /// What kind of destination a name refers to.
@@ -210,12 +225,36 @@ impl Cx<'_> {
                 format!("`server.max_message_size` must be between 1B and 64MiB, found {max_message_size}"),
             ));
         }
+        let file::BrokerKind::Embedded = raw.broker.kind;
+        let interval = *raw.broker.fsync_interval_ms.get_ref();
+        if !(1..=60_000).contains(&interval) {
+            return Err(self.err(
+                raw.broker.fsync_interval_ms.span(),
+                format!("`broker.fsync_interval_ms` must be between 1 and 60000, found {interval}"),
+            ));
+        }
+        let fsync = match raw.broker.fsync {
+            file::Fsync::Always => FsyncPolicy::Always,
+            file::Fsync::Interval => FsyncPolicy::Interval(Duration::from_millis(interval)),
+            file::Fsync::Never => FsyncPolicy::Never,
+        };
+        let segment_bytes = raw.broker.segment_size.get_ref().0;
+        if !((1 << 20)..=(4 << 30)).contains(&segment_bytes) {
+            return Err(self.err(
+                raw.broker.segment_size.span(),
+                format!(
+                    "`broker.segment_size` must be between 1MiB and 4GiB, found {}",
+                    raw.broker.segment_size.get_ref()
+                ),
+            ));
+        }
         let server = ServerConfig {
             listen,
             data_dir: base.join(&raw.server.data_dir),
             max_message_size,
+            fsync,
+            segment_bytes,
         };
-        let file::BrokerKind::Embedded = raw.broker.kind;
 
         let mut destinations = BTreeMap::new();
         let declared = raw

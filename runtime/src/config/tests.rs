@@ -64,6 +64,12 @@ fn defaults() {
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:7070");
     assert!(c.server.data_dir.ends_with(".weir"));
     assert_eq!(c.server.max_message_size, 1 << 20);
+    assert_eq!(c.server.fsync, FsyncPolicy::Always);
+    let c = parse("[broker]\nfsync = \"interval\"\nfsync_interval_ms = 5\n").unwrap();
+    assert_eq!(
+        c.server.fsync,
+        FsyncPolicy::Interval(Duration::from_millis(5))
+    );
 }
 
 #[test]

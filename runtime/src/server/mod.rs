@@ -14,11 +14,13 @@ use tokio::sync::watch;
 
 pub use publish::{PublishError, PublishRequest, Published};
 
+use crate::config::FsyncPolicy;
 use crate::config::{Config, DestinationKind};
 use crate::delivery::{BindingSnapshot, BindingStats};
 use crate::host::{Host, HostOptions, LoadedFrom, Plugin, PluginSpec};
 use crate::names::{BindingName, DestinationName, PluginName};
-use crate::storage::{MemoryStorage, Storage};
+use crate::storage::log::Durability;
+use crate::storage::{EmbeddedOptions, EmbeddedStorage, Storage};
 
 /// Everything a running server holds.
 #[derive(Debug)]
@@ -86,9 +88,9 @@ pub struct PluginInfo {
 impl Runtime {
     /// Creates the store and its logs, and loads every plugin. Blocking (plugins compile here).
     pub fn start(config: Config) -> anyhow::Result<Runtime> {
-        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let storage: Arc<dyn Storage> = Arc::new(open_storage(&config)?);
         for name in config.destinations.keys() {
-            storage.create_log(name)?;
+            storage.open_log(name)?;
         }
         let instances: u32 = config.plugins.values().map(|p| p.instances + 2).sum();
         let options = HostOptions::default()
@@ -210,6 +212,22 @@ impl Runtime {
             plugins,
         }
     }
+}
+
+/// Opens the embedded store under `server.data_dir/store`.
+fn open_storage(config: &Config) -> anyhow::Result<EmbeddedStorage> {
+    let dir = config.server.data_dir.join("store");
+    let options = EmbeddedOptions {
+        durability: match config.server.fsync {
+            FsyncPolicy::Always => Durability::Always,
+            FsyncPolicy::Interval(every) => Durability::Interval(every),
+            FsyncPolicy::Never => Durability::Never,
+        },
+        segment_bytes: config.server.segment_bytes,
+        ..EmbeddedOptions::default()
+    };
+    EmbeddedStorage::open(&dir, options)
+        .with_context(|| format!("cannot open the store in {}", dir.display()))
 }
 
 /// Runs a server for `config` until `shutdown` completes: loads plugins, binds the HTTP API

@@ -37,7 +37,7 @@ pub struct Published {
 }
 
 /// Why a publish was refused. Nothing is stored when it is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError {
     /// The destination name is malformed.

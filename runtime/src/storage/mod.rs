@@ -6,11 +6,14 @@
 //! **Invariant:** a [`Commit`] is applied whole or not at all: the key-value writes, the
 //! published records and the cursor advance of one invocation become visible together.
 
+mod embedded;
 pub mod log;
 mod memory;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use embedded::{EmbeddedOptions, EmbeddedStorage};
 pub use memory::MemoryStorage;
 use tokio::sync::watch;
 
@@ -59,21 +62,28 @@ pub struct Commit {
 }
 
 /// Why a storage operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
     /// No log of that name exists.
     #[error("no queue or topic named `{0}`")]
     UnknownLog(DestinationName),
-    /// A log of that name already exists.
-    #[error("a queue or topic named `{0}` already exists")]
-    LogExists(DestinationName),
+    /// The durable log failed (I/O error, stopped after a failed fsync, corrupt on disk, ...).
+    #[error(transparent)]
+    Log(#[from] log::LogError),
+    /// Another process has the store open.
+    #[error("the store in {} is in use by another weir process", .0.display())]
+    Locked(std::path::PathBuf),
+    /// The store's own state is damaged on disk.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 /// A store of logs, cursors and key-value state.
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
-    /// Creates an empty log.
-    fn create_log(&self, name: &DestinationName) -> Result<(), StorageError>;
+    /// Opens the log of a destination, creating it empty if it does not exist yet. Calling it
+    /// again for an open log does nothing.
+    fn open_log(&self, name: &DestinationName) -> Result<(), StorageError>;
 
     /// Whether a log of that name exists.
     fn has_log(&self, name: &DestinationName) -> bool;
@@ -120,4 +130,23 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 
     /// Applies a commit atomically; returns the offsets of its published records, in order.
     fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError>;
+}
+
+/// Keys of `map` starting with `prefix`, strictly after `start_after`, at most `limit`, in order.
+pub(crate) fn list_keys(
+    map: &BTreeMap<String, Vec<u8>>,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: usize,
+) -> Vec<String> {
+    let from = match start_after {
+        Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_owned()),
+        _ => std::ops::Bound::Included(prefix.to_owned()),
+    };
+    map.range((from, std::ops::Bound::Unbounded))
+        .map(|(k, _)| k)
+        .take_while(|k| k.starts_with(prefix))
+        .take(limit)
+        .cloned()
+        .collect()
 }

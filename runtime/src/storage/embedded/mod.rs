@@ -1,0 +1,342 @@
+//! The embedded store: every queue and topic is a durable [`Log`] in `<dir>/logs/<name>/`, and
+//! binding cursors and plugin key-value state live in a state journal (`<dir>/state/journal/`,
+//! itself a `Log`) with periodic snapshots (`<dir>/state/snapshot`).
+//!
+//! A [`Commit`] appends its published records to their logs and waits until they are durable,
+//! then appends one journal record with its key-value writes and cursor advance and waits for
+//! that. So a cursor never moves past a message whose effects could still be lost: a crash
+//! between the two steps redelivers the message (at-least-once).
+//!
+//! **Invariant:** journal records are applied to the in-memory state in journal order (append
+//! and apply happen under one lock), so a state read never reflects a change that a crash could
+//! undo while keeping a later one.
+
+mod snapshot;
+mod state;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use tokio::sync::watch;
+
+use self::state::{Op, State};
+use super::log::{Durability, Io, Log, LogError, LogOptions, Recovery, RecoveryReport, StdIo};
+use super::{Commit, Record, Storage, StorageError, Stored};
+use crate::names::{BindingName, DestinationName, Offset, PluginName};
+
+/// Bytes read per storage read call at most (at least one record is always returned).
+const READ_BYTES: usize = 4 << 20;
+
+/// How the embedded store is opened.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// When appends are acknowledged relative to fsync. Default: [`Durability::Always`].
+    pub durability: Durability,
+    /// What to do with damage found on open. Default: [`Recovery::Strict`].
+    pub recovery: Recovery,
+    /// Segment size of queue and topic logs. Default: 256 MiB.
+    pub segment_bytes: u64,
+    /// Journal size after which the state is snapshotted and the journal trimmed. Default: 64 MiB.
+    pub snapshot_bytes: u64,
+    /// The file system (a fault-injecting one in tests). Default: the real one.
+    pub io: Arc<dyn Io>,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            durability: Durability::Always,
+            recovery: Recovery::Strict,
+            segment_bytes: 256 << 20,
+            snapshot_bytes: 64 << 20,
+            io: Arc::new(StdIo),
+        }
+    }
+}
+
+impl EmbeddedOptions {
+    fn log_options(&self, segment_bytes: u64) -> LogOptions {
+        LogOptions::new()
+            .durability(self.durability)
+            .recovery(self.recovery)
+            .segment_bytes(segment_bytes)
+            .io(Arc::clone(&self.io))
+    }
+}
+
+/// The durable embedded store.
+#[derive(Debug)]
+pub struct EmbeddedStorage {
+    dir: PathBuf,
+    options: EmbeddedOptions,
+    logs: RwLock<HashMap<DestinationName, Arc<Log>>>,
+    journal: Log,
+    state: Mutex<Applied>,
+    snapshotting: AtomicBool,
+    /// Held for the store's lifetime: one process per store directory.
+    _lock: std::fs::File,
+}
+
+/// The in-memory state and the journal offset it reflects.
+#[derive(Debug)]
+struct Applied {
+    state: State,
+    /// The journal offset after the last applied record.
+    next: Offset,
+}
+
+impl EmbeddedStorage {
+    /// Opens (or creates) the store in `dir`, recovering the state from its snapshot and journal.
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        options: EmbeddedOptions,
+    ) -> Result<EmbeddedStorage, StorageError> {
+        let dir = dir.into();
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(dir.join("logs")).map_err(|e| io_error(&dir, e))?;
+        std::fs::create_dir_all(&state_dir).map_err(|e| io_error(&state_dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| io_error(&lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(StorageError::Locked(dir.clone()));
+        }
+        let (mut state, from) = snapshot::read(&state_dir)
+            .map_err(StorageError::Corrupt)?
+            .unwrap_or_default();
+        let (journal, report) =
+            Log::open(state_dir.join("journal"), options.log_options(16 << 20))?;
+        log_report("state journal", &report);
+        let mut next = from.max(journal.start());
+        loop {
+            let entries = journal.read(next, 1024, READ_BYTES)?;
+            let Some(last) = entries.last() else { break };
+            next = last.offset.next();
+            for e in entries {
+                let ops = state::decode(&e.record.payload).map_err(|why| {
+                    StorageError::Corrupt(format!("state journal record {}: {why}", e.offset))
+                })?;
+                ops.into_iter().for_each(|op| state.apply(op));
+            }
+        }
+        Ok(EmbeddedStorage {
+            dir,
+            options,
+            logs: RwLock::new(HashMap::new()),
+            journal,
+            state: Mutex::new(Applied { state, next }),
+            snapshotting: AtomicBool::new(false),
+            _lock: lock,
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log of a destination.
+    pub fn log(&self, name: &DestinationName) -> Option<Arc<Log>> {
+        self.logs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, Applied> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log_or_err(&self, name: &DestinationName) -> Result<Arc<Log>, StorageError> {
+        self.log(name)
+            .ok_or_else(|| StorageError::UnknownLog(name.clone()))
+    }
+
+    /// Writes a snapshot and trims the journal when it has grown past `snapshot_bytes`.
+    fn maybe_snapshot(&self) {
+        if self.journal.size_bytes() < self.options.snapshot_bytes
+            || self.snapshotting.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (state, next) = {
+            let applied = self.lock_state();
+            (applied.state.clone(), applied.next)
+        };
+        let state_dir = self.dir.join("state");
+        match snapshot::write(&state_dir, &state, next) {
+            Ok(()) => {
+                if let Err(e) = self.journal.delete_before(next) {
+                    tracing::warn!("cannot trim the state journal after a snapshot: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot write a state snapshot in {}: {e}",
+                state_dir.display()
+            ),
+        }
+        self.snapshotting.store(false, Ordering::Release);
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> StorageError {
+    StorageError::Log(LogError::io(path, e))
+}
+
+fn log_report(what: &str, report: &RecoveryReport) {
+    if let Some(cut) = &report.torn_tail {
+        tracing::warn!("{what}: cut a torn tail on open: {cut:?}");
+    }
+    if let Some(cut) = &report.repaired {
+        tracing::warn!("{what}: repair dropped damaged data: {cut:?}");
+    }
+}
+
+impl Storage for EmbeddedStorage {
+    fn open_log(&self, name: &DestinationName) -> Result<(), StorageError> {
+        let mut logs = self.logs.write().unwrap_or_else(|e| e.into_inner());
+        if logs.contains_key(name) {
+            return Ok(());
+        }
+        let dir = self.dir.join("logs").join(name.as_str());
+        let (log, report) = Log::open(dir, self.options.log_options(self.options.segment_bytes))?;
+        log_report(&format!("log `{name}`"), &report);
+        logs.insert(name.clone(), Arc::new(log));
+        Ok(())
+    }
+
+    fn has_log(&self, name: &DestinationName) -> bool {
+        self.log(name).is_some()
+    }
+
+    fn read(
+        &self,
+        log: &DestinationName,
+        from: Offset,
+        max: usize,
+    ) -> Result<Vec<Stored>, StorageError> {
+        let log = self.log_or_err(log)?;
+        let from = from.max(log.start());
+        let entries = log.read(from, max, READ_BYTES)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| Stored {
+                offset: e.offset,
+                record: Arc::new(e.record),
+            })
+            .collect())
+    }
+
+    fn watch_end(&self, log: &DestinationName) -> Result<watch::Receiver<Offset>, StorageError> {
+        Ok(self.log_or_err(log)?.watch_end())
+    }
+
+    fn cursor(&self, binding: &BindingName) -> Offset {
+        self.lock_state()
+            .state
+            .cursors
+            .get(binding)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>> {
+        self.lock_state().state.kv.get(plugin)?.get(key).cloned()
+    }
+
+    fn kv_list(
+        &self,
+        plugin: &PluginName,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Vec<String> {
+        let applied = self.lock_state();
+        let Some(map) = applied.state.kv.get(plugin) else {
+            return Vec::new();
+        };
+        super::list_keys(map, prefix, start_after, limit)
+    }
+
+    fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError> {
+        // 1. Published records, grouped per log in order, durable before the state moves.
+        let mut groups: Vec<(Arc<Log>, Vec<usize>, Vec<Record>)> = Vec::new();
+        for (i, (dest, record)) in commit.publishes.into_iter().enumerate() {
+            let log = self.log_or_err(&dest)?;
+            match groups.iter_mut().find(|(l, _, _)| Arc::ptr_eq(l, &log)) {
+                Some((_, idx, records)) => {
+                    idx.push(i);
+                    records.push(record);
+                }
+                None => groups.push((log, vec![i], vec![record])),
+            }
+        }
+        let total: usize = groups.iter().map(|(_, idx, _)| idx.len()).sum();
+        let mut offsets = vec![Offset(0); total];
+        let tickets: Vec<_> = groups
+            .iter()
+            .map(|(log, _, records)| log.append(records))
+            .collect();
+        for ((_, idx, _), ticket) in groups.iter().zip(tickets) {
+            let appended = ticket.wait()?;
+            for (n, i) in idx.iter().enumerate() {
+                offsets[*i] = Offset(appended.first.0 + n as u64);
+            }
+        }
+
+        // 2. Key-value writes and the cursor advance: one journal record.
+        let mut payload = Vec::new();
+        let mut ops = Vec::new();
+        if let Some((plugin, writes)) = commit.kv {
+            for (key, value) in writes {
+                state::encode_kv(&mut payload, &plugin, &key, value.as_deref());
+                ops.push(match value {
+                    Some(value) => Op::KvSet {
+                        plugin: plugin.clone(),
+                        key,
+                        value,
+                    },
+                    None => Op::KvDelete {
+                        plugin: plugin.clone(),
+                        key,
+                    },
+                });
+            }
+        }
+        if let Some((binding, offset)) = commit.cursor {
+            state::encode_cursor(&mut payload, &binding, offset);
+            ops.push(Op::Cursor { binding, offset });
+        }
+        if ops.is_empty() {
+            return Ok(offsets);
+        }
+        let record = Record {
+            id: String::new(),
+            key: None,
+            headers: Vec::new(),
+            payload,
+            timestamp_ms: crate::ids::now_ms(),
+            reply_to: None,
+            correlation_id: None,
+        };
+        let ticket = {
+            let mut applied = self.lock_state();
+            let ticket = self.journal.append(std::slice::from_ref(&record));
+            let Some(appended) = ticket.offsets() else {
+                // Refused outright: the ticket holds the reason.
+                return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
+            };
+            applied.next = appended.end();
+            ops.into_iter().for_each(|op| applied.state.apply(op));
+            ticket
+        };
+        ticket.wait()?;
+        self.maybe_snapshot();
+        Ok(offsets)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! Consumer and plugin state kept by the embedded store: binding cursors and per-plugin
+//! key-value entries, and the binary encoding of changes to them (journal records and
+//! snapshots share it).
+//!
+//! Encoding: a sequence of operations, each a tag byte then length-prefixed fields
+//! (little-endian): `1` kv-set (u16 plugin, u32 key, u32 value), `2` kv-delete (u16 plugin, u32
+//! key), `3` cursor (u16 binding, u64 offset). Decoding checks every length against the input.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::names::{BindingName, Offset, PluginName};
+
+const KV_SET: u8 = 1;
+const KV_DELETE: u8 = 2;
+const CURSOR: u8 = 3;
+
+/// One change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Op {
+    KvSet {
+        plugin: PluginName,
+        key: String,
+        value: Vec<u8>,
+    },
+    KvDelete {
+        plugin: PluginName,
+        key: String,
+    },
+    Cursor {
+        binding: BindingName,
+        offset: Offset,
+    },
+}
+
+/// Cursors and key-value entries.
+#[derive(Debug, Default, Clone)]
+pub(super) struct State {
+    pub cursors: HashMap<BindingName, Offset>,
+    pub kv: HashMap<PluginName, BTreeMap<String, Vec<u8>>>,
+}
+
+impl State {
+    pub fn apply(&mut self, op: Op) {
+        match op {
+            Op::KvSet { plugin, key, value } => {
+                self.kv.entry(plugin).or_default().insert(key, value);
+            }
+            Op::KvDelete { plugin, key } => {
+                if let Some(map) = self.kv.get_mut(&plugin) {
+                    map.remove(&key);
+                }
+            }
+            Op::Cursor { binding, offset } => {
+                self.cursors.insert(binding, offset);
+            }
+        }
+    }
+
+    /// Every entry as operations that rebuild this state.
+    pub fn encode_all(&self, buf: &mut Vec<u8>) {
+        for (binding, offset) in &self.cursors {
+            encode_cursor(buf, binding, *offset);
+        }
+        for (plugin, map) in &self.kv {
+            for (key, value) in map {
+                encode_kv(buf, plugin, key, Some(value));
+            }
+        }
+    }
+}
+
+pub(super) fn encode_kv(buf: &mut Vec<u8>, plugin: &PluginName, key: &str, value: Option<&[u8]>) {
+    buf.push(if value.is_some() { KV_SET } else { KV_DELETE });
+    put_str16(buf, plugin.as_str());
+    put_bytes32(buf, key.as_bytes());
+    if let Some(v) = value {
+        put_bytes32(buf, v);
+    }
+}
+
+pub(super) fn encode_cursor(buf: &mut Vec<u8>, binding: &BindingName, offset: Offset) {
+    buf.push(CURSOR);
+    put_str16(buf, binding.as_str());
+    buf.extend_from_slice(&offset.0.to_le_bytes());
+}
+
+fn put_str16(buf: &mut Vec<u8>, s: &str) {
+    let len = u16::try_from(s.len()).expect("names are at most 128 bytes");
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_bytes32(buf: &mut Vec<u8>, b: &[u8]) {
+    let len = u32::try_from(b.len()).expect("kv keys and values are at most 1 MiB");
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(b);
+}
+
+/// Decodes a sequence of operations; an error says what is wrong and where.
+pub(super) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
+    let total = bytes.len();
+    let mut ops = Vec::new();
+    while let Some((&tag, rest)) = bytes.split_first() {
+        let at = total - bytes.len();
+        bytes = rest;
+        let op = match tag {
+            KV_SET | KV_DELETE => {
+                let plugin = take_name(&mut bytes, 2, PluginName::new)
+                    .map_err(|e| format!("{e} at byte {at}"))?;
+                let key = take(&mut bytes, 4).map_err(|e| format!("{e} at byte {at}"))?;
+                let key = String::from_utf8(key.to_vec())
+                    .map_err(|_| format!("kv key is not UTF-8 at byte {at}"))?;
+                if tag == KV_SET {
+                    let value = take(&mut bytes, 4)
+                        .map_err(|e| format!("{e} at byte {at}"))?
+                        .to_vec();
+                    Op::KvSet { plugin, key, value }
+                } else {
+                    Op::KvDelete { plugin, key }
+                }
+            }
+            CURSOR => {
+                let binding = take_name(&mut bytes, 2, BindingName::new)
+                    .map_err(|e| format!("{e} at byte {at}"))?;
+                let (raw, rest) = bytes
+                    .split_first_chunk::<8>()
+                    .ok_or(format!("cursor truncated at byte {at}"))?;
+                bytes = rest;
+                Op::Cursor {
+                    binding,
+                    offset: Offset(u64::from_le_bytes(*raw)),
+                }
+            }
+            other => return Err(format!("unknown state operation {other} at byte {at}")),
+        };
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
+/// Takes a length-prefixed field (`width` bytes of little-endian length).
+fn take<'a>(bytes: &mut &'a [u8], width: usize) -> Result<&'a [u8], String> {
+    if bytes.len() < width {
+        return Err("length truncated".to_owned());
+    }
+    let mut len = [0u8; 8];
+    len[..width].copy_from_slice(&bytes[..width]);
+    let len =
+        usize::try_from(u64::from_le_bytes(len)).map_err(|_| "length overflows".to_owned())?;
+    let rest = &bytes[width..];
+    if rest.len() < len {
+        return Err(format!("field of {len} bytes but only {} left", rest.len()));
+    }
+    let (field, rest) = rest.split_at(len);
+    *bytes = rest;
+    Ok(field)
+}
+
+fn take_name<T, E: ToString>(
+    bytes: &mut &[u8],
+    width: usize,
+    new: fn(String) -> Result<T, E>,
+) -> Result<T, String> {
+    let raw = take(bytes, width)?;
+    let s = String::from_utf8(raw.to_vec()).map_err(|_| "name is not UTF-8".to_owned())?;
+    new(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let p = PluginName::new("p").unwrap();
+        let b = BindingName::new("q.p").unwrap();
+        let mut buf = Vec::new();
+        encode_kv(&mut buf, &p, "k", Some(b"v"));
+        encode_kv(&mut buf, &p, "gone", None);
+        encode_cursor(&mut buf, &b, Offset(42));
+        let ops = decode(&buf).unwrap();
+        assert_eq!(
+            ops,
+            [
+                Op::KvSet {
+                    plugin: p.clone(),
+                    key: "k".into(),
+                    value: b"v".to_vec()
+                },
+                Op::KvDelete {
+                    plugin: p,
+                    key: "gone".into()
+                },
+                Op::Cursor {
+                    binding: b,
+                    offset: Offset(42)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn damaged_input_is_an_error_not_a_panic() {
+        let p = PluginName::new("p").unwrap();
+        let mut buf = Vec::new();
+        encode_kv(&mut buf, &p, "key", Some(b"value"));
+        for cut in 0..buf.len() {
+            let _ = decode(&buf[..cut]);
+        }
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0xff;
+            let _ = decode(&bad);
+        }
+        assert!(
+            decode(&[9])
+                .unwrap_err()
+                .contains("unknown state operation 9")
+        );
+    }
+}

@@ -1,0 +1,215 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::storage::log::FaultyIo;
+
+fn dest(s: &str) -> DestinationName {
+    DestinationName::new(s).unwrap()
+}
+
+fn record(id: &str) -> Record {
+    Record {
+        id: id.to_owned(),
+        key: Some(format!("key-{id}")),
+        headers: vec![("h".into(), id.into())],
+        payload: id.as_bytes().to_vec(),
+        timestamp_ms: 7,
+        reply_to: None,
+        correlation_id: None,
+    }
+}
+
+fn open(dir: &Path, options: EmbeddedOptions) -> EmbeddedStorage {
+    let s = EmbeddedStorage::open(dir, options).unwrap();
+    for name in ["orders", "out"] {
+        s.open_log(&dest(name)).unwrap();
+    }
+    s
+}
+
+fn commit(s: &EmbeddedStorage, n: u64) -> Result<Vec<Offset>, StorageError> {
+    let plugin = PluginName::new("p").unwrap();
+    s.commit(Commit {
+        kv: Some((
+            plugin,
+            vec![
+                ("count".into(), Some(n.to_le_bytes().to_vec())),
+                (format!("k{n}"), Some(vec![1])),
+            ],
+        )),
+        publishes: vec![(dest("out"), record(&format!("out-{n}")))],
+        cursor: Some((BindingName::new("orders.p").unwrap(), Offset(n + 1))),
+    })
+}
+
+#[test]
+fn logs_cursors_and_state_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let binding = BindingName::new("orders.p").unwrap();
+    let plugin = PluginName::new("p").unwrap();
+    {
+        let s = open(dir.path(), EmbeddedOptions::default());
+        assert_eq!(
+            s.append(&dest("orders"), vec![record("a"), record("b")])
+                .unwrap(),
+            [Offset(0), Offset(1)]
+        );
+        for n in 0..3 {
+            assert_eq!(commit(&s, n).unwrap(), [Offset(n)]);
+        }
+        s.commit(Commit {
+            kv: Some((plugin.clone(), vec![("k1".into(), None)])),
+            ..Commit::default()
+        })
+        .unwrap();
+    }
+    let s = open(dir.path(), EmbeddedOptions::default());
+    let read = s.read(&dest("orders"), Offset(0), 10).unwrap();
+    assert_eq!(
+        read.iter()
+            .map(|r| r.record.as_ref().clone())
+            .collect::<Vec<_>>(),
+        [record("a"), record("b")]
+    );
+    assert_eq!(s.read(&dest("out"), Offset(0), 10).unwrap().len(), 3);
+    assert_eq!(*s.watch_end(&dest("out")).unwrap().borrow(), Offset(3));
+    assert_eq!(s.cursor(&binding), Offset(3));
+    assert_eq!(
+        s.kv_get(&plugin, "count"),
+        Some(2u64.to_le_bytes().to_vec())
+    );
+    assert_eq!(
+        s.kv_list(&plugin, "k", None, 10),
+        ["k0", "k2"],
+        "the delete survived too"
+    );
+}
+
+#[test]
+fn snapshots_trim_the_journal_and_keep_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions {
+        snapshot_bytes: 16 << 10,
+        ..EmbeddedOptions::default()
+    };
+    {
+        let s = open(dir.path(), options.clone());
+        for n in 0..1000 {
+            commit(&s, n).unwrap();
+        }
+        assert!(
+            dir.path().join("state/snapshot").is_file(),
+            "a snapshot was written"
+        );
+        assert!(s.journal.start() > Offset(0) || s.journal.size_bytes() < 16 << 20);
+    }
+    let s = open(dir.path(), options);
+    let plugin = PluginName::new("p").unwrap();
+    assert_eq!(
+        s.kv_get(&plugin, "count"),
+        Some(999u64.to_le_bytes().to_vec())
+    );
+    assert_eq!(s.kv_list(&plugin, "k", None, 5000).len(), 1000);
+    assert_eq!(
+        s.cursor(&BindingName::new("orders.p").unwrap()),
+        Offset(1000)
+    );
+}
+
+#[test]
+fn a_failed_fsync_stops_the_store_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultyIo::new();
+    let options = EmbeddedOptions {
+        io: Arc::new(faults.clone()),
+        ..EmbeddedOptions::default()
+    };
+    let acked = {
+        let s = open(dir.path(), options);
+        let mut acked = 0;
+        for n in 0..5 {
+            commit(&s, n).unwrap();
+            acked += 1;
+        }
+        faults.fail_next_sync();
+        let err = commit(&s, 5).unwrap_err();
+        assert!(err.to_string().contains("stopped after a failed"), "{err}");
+        // Fail-stop: later writes are refused too, even though the disk would now accept them.
+        let again = commit(&s, 6).unwrap_err();
+        assert!(
+            again.to_string().contains("stopped after a failed"),
+            "{again}"
+        );
+        acked
+    };
+    let s = open(dir.path(), EmbeddedOptions::default());
+    let out = s.read(&dest("out"), Offset(0), 100).unwrap();
+    let ids: Vec<String> = out.iter().map(|r| r.record.id.clone()).collect();
+    for n in 0..acked {
+        assert!(
+            ids.contains(&format!("out-{n}")),
+            "acknowledged out-{n} survives: {ids:?}"
+        );
+    }
+    let cursor = s.cursor(&BindingName::new("orders.p").unwrap());
+    assert!(
+        cursor >= Offset(acked),
+        "cursor {cursor} covers every acknowledged commit"
+    );
+}
+
+#[test]
+fn a_failed_write_stops_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultyIo::new();
+    let s = open(
+        dir.path(),
+        EmbeddedOptions {
+            io: Arc::new(faults.clone()),
+            ..EmbeddedOptions::default()
+        },
+    );
+    commit(&s, 0).unwrap();
+    faults.fail_next_write();
+    assert!(commit(&s, 1).is_err());
+    assert!(s.append(&dest("out"), vec![record("late")]).is_err());
+}
+
+#[test]
+fn damaged_state_is_refused_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(
+            dir.path(),
+            EmbeddedOptions {
+                snapshot_bytes: 1,
+                ..EmbeddedOptions::default()
+            },
+        );
+        commit(&s, 0).unwrap();
+    }
+    let snap = dir.path().join("state/snapshot");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&snap, bytes).unwrap();
+    let err = EmbeddedStorage::open(dir.path(), EmbeddedOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("damaged snapshot ") && err.contains("state/snapshot: checksum mismatch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn one_process_per_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path(), EmbeddedOptions::default());
+    let err = EmbeddedStorage::open(dir.path(), EmbeddedOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.ends_with("is in use by another weir process"), "{err}");
+    drop(first);
+    open(dir.path(), EmbeddedOptions::default());
+}
