@@ -166,3 +166,31 @@ fn bench_invoke_prints_one_json_object_last() {
         "{err}"
     );
 }
+
+#[test]
+fn chaos_append_survives_sigkills() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("chaos");
+    let store = store.display().to_string();
+    let args = [
+        "chaos",
+        "--scenario",
+        "append",
+        "--kills",
+        "3",
+        "--max-run-ms",
+        "150",
+        "--dir",
+        &store,
+        "--json",
+    ];
+    let (code, out, err) = weir(&args, dir.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kills"], 3);
+    for field in ["lost", "duplicates", "reordered", "corrupt"] {
+        assert_eq!(last[field], 0, "{field}: {last}");
+    }
+    assert!(last["acked"].as_u64().unwrap() > 0, "{last}");
+    assert!(last["records_found"].as_u64().unwrap() >= last["acked"].as_u64().unwrap());
+}

@@ -2,6 +2,7 @@
 //! its HTTP API (`publish`, `tail`, `stats`), plus `check` and `bench`.
 
 mod bench;
+mod chaos;
 mod client;
 
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Crash-safety runs: SIGKILL a real `weir run` child at random moments and check the data.
+    Chaos(chaos::ChaosArgs),
 }
 
 /// Parses arguments and runs the command; errors print to stderr with exit code 1 (2 for usage).
@@ -103,6 +106,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Stats(args) => client::stats(args),
         Command::Kv(args) => client::kv(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Chaos(args) => chaos::run(args),
     }
 }
 

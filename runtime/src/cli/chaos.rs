@@ -1,0 +1,445 @@
+//! `weir chaos`: crash-safety runs against a real `weir run` child process, SIGKILLed at random
+//! moments and restarted. Users run the same command to check weir on their own disks.
+//!
+//! `--scenario append`: concurrent publishers with `fsync = "always"`; after every restart the
+//! whole log is read back and every acknowledged record must be there exactly once, at the offset
+//! it was acknowledged with, in each publisher's order, with its exact payload.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+/// `weir chaos`.
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// What to exercise.
+    #[arg(long, value_enum, default_value = "append")]
+    scenario: Scenario,
+    /// How many times to SIGKILL the server.
+    #[arg(long, default_value_t = 50)]
+    kills: u32,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 8)]
+    publishers: usize,
+    /// Longest run between a start and its kill, in milliseconds (each kill is uniform in 0..this).
+    #[arg(long, default_value_t = 400)]
+    max_run_ms: u64,
+    /// Seed of the kill schedule (default: from the clock; printed so a run can be repeated).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep the store in this directory instead of a temporary one.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Scenario {
+    /// Publishes with fsync = "always" and checks acknowledged records after each crash.
+    Append,
+}
+
+/// What the run found.
+#[derive(Debug, Default, serde::Serialize)]
+struct Report {
+    scenario: &'static str,
+    kills: u32,
+    seed: u64,
+    acked: u64,
+    records_found: u64,
+    lost: u64,
+    duplicates: u64,
+    reordered: u64,
+    corrupt: u64,
+    seconds: f64,
+}
+
+/// An acknowledged publish: its offset, and what the payload must be.
+#[derive(Debug, Clone)]
+struct Acked {
+    offset: u64,
+    publisher: usize,
+    seq: u64,
+}
+
+pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    let Scenario::Append = args.scenario;
+    if args.publishers == 0 {
+        bail!("--publishers must be at least 1");
+    }
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempdir()?;
+            tmp.0.clone()
+        }
+    };
+    std::fs::write(
+        dir.join("weir.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[broker]\nfsync = \"always\"\nsegment_size = \"1MiB\"\n[queues.chaos]\n",
+    )?;
+    let seed = args
+        .seed
+        .unwrap_or_else(|| crate::ids::now_ms() ^ u64::from(std::process::id()));
+    let mut rng = XorShift(seed | 1);
+    let started = Instant::now();
+    let acked: Arc<Mutex<HashMap<String, Acked>>> = Arc::default();
+    let mut report = Report {
+        scenario: "append",
+        seed,
+        ..Report::default()
+    };
+    let mut next_seq = vec![0u64; args.publishers];
+    println!(
+        "chaos: store in {}, seed {seed}, {} publishers, {} kills",
+        dir.display(),
+        args.publishers,
+        args.kills
+    );
+
+    for round in 0..=args.kills {
+        let mut server = Server::start(&dir)?;
+        check(&server.url, &acked.lock().expect("acked"), &mut report)?;
+        if round == args.kills {
+            server.stop();
+            break;
+        }
+        // Publish until a random moment, then SIGKILL with requests in flight.
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..args.publishers)
+            .map(|p| {
+                let (url, stop, acked, first) = (
+                    server.url.clone(),
+                    Arc::clone(&stop),
+                    Arc::clone(&acked),
+                    next_seq[p],
+                );
+                std::thread::spawn(move || publish_until(&url, p, first, &stop, &acked))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(rng.next() % args.max_run_ms.max(1)));
+        server.kill();
+        stop.store(true, Ordering::Relaxed);
+        for (p, t) in threads.into_iter().enumerate() {
+            next_seq[p] = t.join().expect("publisher thread");
+        }
+        report.kills += 1;
+        if !args.json || round % 10 == 9 {
+            println!(
+                "chaos: kill {}/{}: {} acknowledged so far, lost {}, duplicates {}, reordered {}, corrupt {}",
+                round + 1,
+                args.kills,
+                acked.lock().expect("acked").len(),
+                report.lost,
+                report.duplicates,
+                report.reordered,
+                report.corrupt
+            );
+        }
+    }
+    report.acked = acked.lock().expect("acked").len() as u64;
+    report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    let ok =
+        report.lost == 0 && report.duplicates == 0 && report.reordered == 0 && report.corrupt == 0;
+    println!(
+        "chaos: {} kills, {} acknowledged records: lost {}, duplicates {}, reordered {}, corrupt {} ({})",
+        report.kills,
+        report.acked,
+        report.lost,
+        report.duplicates,
+        report.reordered,
+        report.corrupt,
+        if ok { "ok" } else { "FAILED" }
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    if !ok {
+        bail!("acknowledged records were lost, duplicated, reordered or corrupted");
+    }
+    Ok(())
+}
+
+fn payload(publisher: usize, seq: u64) -> String {
+    format!(
+        "chaos publisher={publisher} seq={seq} {}",
+        "x".repeat(200 + (seq % 64) as usize)
+    )
+}
+
+/// Publishes `publisher`'s records from `seq` until told to stop or the server dies; returns
+/// the next sequence number to use.
+fn publish_until(
+    url: &str,
+    publisher: usize,
+    mut seq: u64,
+    stop: &AtomicBool,
+    acked: &Mutex<HashMap<String, Acked>>,
+) -> u64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    while !stop.load(Ordering::Relaxed) {
+        let id = format!("p{publisher}-{seq}");
+        let body = payload(publisher, seq);
+        seq += 1; // never reuse an id, acknowledged or not
+        let resp = agent
+            .post(format!("{url}/v1/destinations/chaos/messages"))
+            .header("weir-id", &id)
+            .send(body.as_bytes());
+        let Ok(mut resp) = resp else { break };
+        if resp.status().as_u16() != 201 {
+            break;
+        }
+        let Ok(text) = resp.body_mut().read_to_string() else {
+            break;
+        };
+        let Some(offset) = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["offset"].as_u64())
+        else {
+            break;
+        };
+        acked.lock().expect("acked").insert(
+            id,
+            Acked {
+                offset,
+                publisher,
+                seq: seq - 1,
+            },
+        );
+    }
+    seq
+}
+
+/// Reads the whole log back and counts what is wrong with the acknowledged records.
+fn check(url: &str, acked: &HashMap<String, Acked>, report: &mut Report) -> anyhow::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut seen: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    let mut from = 0;
+    let mut found = 0;
+    loop {
+        let text = agent
+            .get(format!(
+                "{url}/v1/destinations/chaos/messages?from={from}&limit=1000"
+            ))
+            .call()
+            .context("reading the log back")?
+            .body_mut()
+            .read_to_string()?;
+        let page: serde_json::Value = serde_json::from_str(&text)?;
+        let messages = page["messages"].as_array().cloned().unwrap_or_default();
+        let Some(last) = messages.last() else { break };
+        from = last["offset"].as_u64().unwrap_or(from) + 1;
+        for m in messages {
+            found += 1;
+            let id = m["id"].as_str().unwrap_or_default().to_owned();
+            let payload = m["payload"].as_str().unwrap_or("<binary>").to_owned();
+            seen.entry(id)
+                .or_default()
+                .push((m["offset"].as_u64().unwrap_or(u64::MAX), payload));
+        }
+    }
+    let counts = verify(acked, &seen);
+    report.records_found = found;
+    report.lost = report.lost.max(counts.lost);
+    report.duplicates = report.duplicates.max(counts.duplicates);
+    report.reordered = report.reordered.max(counts.reordered);
+    report.corrupt = report.corrupt.max(counts.corrupt);
+    Ok(())
+}
+
+/// What is wrong with the acknowledged records, given what the log holds.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    lost: u64,
+    duplicates: u64,
+    reordered: u64,
+    corrupt: u64,
+}
+
+/// Compares acknowledged records with the log's content (`seen`: id -> (offset, payload) per
+/// copy). Unacknowledged records may survive a crash, but never twice.
+fn verify(acked: &HashMap<String, Acked>, seen: &HashMap<String, Vec<(u64, String)>>) -> Counts {
+    let mut c = Counts::default();
+    for (id, a) in acked {
+        match seen.get(id).map(Vec::as_slice) {
+            None | Some([]) => c.lost += 1,
+            Some(copies) => {
+                c.duplicates += copies.len() as u64 - 1;
+                let (offset, body) = &copies[0];
+                if *offset != a.offset {
+                    c.reordered += 1;
+                }
+                if *body != payload(a.publisher, a.seq) {
+                    c.corrupt += 1;
+                }
+            }
+        }
+    }
+    c.duplicates += seen
+        .iter()
+        .filter(|(id, copies)| !acked.contains_key(*id) && copies.len() > 1)
+        .map(|(_, copies)| copies.len() as u64 - 1)
+        .sum::<u64>();
+    c
+}
+
+/// A `weir run` child.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe().context("locating the weir binary")?;
+        let mut child = Command::new(exe)
+            .args(["run", "--config", "weir.toml"])
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting weir run")?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("weir listening on ") {
+                        break url.to_owned();
+                    }
+                }
+                _ => {
+                    let status = child.wait()?;
+                    bail!("weir run exited before listening ({status}); its errors are above");
+                }
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Server { child, url })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    fn stop(mut self) {
+        self.kill();
+    }
+}
+
+/// A small xorshift generator: the kill schedule needs spread, not cryptographic quality.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+fn tempdir() -> std::io::Result<TempDir> {
+    let dir = std::env::temp_dir().join(format!(
+        "weir-chaos-{}-{}",
+        std::process::id(),
+        crate::ids::now_ms()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(TempDir(dir))
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acked(list: &[(&str, u64, u64)]) -> HashMap<String, Acked> {
+        list.iter()
+            .map(|(id, offset, seq)| {
+                (
+                    (*id).to_owned(),
+                    Acked {
+                        offset: *offset,
+                        publisher: 0,
+                        seq: *seq,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn seen(list: &[(&str, u64, String)]) -> HashMap<String, Vec<(u64, String)>> {
+        let mut m: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+        for (id, offset, body) in list {
+            m.entry((*id).to_owned())
+                .or_default()
+                .push((*offset, body.clone()));
+        }
+        m
+    }
+
+    #[test]
+    fn verify_counts_each_kind_of_damage() {
+        let a = acked(&[("a", 0, 0), ("b", 1, 1), ("c", 2, 2), ("d", 3, 3)]);
+        let good = seen(&[
+            ("a", 0, payload(0, 0)),
+            ("b", 1, payload(0, 1)),
+            ("c", 2, payload(0, 2)),
+            ("d", 3, payload(0, 3)),
+        ]);
+        assert_eq!(verify(&a, &good), Counts::default());
+        let bad = seen(&[
+            // "a" lost; "b" twice; "c" at another offset; "d" with a damaged payload; "e"
+            // (never acknowledged) twice.
+            ("b", 1, payload(0, 1)),
+            ("b", 4, payload(0, 1)),
+            ("c", 7, payload(0, 2)),
+            ("d", 3, "garbage".to_owned()),
+            ("e", 5, payload(0, 9)),
+            ("e", 6, payload(0, 9)),
+        ]);
+        assert_eq!(
+            verify(&a, &bad),
+            Counts {
+                lost: 1,
+                duplicates: 2,
+                reordered: 1,
+                corrupt: 1
+            }
+        );
+    }
+}
