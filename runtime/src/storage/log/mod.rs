@@ -22,6 +22,7 @@ mod retention;
 mod segment;
 mod shared;
 mod ticket;
+mod waiters;
 mod writer;
 
 #[cfg(test)]
@@ -42,7 +43,7 @@ pub use options::{Durability, LogOptions, Recovery};
 pub use read::Entry;
 pub use recovery::{Cut, RecoveryReport};
 pub use retention::Freed;
-pub use ticket::{AppendTicket, Appended};
+pub use ticket::{AppendFuture, AppendTicket, Appended};
 
 use self::shared::{Pending, Progress, Shared, SyncQueue, lock};
 use crate::names::Offset;
@@ -83,8 +84,8 @@ impl Log {
             progress: Mutex::new(Progress {
                 committed: end,
                 stopped: None,
+                waiters: Default::default(),
             }),
-            progress_cv: Condvar::new(),
             committed: AtomicU64::new(end),
             end_tx,
             sync_queue: Mutex::new(SyncQueue::default()),

@@ -13,6 +13,7 @@ use super::error::LogError;
 use super::index::{IndexBuilder, IndexFile, Summary};
 use super::io::SegmentFile;
 use super::options::LogOptions;
+use super::waiters::Waiters;
 use crate::names::Offset;
 
 /// Frames encoded by appenders, waiting for the writer to take them as one batch.
@@ -32,6 +33,7 @@ pub(crate) struct Pending {
 pub(crate) struct Progress {
     pub committed: u64,
     pub stopped: Option<LogError>,
+    pub waiters: Waiters,
 }
 
 /// A sealed segment: immutable, with a persisted index.
@@ -96,7 +98,6 @@ pub(crate) struct Shared {
     pub space_cv: Condvar,
     pub segments: RwLock<Segments>,
     pub progress: Mutex<Progress>,
-    pub progress_cv: Condvar,
     /// `progress.committed`, readable without the lock.
     pub committed: AtomicU64,
     pub end_tx: watch::Sender<Offset>,
@@ -117,7 +118,7 @@ impl Shared {
         if end > progress.committed {
             progress.committed = end;
             self.committed.store(end, Ordering::Release);
-            self.progress_cv.notify_all();
+            progress.waiters.wake_until(end);
             self.end_tx.send_replace(Offset(end));
         }
     }
@@ -130,8 +131,10 @@ impl Shared {
             .get_or_insert_with(|| error.clone());
         self.space_cv.notify_all();
         self.writer_cv.notify_all();
-        lock(&self.progress).stopped.get_or_insert(error);
-        self.progress_cv.notify_all();
+        let mut progress = lock(&self.progress);
+        progress.stopped.get_or_insert(error);
+        progress.waiters.wake_all();
+        drop(progress);
         self.end_tx.send_modify(|_| {});
         lock(&self.sync_queue).closed = true;
         self.sync_cv.notify_all();

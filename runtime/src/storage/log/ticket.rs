@@ -1,13 +1,16 @@
 //! [`AppendTicket`]: the completion of one append, waited for with [`AppendTicket::wait`] from
-//! blocking code or `.await`ed from async code. No allocation per ticket: it waits on the log's
-//! acknowledged end offset.
+//! blocking code or `.await`ed from async code. No channel per append: a waiting ticket registers
+//! its thread or task with the end offset it needs, and the acknowledgement that reaches that
+//! offset wakes it.
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use super::error::LogError;
-use super::shared::{Shared, lock};
+use super::shared::{Progress, Shared, lock};
+use super::waiters::Wake;
 use crate::names::Offset;
 
 /// Where an acknowledged append landed.
@@ -71,47 +74,69 @@ impl AppendTicket {
             Inner::Ready(r) => return r,
             Inner::Waiting { shared, appended } => (shared, appended),
         };
-        let mut progress = lock(&shared.progress);
+        let mut registered = false;
         loop {
-            if progress.committed >= appended.end().0 {
-                return Ok(appended);
+            {
+                let mut progress = lock(&shared.progress);
+                if let Some(done) = outcome(&progress, appended) {
+                    return done;
+                }
+                if !registered {
+                    let me = Wake::Thread(std::thread::current());
+                    progress.waiters.push(appended.end().0, me);
+                    registered = true;
+                }
             }
-            if let Some(e) = &progress.stopped {
-                return Err(e.clone());
+            // Woken when the acknowledged end reaches ours or the log stops; a spurious
+            // wake-up just checks again.
+            std::thread::park();
+        }
+    }
+}
+
+fn outcome(progress: &Progress, appended: Appended) -> Option<Result<Appended, LogError>> {
+    if progress.committed >= appended.end().0 {
+        return Some(Ok(appended));
+    }
+    progress.stopped.clone().map(Err)
+}
+
+/// The future of an [`AppendTicket`] (`ticket.await`).
+#[derive(Debug)]
+pub struct AppendFuture {
+    inner: Option<Inner>,
+}
+
+impl Future for AppendFuture {
+    type Output = Result<Appended, LogError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.inner.take() {
+            None => Poll::Ready(Err(LogError::Closed)),
+            Some(Inner::Ready(r)) => Poll::Ready(r),
+            Some(Inner::Waiting { shared, appended }) => {
+                let mut progress = lock(&shared.progress);
+                if let Some(done) = outcome(&progress, appended) {
+                    return Poll::Ready(done);
+                }
+                progress
+                    .waiters
+                    .push(appended.end().0, Wake::Task(cx.waker().clone()));
+                drop(progress);
+                self.inner = Some(Inner::Waiting { shared, appended });
+                Poll::Pending
             }
-            progress = shared
-                .progress_cv
-                .wait(progress)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 }
 
 impl IntoFuture for AppendTicket {
     type Output = Result<Appended, LogError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+    type IntoFuture = AppendFuture;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let (shared, appended) = match self.inner {
-                Inner::Ready(r) => return r,
-                Inner::Waiting { shared, appended } => (shared, appended),
-            };
-            let mut end = shared.end_tx.subscribe();
-            loop {
-                {
-                    let progress = lock(&shared.progress);
-                    if progress.committed >= appended.end().0 {
-                        return Ok(appended);
-                    }
-                    if let Some(e) = &progress.stopped {
-                        return Err(e.clone());
-                    }
-                }
-                if end.changed().await.is_err() {
-                    return Err(LogError::Closed);
-                }
-            }
-        })
+    fn into_future(self) -> AppendFuture {
+        AppendFuture {
+            inner: Some(self.inner),
+        }
     }
 }
