@@ -1,24 +1,16 @@
-//! `weir bench ...`: benchmarks that print human lines and, with `--json`, one JSON object as the
-//! last line.
+//! `weir bench invoke`: the per-call cost of a warm plugin instance.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
 
 use crate::config::Limits;
 use crate::host::{Host, HostOptions, Message, PluginSpec};
 use crate::names::{Attempt, DestinationName, Offset, PluginName};
 use crate::storage::{MemoryStorage, Record, Storage, Stored};
-
-/// Benchmarks.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Per-call cost of a warm plugin instance handling one message.
-    Invoke(InvokeArgs),
-}
 
 /// `weir bench invoke`.
 #[derive(Debug, Args)]
@@ -40,10 +32,8 @@ pub struct InvokeArgs {
     json: bool,
 }
 
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Invoke(args) => invoke(args),
-    }
+pub fn run(args: InvokeArgs) -> anyhow::Result<()> {
+    invoke(args)
 }
 
 fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
@@ -100,7 +90,7 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     }
     let total = started.elapsed();
     samples.sort_unstable();
-    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+    let pct = |p: f64| super::percentile(&samples, p) as f64 / 1000.0;
     let mean = total.as_secs_f64() * 1e6 / args.calls as f64;
     let (p50, p99) = (pct(0.50), pct(0.99));
     println!("plugin:        {}", args.plugin.display());
@@ -120,9 +110,9 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
             "plugin": args.plugin.display().to_string(),
             "payload_bytes": args.payload_bytes,
             "calls": args.calls,
-            "us_per_call_p50": round3(p50),
-            "us_per_call_p99": round3(p99),
-            "us_per_call_mean": round3(mean),
+            "us_per_call_p50": super::round3(p50),
+            "us_per_call_p99": super::round3(p99),
+            "us_per_call_mean": super::round3(mean),
             "engine": {
                 "cranelift_opt_level": "speed",
                 "allocator": "pooling",
@@ -141,8 +131,4 @@ fn check(result: Result<crate::host::Outcome, crate::host::Failure>) -> anyhow::
     result
         .map(drop)
         .map_err(|f| anyhow::anyhow!("the plugin failed during the benchmark: {f}"))
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

@@ -1,0 +1,191 @@
+//! `weir bench append`: durable appends from many concurrent publishers (each appends one record
+//! and waits for its acknowledgement), against the ceiling of the same disk: the same bytes
+//! written by the benchmark itself with one `write` and one `fdatasync` per batch, in batches of
+//! the size weir's group commit achieved, in the same run and directory.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+
+use super::{percentile, round3, rss_mib};
+use crate::storage::Record;
+use crate::storage::log::{Durability, FaultyIo, Log, LogOptions};
+
+/// `weir bench append`.
+#[derive(Debug, Args)]
+pub struct AppendArgs {
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Records to append.
+    #[arg(long, default_value_t = 300_000)]
+    records: u64,
+    /// Concurrent publishers, each appending one record at a time.
+    #[arg(long, default_value_t = 256)]
+    publishers: usize,
+    /// Durability: `always` acknowledges after fdatasync.
+    #[arg(long, value_enum, default_value = "always")]
+    fsync: Fsync,
+    /// Directory to write in (default: a temporary directory under the current one, removed
+    /// afterwards, so the benchmark measures the disk the project lives on).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Fsync {
+    Always,
+    Interval,
+    Never,
+}
+
+pub fn run(args: AppendArgs) -> anyhow::Result<()> {
+    if args.records == 0 || args.publishers == 0 {
+        bail!("--records and --publishers must be at least 1");
+    }
+    let base = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    let dir = base.join(format!(".weir-bench-append-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(&args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    let durability = match args.fsync {
+        Fsync::Always => Durability::Always,
+        Fsync::Interval => Durability::Interval(Duration::from_millis(100)),
+        Fsync::Never => Durability::Never,
+    };
+    // The counting file system: real files, plus a count of fsyncs (the batches).
+    let io = FaultyIo::new();
+    let options = LogOptions::new()
+        .durability(durability)
+        .io(Arc::new(io.clone()));
+    let (log, _) = Log::open(dir.join("log"), options.clone())?;
+    let log = Arc::new(log);
+    let payload = vec![b'x'; args.record_bytes];
+    let next = Arc::new(AtomicU64::new(0));
+    let rss_at_1m = Arc::new(std::sync::Mutex::new(None));
+
+    let started = Instant::now();
+    let threads: Vec<_> = (0..args.publishers)
+        .map(|t| {
+            let (log, next, payload, rss_at_1m) = (
+                Arc::clone(&log),
+                Arc::clone(&next),
+                payload.clone(),
+                Arc::clone(&rss_at_1m),
+            );
+            let total = args.records;
+            std::thread::spawn(move || -> anyhow::Result<Vec<u64>> {
+                let mut latencies = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return Ok(latencies);
+                    }
+                    if n == 1_000_000 {
+                        *rss_at_1m.lock().expect("rss") = rss_mib();
+                    }
+                    let record = Record {
+                        id: format!("p{t}-{n}"),
+                        key: None,
+                        headers: Vec::new(),
+                        payload: payload.clone(),
+                        timestamp_ms: 0,
+                        reply_to: None,
+                        correlation_id: None,
+                    };
+                    let t0 = Instant::now();
+                    log.append(std::slice::from_ref(&record)).wait()?;
+                    latencies.push(t0.elapsed().as_micros() as u64);
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(args.records as usize);
+    for t in threads {
+        latencies.extend(t.join().expect("publisher thread")?);
+    }
+    let elapsed = started.elapsed();
+    let rss_end = rss_mib();
+    latencies.sort_unstable();
+    let records_per_sec = args.records as f64 / elapsed.as_secs_f64();
+    let bytes = log.size_bytes();
+    let syncs = io.syncs().max(1);
+    let records_per_batch = (args.records as f64 / syncs as f64).max(1.0);
+    let log = Arc::into_inner(log).expect("publishers are done");
+    log.close()?;
+
+    // Reopening: how long until the log is ready to serve again.
+    let t0 = Instant::now();
+    let (reopened, _) = Log::open(dir.join("log"), options)?;
+    let reopen_ms = t0.elapsed().as_secs_f64() * 1e3;
+    drop(reopened);
+
+    // The ceiling: the same bytes, one write + one fdatasync per batch of the achieved size.
+    let frame = bytes as f64 / args.records as f64;
+    let batch = vec![b'x'; (frame * records_per_batch).round().max(1.0) as usize];
+    let mut file = std::fs::File::create(dir.join("ceiling"))?;
+    let t0 = Instant::now();
+    let mut written = 0u64;
+    while written < bytes {
+        file.write_all(&batch)?;
+        if matches!(args.fsync, Fsync::Always) {
+            file.sync_data()?;
+        }
+        written += batch.len() as u64;
+    }
+    let ceiling_per_sec = (written as f64 / frame) / t0.elapsed().as_secs_f64();
+
+    let fsync = format!("{:?}", args.fsync).to_lowercase();
+    let ratio = records_per_sec / ceiling_per_sec;
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    println!(
+        "records:      {} x {} payload bytes ({:.0} bytes per frame), fsync = {fsync}, {} publishers",
+        args.records, args.record_bytes, frame, args.publishers
+    );
+    println!(
+        "weir:         {records_per_sec:.0} records/s, ack p50 {p50} us, p99 {p99} us, {records_per_batch:.0} records per fsync"
+    );
+    println!(
+        "ceiling:      {ceiling_per_sec:.0} records/s (one write + fdatasync per {records_per_batch:.0}-record batch, same bytes, same disk)"
+    );
+    println!("ratio:        {ratio:.2}");
+    println!(
+        "reopen:       {reopen_ms:.1} ms; RSS {} MiB at the end",
+        rss_end.map_or("?".into(), |r| r.to_string())
+    );
+    if args.json {
+        let out = serde_json::json!({
+            "scenario": "append",
+            "record_bytes": args.record_bytes,
+            "records": args.records,
+            "publishers": args.publishers,
+            "fsync": fsync,
+            "records_per_sec": records_per_sec.round(),
+            "ack_p50_us": p50,
+            "ack_p99_us": p99,
+            "records_per_fsync": round3(records_per_batch),
+            "ceiling_records_per_sec": ceiling_per_sec.round(),
+            "ratio_to_ceiling": round3(ratio),
+            "reopen_ms": round3(reopen_ms),
+            "rss_mib_at_1m_records": *rss_at_1m.lock().expect("rss"),
+            "rss_mib_at_end": rss_end,
+        });
+        println!("{out}");
+    }
+    Ok(())
+}
