@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 
-use super::{percentile, round3, rss_mib};
+use super::{Histogram, round3, rss_mib};
 use crate::storage::Record;
 use crate::storage::log::{Durability, FaultyIo, Log, LogOptions};
 
@@ -25,8 +25,8 @@ pub struct AppendArgs {
     /// Records to append.
     #[arg(long, default_value_t = 300_000)]
     records: u64,
-    /// Concurrent publishers, each appending one record at a time.
-    #[arg(long, default_value_t = 256)]
+    /// Concurrent publishers (async tasks), each appending one record at a time.
+    #[arg(long, default_value_t = 1024)]
     publishers: usize,
     /// Durability: `always` acknowledges after fdatasync.
     #[arg(long, value_enum, default_value = "always")]
@@ -35,6 +35,9 @@ pub struct AppendArgs {
     /// afterwards, so the benchmark measures the disk the project lives on).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Keep the written log (in `<dir>/.weir-bench-append-<pid>/log`) instead of removing it.
+    #[arg(long)]
+    keep: bool,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -58,7 +61,12 @@ pub fn run(args: AppendArgs) -> anyhow::Result<()> {
     let dir = base.join(format!(".weir-bench-append-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = measure(&args, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
+    if args.keep {
+        let _ = std::fs::remove_file(dir.join("ceiling"));
+        println!("kept the log in {}", dir.join("log").display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
@@ -79,49 +87,58 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let rss_at_1m = Arc::new(std::sync::Mutex::new(None));
 
+    // Publishers are async tasks, as in the server: each appends one record and awaits its
+    // acknowledgement, so up to `publishers` appends are in flight for group commit to batch.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let histogram = Arc::new(Histogram::new());
     let started = Instant::now();
-    let threads: Vec<_> = (0..args.publishers)
-        .map(|t| {
-            let (log, next, payload, rss_at_1m) = (
-                Arc::clone(&log),
-                Arc::clone(&next),
-                payload.clone(),
-                Arc::clone(&rss_at_1m),
-            );
-            let total = args.records;
-            std::thread::spawn(move || -> anyhow::Result<Vec<u64>> {
-                let mut latencies = Vec::new();
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= total {
-                        return Ok(latencies);
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..args.publishers)
+            .map(|t| {
+                let (log, next, payload, rss_at_1m, histogram) = (
+                    Arc::clone(&log),
+                    Arc::clone(&next),
+                    payload.clone(),
+                    Arc::clone(&rss_at_1m),
+                    Arc::clone(&histogram),
+                );
+                let total = args.records;
+                tokio::spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= total {
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                        if n == 1_000_000 {
+                            *rss_at_1m.lock().expect("rss") = rss_mib();
+                        }
+                        let record = Record {
+                            id: format!("p{t}-{n}"),
+                            key: None,
+                            headers: Vec::new(),
+                            payload: payload.clone(),
+                            timestamp_ms: 0,
+                            reply_to: None,
+                            correlation_id: None,
+                        };
+                        let t0 = Instant::now();
+                        log.append(std::slice::from_ref(&record)).await?;
+                        histogram.record(t0.elapsed().as_micros() as u64);
                     }
-                    if n == 1_000_000 {
-                        *rss_at_1m.lock().expect("rss") = rss_mib();
-                    }
-                    let record = Record {
-                        id: format!("p{t}-{n}"),
-                        key: None,
-                        headers: Vec::new(),
-                        payload: payload.clone(),
-                        timestamp_ms: 0,
-                        reply_to: None,
-                        correlation_id: None,
-                    };
-                    let t0 = Instant::now();
-                    log.append(std::slice::from_ref(&record)).wait()?;
-                    latencies.push(t0.elapsed().as_micros() as u64);
-                }
+                })
             })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(args.records as usize);
-    for t in threads {
-        latencies.extend(t.join().expect("publisher thread")?);
-    }
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    drop(runtime);
     let elapsed = started.elapsed();
     let rss_end = rss_mib();
-    latencies.sort_unstable();
     let records_per_sec = args.records as f64 / elapsed.as_secs_f64();
     let bytes = log.size_bytes();
     let syncs = io.syncs().max(1);
@@ -152,7 +169,7 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
 
     let fsync = format!("{:?}", args.fsync).to_lowercase();
     let ratio = records_per_sec / ceiling_per_sec;
-    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    let (p50, p99) = (histogram.percentile(0.5), histogram.percentile(0.99));
     println!(
         "records:      {} x {} payload bytes ({:.0} bytes per frame), fsync = {fsync}, {} publishers",
         args.records, args.record_bytes, frame, args.publishers

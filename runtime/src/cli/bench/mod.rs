@@ -46,3 +46,45 @@ fn rss_mib() -> Option<f64> {
         .ok()?;
     Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
+
+/// Latencies in whole microseconds, 0..=100 ms (slower ones count as 100 ms), in fixed memory
+/// shared by every publisher, so measuring does not grow with the run.
+struct Histogram {
+    buckets: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl Histogram {
+    const MAX_US: usize = 100_000;
+
+    fn new() -> Histogram {
+        Histogram {
+            buckets: (0..=Self::MAX_US)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    fn record(&self, us: u64) {
+        let i = (us as usize).min(Self::MAX_US);
+        self.buckets[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The smallest latency at or below which a fraction `p` of the samples lie.
+    fn percentile(&self, p: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let want = ((total as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (us, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return us as u64;
+            }
+        }
+        Self::MAX_US as u64
+    }
+}
