@@ -97,6 +97,9 @@ pub enum LogError {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// `append_dedup` on a log opened without dedup.
+    #[error("expected a log opened with dedup for append_dedup, found dedup off")]
+    DedupOff,
 }
 
 impl LogError {

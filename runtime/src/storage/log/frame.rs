@@ -19,10 +19,15 @@ pub const MIN_FRAME: usize = FRAME_HEADER + MIN_BODY;
 
 /// Flag: this frame is the first of one write call (see recovery in the format doc).
 pub const FLAG_FIRST_IN_WRITE: u8 = 1;
-const FLAG_KEY: u8 = 2;
+/// Flag: the record has a key.
+pub const FLAG_KEY: u8 = 2;
 const FLAG_REPLY_TO: u8 = 4;
 const FLAG_CORRELATION: u8 = 8;
-const KNOWN_FLAGS: u8 = FLAG_FIRST_IN_WRITE | FLAG_KEY | FLAG_REPLY_TO | FLAG_CORRELATION;
+/// Flag: compaction removed the records between the previous frame and this one, so its offset
+/// may be more than one past the previous frame's.
+pub const FLAG_AFTER_GAP: u8 = 16;
+const KNOWN_FLAGS: u8 =
+    FLAG_FIRST_IN_WRITE | FLAG_KEY | FLAG_REPLY_TO | FLAG_CORRELATION | FLAG_AFTER_GAP;
 
 /// A decoded frame: the record and what the frame says about its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +176,20 @@ pub fn peek(bytes: &[u8]) -> Result<FrameHeader, DecodeError> {
     })
 }
 
+/// The id and (if any) key of the checksum-verified `frame` (one whole frame), as raw bytes,
+/// without decoding the rest; `None` if the fields do not fit the frame.
+pub fn id_and_key(frame: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let flags = *frame.get(8)?;
+    let mut body = Reader(frame.get(FRAME_HEADER + 17..)?);
+    let id = body.short_bytes()?;
+    let key = if flags & FLAG_KEY != 0 {
+        Some(body.short_bytes()?)
+    } else {
+        None
+    };
+    Some((id, key))
+}
+
 /// Decodes the frame at the start of `bytes`: the frame and its length in bytes.
 pub fn decode_frame(bytes: &[u8]) -> Result<(Frame, usize), DecodeError> {
     let header = peek(bytes)?;
@@ -264,6 +283,11 @@ impl<'a> Reader<'a> {
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32_at(self.take(4)?, 0))
+    }
+
+    fn short_bytes(&mut self) -> Option<&'a [u8]> {
+        let len = self.u16().ok()? as usize;
+        self.take(len).ok()
     }
 
     fn short_str(&mut self) -> Result<String, DecodeError> {

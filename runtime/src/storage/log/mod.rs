@@ -10,9 +10,13 @@
 //! **Invariant:** after a failed write or fsync the log accepts nothing more; every append not
 //! acknowledged by then fails with [`LogError::Stopped`].
 
+mod dedup;
 mod error;
 mod faulty;
 mod frame;
+mod hash;
+mod hashindex;
+mod idmap;
 mod index;
 mod io;
 mod options;
@@ -21,10 +25,13 @@ mod recovery;
 mod retention;
 mod segment;
 mod shared;
+mod side;
 mod ticket;
 mod waiters;
 mod writer;
 
+#[cfg(test)]
+mod dedup_tests;
 #[cfg(test)]
 mod tests;
 
@@ -35,9 +42,11 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
+pub use dedup::{DedupFuture, DedupTicket, Deduped};
 pub use error::{DecodeError, LogError};
 pub use faulty::FaultyIo;
 pub use frame::{Frame, decode_frame};
+pub use hashindex::{HashEntry, IndexError, Kind as HashIndexKind, decode as decode_hash_index};
 pub use io::{Io, SegmentFile, StdIo};
 pub use options::{Durability, LogOptions, Recovery};
 pub use read::Entry;
@@ -45,6 +54,7 @@ pub use recovery::{Cut, RecoveryReport};
 pub use retention::Freed;
 pub use ticket::{AppendFuture, AppendTicket, Appended};
 
+use self::idmap::IdMap;
 use self::shared::{Pending, Progress, Shared, SyncQueue, lock};
 use crate::names::Offset;
 use crate::storage::Record;
@@ -66,6 +76,17 @@ impl Log {
         let dir = dir.into();
         let (segments, report) = recovery::open(&dir, &opts)?;
         let end = segments.active.index.summary.end;
+        let ids = opts.dedup.then(|| {
+            let active = &segments.active;
+            let mut ids = IdMap::new(active.index.summary.base);
+            for e in &active.ids {
+                ids.insert(
+                    e.hash,
+                    active.index.summary.base + u64::from(e.relative_offset),
+                );
+            }
+            ids
+        });
         let (end_tx, _) = watch::channel(Offset(end));
         let sync_threads = opts.sync_threads;
         let shared = Arc::new(Shared {
@@ -77,6 +98,8 @@ impl Log {
                 next_offset: end,
                 closed: false,
                 stopped: None,
+                hashes: Vec::new(),
+                ids,
             }),
             writer_cv: Condvar::new(),
             space_cv: Condvar::new(),
@@ -90,6 +113,7 @@ impl Log {
             end_tx,
             sync_queue: Mutex::new(SyncQueue::default()),
             sync_cv: Condvar::new(),
+            maintenance: Mutex::new(()),
         });
         let mut threads = Vec::new();
         let dir = shared.dir.clone();
@@ -122,29 +146,23 @@ impl Log {
             }
         }
         let shared = &self.shared;
-        let mut p = lock(&shared.pending);
-        loop {
-            if let Some(e) = &p.stopped {
-                return AppendTicket::ready(Err(e.clone()));
+        // Hashed before taking the lock; on the stack for the common small append.
+        let mut small = [[0; 2]; 4];
+        let many: Vec<[u64; 2]>;
+        let hashes = if records.len() <= small.len() {
+            for (h, r) in small.iter_mut().zip(records) {
+                *h = shared.hashes(r);
             }
-            if p.closed {
-                return AppendTicket::ready(Err(LogError::Closed));
-            }
-            if p.buf.is_empty() || p.buf.len() + total <= shared.opts.max_pending_bytes {
-                break;
-            }
-            p = shared
-                .space_cv
-                .wait(p)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        let first = p.next_offset;
-        let was_empty = p.buf.is_empty();
-        p.buf.reserve(total);
-        for (i, r) in records.iter().enumerate() {
-            frame::encode(&mut p.buf, first + i as u64, was_empty && i == 0, r);
-        }
-        p.next_offset += records.len() as u64;
+            &small[..records.len()]
+        } else {
+            many = records.iter().map(|r| shared.hashes(r)).collect();
+            &many[..]
+        };
+        let mut p = match shared.lock_for_append(total, records.len()) {
+            Ok(p) => p,
+            Err(e) => return AppendTicket::ready(Err(e)),
+        };
+        let (first, was_empty) = shared.push(&mut p, records.iter(), total, hashes);
         drop(p);
         let appended = Appended {
             first: Offset(first),

@@ -41,7 +41,11 @@ pub struct LogOptions {
     pub(crate) max_pending_bytes: usize,
     pub(crate) sync_threads: usize,
     pub(crate) verify_sealed: bool,
+    pub(crate) dedup: bool,
+    pub(crate) segment_records: u64,
     pub(crate) io: Arc<dyn Io>,
+    /// Tests force hash collisions by masking the id and key hashes.
+    pub(crate) hash_mask: u64,
 }
 
 impl Default for LogOptions {
@@ -54,7 +58,10 @@ impl Default for LogOptions {
             max_pending_bytes: 64 << 20,
             sync_threads: 4,
             verify_sealed: false,
+            dedup: true,
+            segment_records: 1 << 18,
             io: Arc::new(StdIo),
+            hash_mask: u64::MAX,
         }
     }
 }
@@ -117,10 +124,46 @@ impl LogOptions {
         self
     }
 
+    /// Keep an index of record ids so [`super::Log::append_dedup`] can find a record already
+    /// stored with the same id (see `docs/storage-format.md`, "Publish dedup"). Every record of a
+    /// log with dedup pays for hashing its id; a log without it refuses `append_dedup`.
+    /// Default: on.
+    #[must_use]
+    pub fn dedup(mut self, dedup: bool) -> LogOptions {
+        self.dedup = dedup;
+        self
+    }
+
+    /// Seal the active segment once it holds this many records, whatever its size. This bounds
+    /// the memory of the active segment's id and key indexes. Default: 262,144; at least 16.
+    #[must_use]
+    pub fn segment_records(mut self, records: u64) -> LogOptions {
+        self.segment_records = records.clamp(16, u64::from(u32::MAX));
+        self
+    }
+
     /// The file system underneath. Default: [`StdIo`].
     #[must_use]
     pub fn io(mut self, io: Arc<dyn Io>) -> LogOptions {
         self.io = io;
         self
+    }
+
+    /// Keeps only the bits of `mask` of every id and key hash, so tests can force collisions.
+    #[cfg(test)]
+    #[must_use]
+    pub(crate) fn hash_mask(mut self, mask: u64) -> LogOptions {
+        self.hash_mask = mask;
+        self
+    }
+
+    /// The hash of an id or key as this log indexes it.
+    pub(crate) fn hash(&self, bytes: &[u8]) -> u64 {
+        super::hash::hash64(bytes) & self.hash_mask
+    }
+
+    /// Records the pending buffer may hold before appenders wait (a quarter of a segment's).
+    pub(crate) fn max_pending_records(&self) -> u64 {
+        (self.segment_records / 4).max(1)
     }
 }

@@ -161,6 +161,31 @@ impl Shared {
     }
 }
 
+/// Reads the one frame at `position` of a segment file whose written bytes end at `limit`.
+pub(crate) fn frame_at(
+    file: &dyn SegmentFile,
+    path: &std::path::Path,
+    position: u64,
+    limit: u64,
+) -> Result<frame::Frame, LogError> {
+    let mut buf = vec![0; (limit.saturating_sub(position)).min(4096) as usize];
+    file.read_exact_at(&mut buf, position)
+        .map_err(|e| LogError::io(path, e))?;
+    let header = match frame::peek(&buf) {
+        Err(DecodeError::Truncated { expected, .. })
+            if buf.len() < expected && position + expected as u64 <= limit =>
+        {
+            buf.resize(expected, 0);
+            file.read_exact_at(&mut buf, position)
+                .map_err(|e| LogError::io(path, e))?;
+            frame::peek(&buf)
+        }
+        other => other,
+    }
+    .map_err(|e| corrupt(path, position, e))?;
+    frame::decode_verified(&buf, header).map_err(|e| corrupt(path, position, e))
+}
+
 fn corrupt(path: &std::path::Path, position: u64, e: DecodeError) -> LogError {
     LogError::Corrupt {
         path: path.to_path_buf(),

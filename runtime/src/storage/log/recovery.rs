@@ -12,6 +12,7 @@ use super::io::Io;
 use super::options::{LogOptions, Recovery};
 use super::segment::{self, Damage};
 use super::shared::{Active, Sealed, Segments};
+use super::side::{self, SideEntries};
 use crate::names::Offset;
 
 /// What opening a log found and changed.
@@ -62,7 +63,12 @@ pub(crate) fn open(dir: &Path, opts: &LogOptions) -> Result<(Segments, RecoveryR
     for path in io.list(dir).map_err(io_err(dir))? {
         if let Some(base) = segment::parse_name(&path, "log") {
             bases.push(base);
-        } else if path.to_string_lossy().ends_with(".index.tmp") {
+        } else if path.extension().is_some_and(|e| e == "tmp")
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.len() > 20 && n.as_bytes()[..20].iter().all(u8::is_ascii_digit))
+        {
             io.remove(&path).map_err(io_err(&path))?;
         }
     }
@@ -98,23 +104,36 @@ pub(crate) fn open(dir: &Path, opts: &LogOptions) -> Result<(Segments, RecoveryR
             let cut = refuse_or_repair(io, dir, opts, &path, &damage, 0, rest)?;
             report.repaired = Some(cut);
             let _ = io.remove(&segment::index_path(dir, prev.summary.base));
+            side::remove(opts, dir, prev.summary.base);
             return finish(sealed, reopen(prev, opts)?, report, started);
         }
         let trusted = (!last && !opts.verify_sealed)
             .then(|| index::load(io, &index_path, base, len))
             .flatten();
         if let Some((summary, index)) = trusted {
+            let (sides, scanned) =
+                side::load_or_rebuild(opts, dir, &summary, &*file, &mut report.rebuilt_indexes)?;
+            report.scanned_bytes += scanned;
             expected_base = Some(summary.end);
             sealed.push_back(Sealed {
                 path,
                 file,
                 index,
                 summary,
+                ids: sides.ids,
+                keys: sides.keys,
             });
             continue;
         }
-        let scan =
-            segment::scan(&*file, base, len, opts.index_interval_bytes).map_err(io_err(&path))?;
+        let mut entries = SideEntries::default();
+        let scan = segment::scan(
+            &*file,
+            base,
+            len,
+            opts.index_interval_bytes,
+            &mut |f, pos| entries.observe(opts, base, f, pos),
+        )
+        .map_err(io_err(&path))?;
         report.scanned_bytes += len;
         let mut stop_here = false;
         if let Some(damage) = &scan.damage {
@@ -135,10 +154,13 @@ pub(crate) fn open(dir: &Path, opts: &LogOptions) -> Result<(Segments, RecoveryR
         }
         if last || stop_here {
             let _ = io.remove(&index_path);
+            side::remove(opts, dir, base);
             let active = Active {
                 path,
                 file,
                 index: scan.index,
+                ids: entries.ids,
+                keys: entries.keys,
             };
             return finish(sealed, active, report, started);
         }
@@ -152,12 +174,16 @@ pub(crate) fn open(dir: &Path, opts: &LogOptions) -> Result<(Segments, RecoveryR
                 reason: "a rebuilt index does not read back".into(),
             })?;
         report.rebuilt_indexes.push(index_path);
+        let sides =
+            side::write(opts, dir, &summary, entries).map_err(|(p, e)| LogError::io(p, e))?;
         expected_base = Some(summary.end);
         sealed.push_back(Sealed {
             path,
             file,
             index,
             summary,
+            ids: sides.ids,
+            keys: sides.keys,
         });
     }
     unreachable_gap()
@@ -183,17 +209,22 @@ fn finish(
 
 /// A sealed segment made active again (a repair removed the segments after it).
 fn reopen(prev: Sealed, opts: &LogOptions) -> Result<Active, LogError> {
+    let mut entries = SideEntries::default();
+    let base = prev.summary.base;
     let scan = segment::scan(
         &*prev.file,
-        prev.summary.base,
+        base,
         prev.summary.len,
         opts.index_interval_bytes,
+        &mut |f, pos| entries.observe(opts, base, f, pos),
     )
     .map_err(io_err(&prev.path))?;
     Ok(Active {
         path: prev.path,
         file: prev.file,
         index: scan.index,
+        ids: entries.ids,
+        keys: entries.keys,
     })
 }
 
@@ -238,6 +269,7 @@ fn refuse_or_repair(
             .unwrap_or(0);
         io.remove(&later_path).map_err(io_err(&later_path))?;
         let _ = io.remove(&segment::index_path(dir, base));
+        side::remove(opts, dir, base);
         removed.push(later_path);
     }
     io.sync_dir(dir).map_err(io_err(dir))?;

@@ -1,6 +1,7 @@
 //! Retention primitives: remove whole sealed segments from the front of a log, by offset, by
-//! age (record timestamps) or by total size. Files are really removed, so disk is freed (a
-//! reader still holding a removed segment open finishes its read).
+//! age (record timestamps) or by total size, with their index, `.ids` and `.keys` files. Files
+//! are really removed, so disk is freed (a reader still holding a removed segment open finishes
+//! its read).
 
 use super::error::LogError;
 use super::segment;
@@ -26,6 +27,7 @@ impl Shared {
         &self,
         mut drop: impl FnMut(&Sealed, u64) -> bool,
     ) -> Result<Freed, LogError> {
+        let _maintenance = super::shared::lock(&self.maintenance);
         let (removed, start) = {
             let mut segments = self.write_segments();
             let mut left = segments.bytes();
@@ -46,13 +48,15 @@ impl Shared {
         };
         for s in &removed {
             let index = segment::index_path(&self.dir, s.summary.base);
-            let index_len =
-                (s.index.len() * super::index::ENTRY_LEN + super::index::HEADER_LEN) as u64;
             io.remove(&index).map_err(|e| LogError::io(&index, e))?;
+            for side in s.ids.iter().chain([&s.keys]) {
+                io.remove(side.path())
+                    .map_err(|e| LogError::io(side.path(), e))?;
+            }
             io.remove(&s.path).map_err(|e| LogError::io(&s.path, e))?;
             freed.segments += 1;
             freed.records += s.summary.end - s.summary.base;
-            freed.bytes += s.summary.len + index_len;
+            freed.bytes += s.file_bytes();
         }
         if !removed.is_empty() {
             io.sync_dir(&self.dir)

@@ -20,6 +20,11 @@ pub fn index_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.index"))
 }
 
+/// The path of the file with extension `ext` (`ids`, `keys`) beside the segment at `base`.
+pub fn side_path(dir: &Path, base: u64, ext: &str) -> PathBuf {
+    dir.join(format!("{base:020}.{ext}"))
+}
+
 /// The base offset named by a segment or index path with extension `ext`.
 pub fn parse_name(path: &Path, ext: &str) -> Option<u64> {
     if path.extension()? != ext {
@@ -56,8 +61,15 @@ pub struct Scan {
 
 const CHUNK: usize = 1 << 20;
 
-/// Scans the segment `file` of `len` bytes whose first record has offset `base`.
-pub fn scan(file: &dyn SegmentFile, base: u64, len: u64, interval: u64) -> io::Result<Scan> {
+/// Scans the segment `file` of `len` bytes whose first record has offset `base`, calling
+/// `visit(frame, position)` with every valid frame.
+pub fn scan(
+    file: &dyn SegmentFile,
+    base: u64,
+    len: u64,
+    interval: u64,
+    visit: &mut dyn FnMut(&[u8], u64),
+) -> io::Result<Scan> {
     let mut index = IndexBuilder::new(base, interval);
     let mut buf = Vec::new();
     let mut buf_start = 0u64;
@@ -80,10 +92,14 @@ pub fn scan(file: &dyn SegmentFile, base: u64, len: u64, interval: u64) -> io::R
             continue;
         }
         let reason = match result {
-            Ok(h) if h.offset == expected => {
+            Ok(h)
+                if h.offset == expected
+                    || (h.offset > expected && h.flags & frame::FLAG_AFTER_GAP != 0) =>
+            {
+                visit(&buf[at..at + h.len], pos);
                 index.observe(h.offset, pos, h.timestamp_ms, h.len as u64);
                 pos += h.len as u64;
-                expected += 1;
+                expected = h.offset + 1;
                 continue;
             }
             Ok(h) => {

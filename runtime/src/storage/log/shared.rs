@@ -10,11 +10,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use tokio::sync::watch;
 
 use super::error::LogError;
+use super::frame;
+use super::hashindex::{HashEntry, HashFile};
+use super::idmap::IdMap;
 use super::index::{IndexBuilder, IndexFile, Summary};
 use super::io::SegmentFile;
 use super::options::LogOptions;
 use super::waiters::Waiters;
 use crate::names::Offset;
+use crate::storage::Record;
 
 /// Frames encoded by appenders, waiting for the writer to take them as one batch.
 #[derive(Debug)]
@@ -26,6 +30,11 @@ pub(crate) struct Pending {
     pub next_offset: u64,
     pub closed: bool,
     pub stopped: Option<LogError>,
+    /// Per frame in `buf`, in order: the hash of its id (0 without dedup) and of its key (0
+    /// without a key), for the writer to index.
+    pub hashes: Vec<[u64; 2]>,
+    /// The ids of the active segment and of unwritten records (`None` without dedup).
+    pub ids: Option<IdMap>,
 }
 
 /// What has been acknowledged, and whether the log stopped.
@@ -43,6 +52,20 @@ pub(crate) struct Sealed {
     pub file: Arc<dyn SegmentFile>,
     pub index: IndexFile,
     pub summary: Summary,
+    /// `<base>.ids` (logs with dedup).
+    pub ids: Option<HashFile>,
+    /// `<base>.keys`.
+    pub keys: HashFile,
+}
+
+impl Sealed {
+    /// Bytes of the segment and its index files.
+    pub fn file_bytes(&self) -> u64 {
+        self.summary.len
+            + (self.index.len() * super::index::ENTRY_LEN + super::index::HEADER_LEN) as u64
+            + self.ids.as_ref().map_or(0, HashFile::bytes)
+            + self.keys.bytes()
+    }
 }
 
 /// The segment being appended to; its index lives in memory until it is sealed.
@@ -51,6 +74,10 @@ pub(crate) struct Active {
     pub path: PathBuf,
     pub file: Arc<dyn SegmentFile>,
     pub index: IndexBuilder,
+    /// Id hashes of the written records (logs with dedup), in offset order.
+    pub ids: Vec<HashEntry>,
+    /// Key hashes of the written records that have a key, in offset order.
+    pub keys: Vec<HashEntry>,
 }
 
 /// The segments of a log, oldest first.
@@ -103,6 +130,8 @@ pub(crate) struct Shared {
     pub end_tx: watch::Sender<Offset>,
     pub sync_queue: Mutex<SyncQueue>,
     pub sync_cv: Condvar,
+    /// Serializes compaction and retention (each replaces or removes sealed segment files).
+    pub maintenance: Mutex<()>,
 }
 
 /// Locks a mutex; a panic in another holder does not make the engine's state invalid (every
@@ -143,6 +172,81 @@ impl Shared {
     /// The error the log stopped with, if it did.
     pub fn stopped(&self) -> Option<LogError> {
         lock(&self.progress).stopped.clone()
+    }
+
+    /// Locks the pending buffer once it has room for `bytes` more bytes and `records` more
+    /// records (an empty buffer always has room), or fails if the log stopped or closed.
+    pub fn lock_for_append(
+        &self,
+        bytes: usize,
+        records: usize,
+    ) -> Result<MutexGuard<'_, Pending>, LogError> {
+        let max_records = self.opts.max_pending_records();
+        let mut p = lock(&self.pending);
+        loop {
+            if let Some(e) = &p.stopped {
+                return Err(e.clone());
+            }
+            if p.closed {
+                return Err(LogError::Closed);
+            }
+            let queued = p.next_offset - p.buf_first;
+            if p.buf.is_empty()
+                || (p.buf.len() + bytes <= self.opts.max_pending_bytes
+                    && queued + records as u64 <= max_records)
+            {
+                return Ok(p);
+            }
+            p = self
+                .space_cv
+                .wait(p)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The id hash (0 without dedup) and key hash (0 without a key) of `record`, as `push`
+    /// takes them.
+    pub fn hashes(&self, record: &Record) -> [u64; 2] {
+        let id = if self.opts.dedup {
+            self.opts.hash(record.id.as_bytes())
+        } else {
+            0
+        };
+        [
+            id,
+            record
+                .key
+                .as_ref()
+                .map_or(0, |k| self.opts.hash(k.as_bytes())),
+        ]
+    }
+
+    /// Encodes `records` (whose lengths were checked) into the locked pending buffer at the next
+    /// offsets, with their `hashes` (from [`Shared::hashes`]), and puts their ids in the id map.
+    /// Returns the first offset and whether the buffer was empty.
+    pub fn push<'r>(
+        &self,
+        p: &mut Pending,
+        records: impl Iterator<Item = &'r Record>,
+        total_bytes: usize,
+        hashes: &[[u64; 2]],
+    ) -> (u64, bool) {
+        let first = p.next_offset;
+        let was_empty = p.buf.is_empty();
+        p.buf.reserve(total_bytes);
+        p.hashes.extend_from_slice(hashes);
+        let mut offset = first;
+        for (i, r) in records.enumerate() {
+            frame::encode(&mut p.buf, offset, was_empty && i == 0, r);
+            offset += 1;
+        }
+        if let Some(ids) = p.ids.as_mut() {
+            for (i, h) in hashes.iter().enumerate() {
+                ids.insert(h[0], first + i as u64);
+            }
+        }
+        p.next_offset = offset;
+        (first, was_empty)
     }
 
     pub fn read_segments(&self) -> std::sync::RwLockReadGuard<'_, Segments> {

@@ -13,15 +13,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::LogError;
+use super::frame::FLAG_KEY;
+use super::hashindex::HashEntry;
 use super::index;
 use super::io::SegmentFile;
 use super::options::Durability;
 use super::segment;
 use super::shared::{Active, Sealed, Shared, SyncJob, lock};
+use super::side::{self, SideEntries};
 
 /// Runs the writer until the log is closed (after draining) or stopped.
 pub(crate) fn run_writer(shared: Arc<Shared>) {
     let mut batch = Vec::new();
+    let mut hashes = Vec::new();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
@@ -60,15 +64,17 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
                 }
             }
             mem::swap(&mut pending.buf, &mut batch);
+            mem::swap(&mut pending.hashes, &mut hashes);
             let first = pending.buf_first;
             pending.buf_first = pending.next_offset;
             (first, pending.next_offset)
         };
         shared.space_cv.notify_all();
-        if !batch.is_empty() && write_batch(&shared, &batch, first).is_err() {
+        if !batch.is_empty() && write_batch(&shared, &batch, &hashes, first).is_err() {
             return;
         }
         batch.clear();
+        hashes.clear();
         match shared.opts.durability {
             Durability::Always => {
                 let path = shared.read_segments().active.path.clone();
@@ -91,12 +97,15 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
     }
 }
 
-/// Writes one batch to the active segment (rolling first if it is full) and indexes it.
-fn write_batch(shared: &Shared, batch: &[u8], first: u64) -> Result<(), ()> {
+/// Writes one batch to the active segment (rolling first if it is full) and indexes it;
+/// `hashes` holds the id and key hash of each frame.
+fn write_batch(shared: &Shared, batch: &[u8], hashes: &[[u64; 2]], first: u64) -> Result<(), ()> {
     let (file, path, pos) = {
         let segments = shared.read_segments();
         let a = &segments.active;
-        let full = a.index.summary.len >= shared.opts.segment_bytes;
+        let summary = &a.index.summary;
+        let full = summary.len >= shared.opts.segment_bytes
+            || summary.end - summary.base >= shared.opts.segment_records;
         (!full).then(|| (a.file.clone(), a.path.clone(), a.index.summary.len))
     }
     .map_or_else(|| roll(shared, first), Ok)?;
@@ -104,16 +113,33 @@ fn write_batch(shared: &Shared, batch: &[u8], first: u64) -> Result<(), ()> {
         shared.stop(stopped("write", path, e));
         return Err(());
     }
+    let dedup = shared.opts.dedup;
     let mut segments = shared.write_segments();
-    let index = &mut segments.active.index;
+    let active = &mut segments.active;
+    let base = active.index.summary.base;
     let mut at = 0;
+    let mut i = 0;
     while at + 25 <= batch.len() {
         let f = &batch[at..];
         let len = 8 + u32::from_le_bytes([f[4], f[5], f[6], f[7]]) as usize;
         let offset = u64::from_le_bytes(f[9..17].try_into().unwrap_or_default());
         let ts = u64::from_le_bytes(f[17..25].try_into().unwrap_or_default());
-        index.observe(offset, pos + at as u64, ts, len as u64);
+        let position = pos + at as u64;
+        active.index.observe(offset, position, ts, len as u64);
+        let [id_hash, key_hash] = hashes.get(i).copied().unwrap_or_default();
+        let entry = |hash| HashEntry {
+            hash,
+            relative_offset: (offset - base) as u32,
+            position: position as u32,
+        };
+        if dedup {
+            active.ids.push(entry(id_hash));
+        }
+        if f[8] & FLAG_KEY != 0 {
+            active.keys.push(entry(key_hash));
+        }
         at += len;
+        i += 1;
     }
     Ok(())
 }
@@ -153,16 +179,26 @@ fn roll(shared: &Shared, base: u64) -> Result<(Arc<dyn SegmentFile>, std::path::
     sync_active(shared)?;
     let io = &*shared.opts.io;
     let dir = &shared.dir;
-    let (summary, entries, old_path, old_file) = {
+    let (summary, entries, old_path, old_file, sides) = {
         let s = shared.read_segments();
         let a = &s.active;
+        let sides = SideEntries {
+            ids: a.ids.clone(),
+            keys: a.keys.clone(),
+        };
         (
             a.index.summary,
             a.index.entries.clone(),
             a.path.clone(),
             a.file.clone(),
+            sides,
         )
     };
+    let pruned: Vec<(u64, u64)> = sides
+        .ids
+        .iter()
+        .map(|e| (e.hash, summary.base + u64::from(e.relative_offset)))
+        .collect();
     let index_path = segment::index_path(dir, summary.base);
     let new_path = segment::log_path(dir, base);
     let result = index::write(io, &index_path, &summary, &entries)
@@ -177,27 +213,59 @@ fn roll(shared: &Shared, base: u64) -> Result<(Arc<dyn SegmentFile>, std::path::
             })
         })
         .and_then(|(_, index)| {
+            let files = side::write(&shared.opts, dir, &summary, sides)
+                .map_err(|(p, e)| stopped("write", p, e))?;
+            Ok((index, files))
+        })
+        .and_then(|(index, files)| {
             let file = io
                 .open(&new_path, true)
                 .map_err(|e| stopped("write", new_path.clone(), e))?;
             io.sync_dir(dir)
                 .map_err(|e| stopped("fsync", dir.clone(), e))?;
-            Ok((index, file))
+            Ok((index, files, file))
         });
-    let (index, file) = result.map_err(|e| shared.stop(e))?;
-    let mut s = shared.write_segments();
-    s.sealed.push_back(Sealed {
-        path: old_path,
-        file: old_file,
-        index,
-        summary,
-    });
-    s.active = Active {
-        path: new_path.clone(),
-        file: file.clone(),
-        index: index::IndexBuilder::new(base, shared.opts.index_interval_bytes),
-    };
+    let (index, files, file) = result.map_err(|e| shared.stop(e))?;
+    {
+        let mut s = shared.write_segments();
+        s.sealed.push_back(Sealed {
+            path: old_path,
+            file: old_file,
+            index,
+            summary,
+            ids: files.ids,
+            keys: files.keys,
+        });
+        s.active = Active {
+            path: new_path.clone(),
+            file: file.clone(),
+            index: index::IndexBuilder::new(base, shared.opts.index_interval_bytes),
+            ids: Vec::new(),
+            keys: Vec::new(),
+        };
+    }
+    prune_ids(shared, summary.end, &pruned);
     Ok((file, new_path, 0))
+}
+
+/// Forgets the ids of a segment just sealed (its `.ids` file is visible now), a chunk at a time
+/// so appenders are not held behind the whole segment's worth.
+fn prune_ids(shared: &Shared, sealed_end: u64, ids: &[(u64, u64)]) {
+    if !shared.opts.dedup {
+        return;
+    }
+    if let Some(map) = lock(&shared.pending).ids.as_mut() {
+        map.pruned_below = map.pruned_below.max(sealed_end);
+    }
+    for chunk in ids.chunks(4096) {
+        let mut pending = lock(&shared.pending);
+        let Some(map) = pending.ids.as_mut() else {
+            return;
+        };
+        for &(hash, offset) in chunk {
+            map.remove(hash, offset);
+        }
+    }
 }
 
 /// Runs one sync thread until the log is closed or stopped.
