@@ -178,3 +178,160 @@ fn bad_plugins_stop_start_up_with_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn a_message_that_keeps_killing_the_host_is_dead_lettered_after_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[queues.jobs]\n{}\n[[bindings]]\nsource = \"jobs\"\nplugin = \"spin\"\nmax_attempts = 2\n",
+        plugin_toml("spin", "timeout_ms = 600000")
+    );
+    let server = Server::start(dir.path(), &config);
+    server.publish("jobs", "hangs forever", &[]);
+    server.wait_binding("jobs.spin", "invocations", 1);
+    drop(server); // SIGKILL mid-invocation: the delivery was recorded, its outcome never was
+    let server = Server::start_existing(dir.path());
+    server.wait_binding("jobs.spin", "invocations", 1);
+    drop(server);
+    // Third start: two deliveries without an outcome used up max_attempts = 2.
+    let server = Server::start_existing(dir.path());
+    let stats = server.wait_binding("jobs.spin", "dead_lettered", 1);
+    assert_eq!(
+        stats["bindings"]["jobs.spin"]["invocations"], 0,
+        "not invoked a third time"
+    );
+    let (_, dlq) = server.get("/v1/destinations/jobs.spin.dlq/messages");
+    let headers = &dlq["messages"][0]["headers"];
+    let header = |name: &str| {
+        headers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == name)
+            .map(|h| h[1].clone())
+    };
+    assert_eq!(header("weir-dlq-class"), Some("interrupted".into()));
+    assert_eq!(header("weir-dlq-attempts"), Some("2".into()));
+}
+
+#[test]
+fn messages_cursors_and_state_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[queues.orders]\n{}\n[[bindings]]\nsource = \"orders\"\nplugin = \"counter\"\n",
+        plugin_toml("counter", "")
+    );
+    let server = Server::start(dir.path(), &config);
+    for i in 0..3 {
+        server.publish("orders", &format!("o{i}"), &[("weir-key", "k")]);
+    }
+    server.wait_binding("orders.counter", "acked", 3);
+    drop(server); // SIGKILL
+    let server = Server::start_existing(dir.path());
+    let stats = server.stats();
+    assert_eq!(stats["destinations"]["orders"]["messages"], 3);
+    assert_eq!(
+        stats["bindings"]["orders.counter"]["cursor"], 3,
+        "acknowledged messages are not redelivered"
+    );
+    server.publish("orders", "o3", &[("weir-key", "k")]);
+    server.wait_binding("orders.counter", "acked", 1);
+    let (_, kv) = server.get("/v1/plugins/counter/kv?prefix=count");
+    assert_eq!(
+        kv["entries"][0]["value_hex"], "0400000000000000",
+        "the counter kept counting from 3: {kv}"
+    );
+}
+
+/// Bytes of the files in a directory.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn retention_by_size_really_frees_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[broker]\nsegment_size = \"1MiB\"\nretention_interval = \"20ms\"\n[queues.logs]\nretention_max_bytes = \"2MiB\"\n";
+    let server = Server::start(dir.path(), config);
+    let chunk = "x".repeat(64 << 10);
+    for _ in 0..80 {
+        server.publish("logs", &chunk, &[]); // 5 MiB in all
+    }
+    let stats = crate::support::wait_for(
+        "retention to remove old segments",
+        std::time::Duration::from_secs(30),
+        || {
+            let s = server.stats();
+            (s["destinations"]["logs"]["first_offset"].as_u64().unwrap() > 0).then_some(s)
+        },
+    );
+    let logs = &stats["destinations"]["logs"];
+    assert_eq!(logs["messages"], 80, "offsets keep counting");
+    assert!(
+        logs["bytes"].as_u64().unwrap() <= 3 << 20,
+        "at most the limit plus the active segment: {logs}"
+    );
+    let on_disk = dir_bytes(&dir.path().join(".weir/store/logs/logs"));
+    assert!(
+        on_disk <= 3 << 20,
+        "files were really removed: {on_disk} bytes left"
+    );
+    let (_, read) = server.get("/v1/destinations/logs/messages?from=0&limit=1");
+    assert_eq!(
+        read["messages"][0]["offset"], logs["first_offset"],
+        "reads start at the first kept record"
+    );
+}
+
+#[test]
+fn mid_log_corruption_stops_start_up_unless_repair_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[queues.orders]\n";
+    let server = Server::start(dir.path(), config);
+    for i in 0..10 {
+        server.publish(
+            "orders",
+            &format!("order number {i} {}", "-".repeat(100)),
+            &[],
+        );
+    }
+    drop(server);
+    let segment = dir
+        .path()
+        .join(".weir/store/logs/orders/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let (code, _, err) = crate::support::weir(&["run", "--config", "weir.toml"], dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("corrupt log: ") && err.contains("00000000000000000000.log at byte "),
+        "names file and offset: {err}"
+    );
+    assert!(err.contains("weir run --repair"), "says what to do: {err}");
+
+    let repaired = Server::start_with(dir.path(), &["--repair"]);
+    let stats = repaired.stats();
+    let kept = stats["destinations"]["orders"]["messages"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (1..10).contains(&kept),
+        "keeps what came before the damage: {kept}"
+    );
+    assert!(
+        repaired.stderr().contains("repair dropped"),
+        "reports what was dropped: {}",
+        repaired.stderr()
+    );
+    let (_, read) = repaired.get("/v1/destinations/orders/messages");
+    assert_eq!(
+        read["messages"][0]["payload"],
+        format!("order number 0 {}", "-".repeat(100))
+    );
+}

@@ -80,7 +80,7 @@ fn invoke_and_commit(p: &Plugin, storage: &Arc<dyn Storage>, m: &Message) -> Out
         .commit(Commit {
             kv,
             publishes: inv.effects.publishes,
-            cursor: None,
+            ack: None,
         })
         .unwrap();
     outcome

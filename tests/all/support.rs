@@ -87,10 +87,16 @@ impl Server {
 
     /// Starts a server on an existing `dir/weir.toml`.
     pub fn start_existing(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    /// Starts a server on an existing `dir/weir.toml` with extra `weir run` arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
         let stderr_path = dir.join("weir.stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(weir_bin())
             .args(["run", "--config", "weir.toml"])
+            .args(extra)
             .current_dir(dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -31,6 +31,10 @@ enum Command {
         /// Listen on this address instead of `server.listen` (port 0 picks a free port).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Open damaged logs by keeping everything before the damage and dropping the rest
+        /// (what was dropped is logged) instead of refusing to start.
+        #[arg(long)]
+        repair: bool,
     },
     /// Validates a config file and loads (type-checks) its plugins without serving.
     Check {
@@ -79,8 +83,13 @@ fn init_tracing() {
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config, listen } => {
+        Command::Run {
+            config,
+            listen,
+            repair,
+        } => {
             let mut config = Config::load(&config)?;
+            config.server.repair = repair;
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::duration::Span;
 use super::size::ByteSize;
 
 /// The whole file.
@@ -22,10 +23,10 @@ pub(super) struct File {
     pub broker: Broker,
     /// Point-to-point queues, by name. Default: none.
     #[serde(default)]
-    pub queues: BTreeMap<Spanned<String>, Queue>,
+    pub queues: BTreeMap<Spanned<String>, Destination>,
     /// Pub/sub topics, by name. Default: none.
     #[serde(default)]
-    pub topics: BTreeMap<Spanned<String>, Topic>,
+    pub topics: BTreeMap<Spanned<String>, Destination>,
     /// Plugins, by name. Default: none.
     #[serde(default)]
     pub plugins: BTreeMap<Spanned<String>, Plugin>,
@@ -86,6 +87,13 @@ pub(super) struct Broker {
     /// Size at which a log's segment file is sealed and a new one started. Default: `256MiB`.
     #[serde(default = "default_segment_size")]
     pub segment_size: Spanned<ByteSize>,
+    /// How often retention limits are enforced. Default: `"60s"`.
+    #[serde(default = "default_retention_interval")]
+    pub retention_interval: Spanned<Span>,
+}
+
+fn default_retention_interval() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_secs(60)))
 }
 
 impl Default for Broker {
@@ -95,6 +103,7 @@ impl Default for Broker {
             fsync: Fsync::default(),
             fsync_interval_ms: default_fsync_interval_ms(),
             segment_size: default_segment_size(),
+            retention_interval: default_retention_interval(),
         }
     }
 }
@@ -122,13 +131,18 @@ pub(super) enum BrokerKind {
     Embedded,
 }
 
+/// A queue or a topic: both are logs, with the same retention settings.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Queue {}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Topic {}
+pub(super) struct Destination {
+    /// Remove records older than this (whole segments, oldest first). Default: keep forever.
+    #[serde(default)]
+    pub retention_max_age: Option<Spanned<Span>>,
+    /// Remove the oldest records (whole segments) while the log is larger than this. Default:
+    /// no size limit.
+    #[serde(default)]
+    pub retention_max_bytes: Option<Spanned<ByteSize>>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

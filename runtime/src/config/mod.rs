@@ -1,6 +1,7 @@
 //! `weir.toml`: parsing (strict: unknown keys are errors) and validation into a typed
 //! [`Config`]. Every error names the file, the line and the key or value at fault.
 
+mod duration;
 mod file;
 mod size;
 
@@ -11,6 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use duration::Span;
 pub use size::ByteSize;
 
 use crate::names::{BindingName, DestinationName, PluginName};
@@ -24,6 +26,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Queues and topics.
     pub destinations: BTreeMap<DestinationName, DestinationKind>,
+    /// Retention limits of the destinations that have any.
+    pub retention: BTreeMap<DestinationName, Retention>,
     /// Plugins by name.
     pub plugins: BTreeMap<PluginName, PluginConfig>,
     /// Bindings, in file order.
@@ -43,6 +47,21 @@ pub struct ServerConfig {
     pub fsync: FsyncPolicy,
     /// Segment file size of each log, in bytes.
     pub segment_bytes: u64,
+    /// How often retention limits are enforced.
+    pub retention_interval: Duration,
+    /// Open damaged logs by keeping everything before the damage (`weir run --repair`) instead
+    /// of refusing to start.
+    pub repair: bool,
+}
+
+/// How much of a log is kept. Records go by whole segments, oldest first; the segment being
+/// written is never removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Remove records older than this.
+    pub max_age: Option<Duration>,
+    /// Remove the oldest records while the log is larger than this many bytes.
+    pub max_bytes: Option<u64>,
 }
 
 /// When a publish is acknowledged relative to fsync.
@@ -254,16 +273,49 @@ impl Cx<'_> {
             max_message_size,
             fsync,
             segment_bytes,
+            retention_interval: raw
+                .broker
+                .retention_interval
+                .get_ref()
+                .0
+                .max(Duration::from_millis(10)),
+            repair: false,
         };
 
         let mut destinations = BTreeMap::new();
+        let mut retention = BTreeMap::new();
         let declared = raw
             .queues
-            .keys()
-            .map(|k| (k, DestinationKind::Queue))
-            .chain(raw.topics.keys().map(|k| (k, DestinationKind::Topic)));
-        for (key, kind) in declared {
+            .iter()
+            .map(|(k, d)| (k, d, DestinationKind::Queue))
+            .chain(
+                raw.topics
+                    .iter()
+                    .map(|(k, d)| (k, d, DestinationKind::Topic)),
+            );
+        for (key, dest, kind) in declared {
             let name = self.name(key, DestinationName::new)?;
+            let limits = Retention {
+                max_age: dest.retention_max_age.as_ref().map(|s| s.get_ref().0),
+                max_bytes: dest.retention_max_bytes.as_ref().map(|b| b.get_ref().0),
+            };
+            if let Some(b) = dest
+                .retention_max_bytes
+                .as_ref()
+                .filter(|b| b.get_ref().0 < segment_bytes)
+            {
+                return Err(self.err(
+                    b.span(),
+                    format!(
+                        "`{name}`: `retention_max_bytes` ({}) is smaller than one segment ({}); retention removes whole segments, so raise it or lower `broker.segment_size`",
+                        b.get_ref(),
+                        raw.broker.segment_size.get_ref()
+                    ),
+                ));
+            }
+            if limits != Retention::default() {
+                retention.insert(name.clone(), limits);
+            }
             if destinations.insert(name.clone(), kind).is_some() {
                 return Err(self.err(
                     key.span(),
@@ -318,6 +370,7 @@ impl Cx<'_> {
             file: self.file.to_owned(),
             server,
             destinations,
+            retention,
             plugins,
             bindings,
         })

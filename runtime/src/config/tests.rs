@@ -73,6 +73,35 @@ fn defaults() {
 }
 
 #[test]
+fn retention_settings() {
+    let c = parse(
+        "[queues.q]\nretention_max_age = \"7d\"\nretention_max_bytes = \"1GiB\"\n[topics.t]\n",
+    )
+    .unwrap();
+    let q = DestinationName::new("q").unwrap();
+    assert_eq!(
+        c.retention.get(&q),
+        Some(&Retention {
+            max_age: Some(Duration::from_secs(7 * 86400)),
+            max_bytes: Some(1 << 30)
+        })
+    );
+    assert!(
+        !c.retention
+            .contains_key(&DestinationName::new("t").unwrap()),
+        "no limits, no entry"
+    );
+    check_err(
+        "[queues.q]\nretention_max_bytes = \"2MiB\"\n",
+        "weir.toml:2:23: `q`: `retention_max_bytes` (2MiB) is smaller than one segment (256MiB); retention removes whole segments, so raise it or lower `broker.segment_size`",
+    );
+    check_err(
+        "[topics.t]\nretention_max_age = \"7 weeks\"\n",
+        "weir.toml:2:21: unknown duration unit \"weeks\" in \"7 weeks\"; use ms, s, m, h or d",
+    );
+}
+
+#[test]
 fn errors_name_file_line_and_key() {
     check_err(
         "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",

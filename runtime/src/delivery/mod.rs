@@ -81,25 +81,58 @@ impl Runner {
         stored: &Stored,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), StorageError> {
-        let mut attempt = Attempt::FIRST;
-        let mut message = Message::new(&self.binding.source, stored, attempt);
+        if self.storage.is_acked(&self.binding.name, stored.offset) {
+            return Ok(()); // acknowledged out of order before a restart
+        }
+        let mut message = Message::new(&self.binding.source, stored, Attempt::FIRST);
         loop {
-            let plugin = Arc::clone(&self.plugin);
-            let m = message.clone();
-            let invocation = tokio::task::spawn_blocking(move || plugin.invoke(&m))
-                .await
-                .expect("plugin invocations do not panic");
-            self.stats.invocations.fetch_add(1, Relaxed);
+            // The attempt number is the durable delivery count: it survives restarts, so a
+            // message whose handling kills the host is dead-lettered after `max_attempts`.
+            let (storage, plugin, binding) = (
+                Arc::clone(&self.storage),
+                Arc::clone(&self.plugin),
+                self.binding.name.clone(),
+            );
+            let (offset, max, mut m) = (stored.offset, self.binding.max_attempts, message.clone());
+            let stats = Arc::clone(&self.stats);
+            let started = tokio::task::spawn_blocking(move || {
+                let count = storage.begin_delivery(&binding, offset)?;
+                let attempt = Attempt::new(count).expect("delivery counts start at 1");
+                if count > max {
+                    return Ok::<_, StorageError>((attempt, None));
+                }
+                m.set_attempt(attempt);
+                stats.invocations.fetch_add(1, Relaxed);
+                Ok((attempt, Some(plugin.invoke(&m))))
+            })
+            .await
+            .expect("plugin invocations do not panic")?;
+            let (attempt, invocation) = started;
+            let Some(invocation) = invocation else {
+                let reason = format!(
+                    "delivered {} times without an outcome being recorded (the host stopped while handling it)",
+                    attempt.get() - 1
+                );
+                return self.dead_letter(
+                    stored,
+                    Attempt::new(attempt.get() - 1).unwrap_or(attempt),
+                    "interrupted",
+                    &reason,
+                );
+            };
             let delay = match invocation.result {
+                // Counters move only once the commit is durable.
                 Ok(Outcome::Ack) => {
+                    self.commit(stored, invocation.effects, Vec::new())?;
                     self.stats.acked.fetch_add(1, Relaxed);
-                    return self.commit(stored, invocation.effects, Vec::new());
+                    return Ok(());
                 }
                 Ok(Outcome::Reply(bytes)) => {
+                    let reply = self.reply(stored, bytes);
+                    self.commit(stored, invocation.effects, reply.into_iter().collect())?;
                     self.stats.acked.fetch_add(1, Relaxed);
                     self.stats.replied.fetch_add(1, Relaxed);
-                    let reply = self.reply(stored, bytes);
-                    return self.commit(stored, invocation.effects, reply.into_iter().collect());
+                    return Ok(());
                 }
                 Ok(Outcome::DeadLetter(reason)) => {
                     return self.dead_letter(stored, attempt, "dead-letter", &reason);
@@ -135,8 +168,7 @@ impl Runner {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return Ok(()),
             }
-            attempt = attempt.next();
-            message.set_attempt(attempt);
+            message.set_attempt(attempt.next());
         }
     }
 
@@ -150,11 +182,13 @@ impl Runner {
         publishes.append(&mut extra);
         let kv = (!effects.kv.is_empty())
             .then(|| (self.plugin.name().clone(), effects.kv.into_iter().collect()));
-        self.storage.commit(Commit {
+        let commit = Commit {
             kv,
             publishes,
-            cursor: Some((self.binding.name.clone(), stored.offset.next())),
-        })?;
+            ack: Some((self.binding.name.clone(), stored.offset)),
+        };
+        // A durable commit waits for fsync: let the runtime move other tasks off this worker.
+        tokio::task::block_in_place(|| self.storage.commit(commit))?;
         Ok(())
     }
 
@@ -193,7 +227,6 @@ impl Runner {
         class: &str,
         reason: &str,
     ) -> Result<(), StorageError> {
-        self.stats.dead_lettered.fetch_add(1, Relaxed);
         let mut record = (*stored.record).clone();
         record.headers.extend([
             ("weir-dlq-binding".to_owned(), self.binding.name.to_string()),
@@ -210,7 +243,9 @@ impl Runner {
             stored,
             Effects::default(),
             vec![(self.binding.dead_letter.clone(), record)],
-        )
+        )?;
+        self.stats.dead_lettered.fetch_add(1, Relaxed);
+        Ok(())
     }
 }
 

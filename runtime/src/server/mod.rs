@@ -19,8 +19,8 @@ use crate::config::{Config, DestinationKind};
 use crate::delivery::{BindingSnapshot, BindingStats};
 use crate::host::{Host, HostOptions, LoadedFrom, Plugin, PluginSpec};
 use crate::names::{BindingName, DestinationName, PluginName};
-use crate::storage::log::Durability;
-use crate::storage::{EmbeddedOptions, EmbeddedStorage, Storage};
+use crate::storage::log::{Durability, Recovery};
+use crate::storage::{EmbeddedOptions, EmbeddedStorage, Storage, StorageError};
 
 /// Everything a running server holds.
 #[derive(Debug)]
@@ -52,8 +52,12 @@ pub struct StatsSnapshot {
 pub struct DestinationStats {
     /// `queue` or `topic`.
     pub kind: String,
-    /// Messages stored (the end offset).
+    /// Messages ever stored (the end offset).
     pub messages: u64,
+    /// The first offset still stored (after retention).
+    pub first_offset: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
 }
 
 /// Counters of one binding, with where it reads.
@@ -90,7 +94,13 @@ impl Runtime {
     pub fn start(config: Config) -> anyhow::Result<Runtime> {
         let storage: Arc<dyn Storage> = Arc::new(open_storage(&config)?);
         for name in config.destinations.keys() {
-            storage.open_log(name)?;
+            storage.open_log(name).with_context(|| {
+                if config.server.repair {
+                    format!("cannot open the log of `{name}`")
+                } else {
+                    format!("cannot open the log of `{name}`; `weir run --repair` keeps everything before damage and reports what it dropped")
+                }
+            })?;
         }
         let instances: u32 = config.plugins.values().map(|p| p.instances + 2).sum();
         let options = HostOptions::default()
@@ -164,13 +174,14 @@ impl Runtime {
                     DestinationKind::Queue => "queue",
                     DestinationKind::Topic => "topic",
                 };
-                (
-                    name.to_string(),
-                    DestinationStats {
-                        kind: kind.to_owned(),
-                        messages: end(name),
-                    },
-                )
+                let (first, bytes) = self.storage.usage(name).unwrap_or_default();
+                let stats = DestinationStats {
+                    kind: kind.to_owned(),
+                    messages: end(name),
+                    first_offset: first.0,
+                    bytes,
+                };
+                (name.to_string(), stats)
             })
             .collect();
         let bindings = self
@@ -214,6 +225,38 @@ impl Runtime {
     }
 }
 
+/// Applies every destination's retention limits every `broker.retention_interval` until stopped.
+async fn enforce_retention(
+    runtime: Arc<Runtime>,
+    mut stop: watch::Receiver<bool>,
+) -> (BindingName, Result<(), StorageError>) {
+    let name = BindingName::new("retention").expect("a valid name");
+    let every = runtime.config.server.retention_interval;
+    loop {
+        for (dest, limits) in &runtime.config.retention {
+            let (rt, dest, limits) = (Arc::clone(&runtime), dest.clone(), *limits);
+            let done = tokio::task::spawn_blocking(move || {
+                rt.storage
+                    .enforce_retention(&dest, &limits)
+                    .map(|r| (dest, r))
+            })
+            .await;
+            match done {
+                Ok(Ok((dest, r))) if r.records > 0 => {
+                    tracing::info!(destination = %dest, records = r.records, bytes = r.bytes, "retention removed old records");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("retention failed: {e}"),
+                Err(e) => tracing::error!("retention task failed: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return (name, Ok(())),
+        }
+    }
+}
+
 /// Opens the embedded store under `server.data_dir/store`.
 fn open_storage(config: &Config) -> anyhow::Result<EmbeddedStorage> {
     let dir = config.server.data_dir.join("store");
@@ -224,10 +267,19 @@ fn open_storage(config: &Config) -> anyhow::Result<EmbeddedStorage> {
             FsyncPolicy::Never => Durability::Never,
         },
         segment_bytes: config.server.segment_bytes,
+        recovery: if config.server.repair {
+            Recovery::Repair
+        } else {
+            Recovery::Strict
+        },
         ..EmbeddedOptions::default()
     };
-    EmbeddedStorage::open(&dir, options)
-        .with_context(|| format!("cannot open the store in {}", dir.display()))
+    EmbeddedStorage::open(&dir, options).with_context(|| {
+        format!(
+            "cannot open the store in {} (if a log is damaged, `weir run --repair` keeps everything before the damage and reports what it dropped)",
+            dir.display()
+        )
+    })
 }
 
 /// Runs a server for `config` until `shutdown` completes: loads plugins, binds the HTTP API
@@ -259,6 +311,10 @@ pub async fn run(
         );
         let name = b.name.clone();
         tasks.spawn(async move { (name, fut.await) });
+    }
+
+    if !runtime.config.retention.is_empty() {
+        tasks.spawn(enforce_retention(Arc::clone(&runtime), stop_rx.clone()));
     }
 
     println!("weir listening on http://{addr}");

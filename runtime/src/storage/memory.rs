@@ -1,11 +1,12 @@
 //! In-memory [`Storage`]: the foundation's broker. Nothing survives a restart; the durable
 //! embedded engine replaces it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use super::state::{Op, State};
 use super::{Commit, Record, Storage, StorageError, Stored};
 use crate::names::{BindingName, DestinationName, Offset, PluginName};
 
@@ -18,8 +19,7 @@ pub struct MemoryStorage {
 #[derive(Debug, Default)]
 struct Inner {
     logs: HashMap<DestinationName, Log>,
-    cursors: HashMap<BindingName, Offset>,
-    kv: HashMap<PluginName, BTreeMap<String, Vec<u8>>>,
+    state: State,
 }
 
 #[derive(Debug)]
@@ -89,16 +89,44 @@ impl Storage for MemoryStorage {
         Ok(log.end.subscribe())
     }
 
+    fn usage(&self, log: &DestinationName) -> Result<(Offset, u64), StorageError> {
+        let inner = self.lock();
+        let log = inner
+            .logs
+            .get(log)
+            .ok_or_else(|| StorageError::UnknownLog(log.clone()))?;
+        Ok((
+            Offset(0),
+            log.records.iter().map(|r| r.payload.len() as u64).sum(),
+        ))
+    }
+
     fn cursor(&self, binding: &BindingName) -> Offset {
         self.lock()
+            .state
             .cursors
             .get(binding)
             .copied()
             .unwrap_or_default()
     }
 
+    fn is_acked(&self, binding: &BindingName, offset: Offset) -> bool {
+        self.lock().state.is_acked(binding, offset)
+    }
+
+    fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError> {
+        let mut inner = self.lock();
+        let count = inner.state.deliveries(binding, offset) + 1;
+        inner.state.apply(Op::Delivered {
+            binding: binding.clone(),
+            offset,
+            count,
+        });
+        Ok(count)
+    }
+
     fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>> {
-        self.lock().kv.get(plugin)?.get(key).cloned()
+        self.lock().state.kv.get(plugin)?.get(key).cloned()
     }
 
     fn kv_list(
@@ -109,7 +137,7 @@ impl Storage for MemoryStorage {
         limit: usize,
     ) -> Vec<String> {
         let inner = self.lock();
-        let Some(map) = inner.kv.get(plugin) else {
+        let Some(map) = inner.state.kv.get(plugin) else {
             return Vec::new();
         };
         super::list_keys(map, prefix, start_after, limit)
@@ -132,16 +160,22 @@ impl Storage for MemoryStorage {
             touched.push(dest);
         }
         if let Some((plugin, writes)) = commit.kv {
-            let map = inner.kv.entry(plugin).or_default();
-            for (k, v) in writes {
-                match v {
-                    Some(v) => map.insert(k, v),
-                    None => map.remove(&k),
-                };
+            for (key, value) in writes {
+                inner.state.apply(match value {
+                    Some(value) => Op::KvSet {
+                        plugin: plugin.clone(),
+                        key,
+                        value,
+                    },
+                    None => Op::KvDelete {
+                        plugin: plugin.clone(),
+                        key,
+                    },
+                });
             }
         }
-        if let Some((binding, offset)) = commit.cursor {
-            inner.cursors.insert(binding, offset);
+        if let Some((binding, offset)) = commit.ack {
+            inner.state.apply(Op::Ack { binding, offset });
         }
         for dest in touched {
             let log = &inner.logs[&dest];
@@ -202,7 +236,7 @@ mod tests {
         let commit = Commit {
             kv: Some((plugin.clone(), vec![("k".into(), Some(b"v".to_vec()))])),
             publishes: vec![(name("q"), record("a")), (name("missing"), record("b"))],
-            cursor: Some((BindingName::new("b").unwrap(), Offset(5))),
+            ack: Some((BindingName::new("b").unwrap(), Offset(0))),
         };
         assert!(s.commit(commit).is_err());
         assert!(s.read(&name("q"), Offset(0), 10).unwrap().is_empty());

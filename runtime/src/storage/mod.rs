@@ -9,6 +9,7 @@
 mod embedded;
 pub mod log;
 mod memory;
+mod state;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub use embedded::{EmbeddedOptions, EmbeddedStorage};
 pub use memory::MemoryStorage;
 use tokio::sync::watch;
 
+use crate::config::Retention;
 use crate::names::{BindingName, DestinationName, Offset, PluginName};
 
 /// One message as stored in a log.
@@ -57,8 +59,19 @@ pub struct Commit {
     pub kv: Option<KvWrites>,
     /// Records to append, in order.
     pub publishes: Vec<(DestinationName, Record)>,
-    /// Advance a binding's cursor to this offset (the next one it will read).
-    pub cursor: Option<(BindingName, Offset)>,
+    /// Acknowledge this offset of the binding's source: the binding is done with it. The
+    /// binding's cursor (the first offset not yet acknowledged) advances over every offset
+    /// acknowledged in a row.
+    pub ack: Option<(BindingName, Offset)>,
+}
+
+/// What retention removed from a log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Records removed.
+    pub records: u64,
+    /// Bytes of files removed.
+    pub bytes: u64,
 }
 
 /// Why a storage operation failed.
@@ -113,8 +126,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// append. Consumers wait on it instead of polling.
     fn watch_end(&self, log: &DestinationName) -> Result<watch::Receiver<Offset>, StorageError>;
 
-    /// The next offset a binding will read (0 for a new binding).
+    /// The first offset the binding has not acknowledged (0 for a new binding). Every offset
+    /// below it is acknowledged.
     fn cursor(&self, binding: &BindingName) -> Offset;
+
+    /// Whether the binding has acknowledged `offset` (below the cursor, or out of order above it).
+    fn is_acked(&self, binding: &BindingName, offset: Offset) -> bool;
+
+    /// Records that `offset` is being delivered to the binding (again) and returns how many
+    /// times it has been, this time included. Durable when it returns, so a message whose
+    /// handling crashes the host is not delivered more often than the binding allows.
+    fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError>;
 
     /// Reads a plugin's key-value entry.
     fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>>;
@@ -127,6 +149,20 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         start_after: Option<&str>,
         limit: usize,
     ) -> Vec<String>;
+
+    /// The first offset a log still holds, and its size on disk in bytes.
+    fn usage(&self, log: &DestinationName) -> Result<(Offset, u64), StorageError>;
+
+    /// Removes the oldest whole segments of a log beyond `retention` and says what was freed.
+    /// Stores without segments (in memory) keep everything.
+    fn enforce_retention(
+        &self,
+        log: &DestinationName,
+        retention: &Retention,
+    ) -> Result<Reclaimed, StorageError> {
+        let _ = (log, retention);
+        Ok(Reclaimed::default())
+    }
 
     /// Applies a commit atomically; returns the offsets of its published records, in order.
     fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError>;

@@ -12,7 +12,6 @@
 //! undo while keeping a later one.
 
 mod snapshot;
-mod state;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,9 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tokio::sync::watch;
 
-use self::state::{Op, State};
 use super::log::{Durability, Io, Log, LogError, LogOptions, Recovery, RecoveryReport, StdIo};
-use super::{Commit, Record, Storage, StorageError, Stored};
+use super::state::{self, Op, State};
+use super::{Commit, Reclaimed, Record, Storage, StorageError, Stored};
+use crate::config::Retention;
 use crate::names::{BindingName, DestinationName, Offset, PluginName};
 
 /// Bytes read per storage read call at most (at least one record is always returned).
@@ -181,6 +181,19 @@ impl EmbeddedStorage {
     }
 }
 
+/// A state journal record carrying encoded state operations.
+fn journal_record(payload: Vec<u8>) -> Record {
+    Record {
+        id: String::new(),
+        key: None,
+        headers: Vec::new(),
+        payload,
+        timestamp_ms: crate::ids::now_ms(),
+        reply_to: None,
+        correlation_id: None,
+    }
+}
+
 fn io_error(path: &Path, e: std::io::Error) -> StorageError {
     StorageError::Log(LogError::io(path, e))
 }
@@ -233,6 +246,32 @@ impl Storage for EmbeddedStorage {
         Ok(self.log_or_err(log)?.watch_end())
     }
 
+    fn usage(&self, log: &DestinationName) -> Result<(Offset, u64), StorageError> {
+        let log = self.log_or_err(log)?;
+        Ok((log.start(), log.size_bytes()))
+    }
+
+    fn enforce_retention(
+        &self,
+        log: &DestinationName,
+        retention: &Retention,
+    ) -> Result<Reclaimed, StorageError> {
+        let log = self.log_or_err(log)?;
+        let mut reclaimed = Reclaimed::default();
+        if let Some(age) = retention.max_age {
+            let cutoff = crate::ids::now_ms().saturating_sub(age.as_millis() as u64);
+            let freed = log.delete_older_than(cutoff)?;
+            reclaimed.records += freed.records;
+            reclaimed.bytes += freed.bytes;
+        }
+        if let Some(max) = retention.max_bytes {
+            let freed = log.delete_to_fit(max)?;
+            reclaimed.records += freed.records;
+            reclaimed.bytes += freed.bytes;
+        }
+        Ok(reclaimed)
+    }
+
     fn cursor(&self, binding: &BindingName) -> Offset {
         self.lock_state()
             .state
@@ -240,6 +279,34 @@ impl Storage for EmbeddedStorage {
             .get(binding)
             .copied()
             .unwrap_or_default()
+    }
+
+    fn is_acked(&self, binding: &BindingName, offset: Offset) -> bool {
+        self.lock_state().state.is_acked(binding, offset)
+    }
+
+    fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError> {
+        let mut payload = Vec::new();
+        let (ticket, count) = {
+            let mut applied = self.lock_state();
+            let count = applied.state.deliveries(binding, offset) + 1;
+            state::encode_delivered(&mut payload, binding, offset, count);
+            let ticket = self
+                .journal
+                .append(std::slice::from_ref(&journal_record(payload)));
+            let Some(appended) = ticket.offsets() else {
+                return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
+            };
+            applied.next = appended.end();
+            applied.state.apply(Op::Delivered {
+                binding: binding.clone(),
+                offset,
+                count,
+            });
+            (ticket, count)
+        };
+        ticket.wait()?;
+        Ok(count)
     }
 
     fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>> {
@@ -305,22 +372,14 @@ impl Storage for EmbeddedStorage {
                 });
             }
         }
-        if let Some((binding, offset)) = commit.cursor {
-            state::encode_cursor(&mut payload, &binding, offset);
-            ops.push(Op::Cursor { binding, offset });
+        if let Some((binding, offset)) = commit.ack {
+            state::encode_ack(&mut payload, &binding, offset);
+            ops.push(Op::Ack { binding, offset });
         }
         if ops.is_empty() {
             return Ok(offsets);
         }
-        let record = Record {
-            id: String::new(),
-            key: None,
-            headers: Vec::new(),
-            payload,
-            timestamp_ms: crate::ids::now_ms(),
-            reply_to: None,
-            correlation_id: None,
-        };
+        let record = journal_record(payload);
         let ticket = {
             let mut applied = self.lock_state();
             let ticket = self.journal.append(std::slice::from_ref(&record));

@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use super::state::{self, State};
 use crate::names::Offset;
+use crate::storage::state::{self, State};
 
 const MAGIC: &[u8; 8] = b"WEIRSNAP";
 const VERSION: u32 = 1;

@@ -38,7 +38,7 @@ fn commit(s: &EmbeddedStorage, n: u64) -> Result<Vec<Offset>, StorageError> {
             ],
         )),
         publishes: vec![(dest("out"), record(&format!("out-{n}")))],
-        cursor: Some((BindingName::new("orders.p").unwrap(), Offset(n + 1))),
+        ack: Some((BindingName::new("orders.p").unwrap(), Offset(n))),
     })
 }
 
@@ -212,4 +212,74 @@ fn one_process_per_store() {
     assert!(err.ends_with("is in use by another weir process"), "{err}");
     drop(first);
     open(dir.path(), EmbeddedOptions::default());
+}
+
+#[test]
+fn acks_and_delivery_counts_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BindingName::new("orders.p").unwrap();
+    let ack = |s: &EmbeddedStorage, n: u64| {
+        s.commit(Commit {
+            ack: Some((b.clone(), Offset(n))),
+            ..Commit::default()
+        })
+        .unwrap()
+    };
+    {
+        let s = open(dir.path(), EmbeddedOptions::default());
+        for n in 0..5 {
+            assert_eq!(s.begin_delivery(&b, Offset(n)).unwrap(), 1);
+        }
+        assert_eq!(
+            s.begin_delivery(&b, Offset(2)).unwrap(),
+            2,
+            "a redelivery counts"
+        );
+        // Out of order: 0, 1 and 3; 2 and 4 stay unacknowledged.
+        for n in [3, 0, 1] {
+            ack(&s, n);
+        }
+        assert_eq!(s.cursor(&b), Offset(2));
+        assert!(s.is_acked(&b, Offset(3)) && !s.is_acked(&b, Offset(2)));
+    }
+    let s = open(dir.path(), EmbeddedOptions::default());
+    assert_eq!(
+        s.cursor(&b),
+        Offset(2),
+        "nothing acknowledged is delivered again"
+    );
+    assert!(s.is_acked(&b, Offset(1)) && s.is_acked(&b, Offset(3)));
+    assert!(
+        !s.is_acked(&b, Offset(2)) && !s.is_acked(&b, Offset(4)),
+        "nothing unacknowledged is lost"
+    );
+    assert_eq!(
+        s.begin_delivery(&b, Offset(2)).unwrap(),
+        3,
+        "delivery counts survive"
+    );
+    assert_eq!(s.begin_delivery(&b, Offset(4)).unwrap(), 2);
+    ack(&s, 2);
+    assert_eq!(
+        s.cursor(&b),
+        Offset(4),
+        "the cursor moves over 2 and the earlier ack of 3"
+    );
+    ack(&s, 4);
+    drop(s);
+    let s = open(
+        dir.path(),
+        EmbeddedOptions {
+            snapshot_bytes: 1,
+            ..EmbeddedOptions::default()
+        },
+    );
+    assert_eq!(s.cursor(&b), Offset(5));
+    ack(&s, 9); // forces a snapshot holding an ack above the cursor
+    drop(s);
+    let s = open(dir.path(), EmbeddedOptions::default());
+    assert!(
+        s.is_acked(&b, Offset(9)) && !s.is_acked(&b, Offset(5)),
+        "snapshots keep acks above the cursor"
+    );
 }

@@ -1,22 +1,29 @@
 //! Consumer and plugin state kept by the embedded store: binding cursors and per-plugin
-//! key-value entries, and the binary encoding of changes to them (journal records and
-//! snapshots share it).
+//! key-value entries, acknowledgements above the cursor and delivery counts, and the binary
+//! encoding of changes to them (journal records and snapshots share it).
+//!
+//! A binding's cursor is its low watermark: every offset below it is acknowledged. Offsets
+//! acknowledged out of order are kept in a set until the cursor reaches them. Delivery counts
+//! are kept for offsets at or above the cursor that were delivered and not yet acknowledged.
 //!
 //! Encoding: a sequence of operations, each a tag byte then length-prefixed fields
 //! (little-endian): `1` kv-set (u16 plugin, u32 key, u32 value), `2` kv-delete (u16 plugin, u32
-//! key), `3` cursor (u16 binding, u64 offset). Decoding checks every length against the input.
+//! key), `3` cursor (u16 binding, u64 offset), `4` ack (u16 binding, u64 offset), `5` delivered
+//! (u16 binding, u64 offset, u32 count). Decoding checks every length against the input.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::names::{BindingName, Offset, PluginName};
 
 const KV_SET: u8 = 1;
 const KV_DELETE: u8 = 2;
 const CURSOR: u8 = 3;
+const ACK: u8 = 4;
+const DELIVERED: u8 = 5;
 
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Op {
+pub(crate) enum Op {
     KvSet {
         plugin: PluginName,
         key: String,
@@ -30,13 +37,26 @@ pub(super) enum Op {
         binding: BindingName,
         offset: Offset,
     },
+    Ack {
+        binding: BindingName,
+        offset: Offset,
+    },
+    Delivered {
+        binding: BindingName,
+        offset: Offset,
+        count: u32,
+    },
 }
 
 /// Cursors and key-value entries.
 #[derive(Debug, Default, Clone)]
-pub(super) struct State {
+pub(crate) struct State {
     pub cursors: HashMap<BindingName, Offset>,
     pub kv: HashMap<PluginName, BTreeMap<String, Vec<u8>>>,
+    /// Offsets acknowledged at or above the cursor.
+    pub acked: HashMap<BindingName, BTreeSet<Offset>>,
+    /// Delivery counts of unacknowledged offsets at or above the cursor.
+    pub deliveries: HashMap<BindingName, BTreeMap<Offset, u32>>,
 }
 
 impl State {
@@ -53,13 +73,66 @@ impl State {
             Op::Cursor { binding, offset } => {
                 self.cursors.insert(binding, offset);
             }
+            Op::Ack { binding, offset } => {
+                let cursor = self.cursors.entry(binding.clone()).or_default();
+                if offset < *cursor {
+                    return;
+                }
+                let acked = self.acked.entry(binding.clone()).or_default();
+                acked.insert(offset);
+                while acked.remove(cursor) {
+                    *cursor = cursor.next();
+                }
+                let cursor = *cursor;
+                if let Some(d) = self.deliveries.get_mut(&binding) {
+                    d.remove(&offset);
+                    d.retain(|o, _| *o >= cursor);
+                }
+            }
+            Op::Delivered {
+                binding,
+                offset,
+                count,
+            } => {
+                if offset >= self.cursors.get(&binding).copied().unwrap_or_default() {
+                    self.deliveries
+                        .entry(binding)
+                        .or_default()
+                        .insert(offset, count);
+                }
+            }
         }
+    }
+
+    /// Whether `binding` has acknowledged `offset`.
+    pub fn is_acked(&self, binding: &BindingName, offset: Offset) -> bool {
+        offset < self.cursors.get(binding).copied().unwrap_or_default()
+            || self.acked.get(binding).is_some_and(|a| a.contains(&offset))
+    }
+
+    /// How many times `offset` has been delivered to `binding` without an acknowledgement.
+    pub fn deliveries(&self, binding: &BindingName, offset: Offset) -> u32 {
+        self.deliveries
+            .get(binding)
+            .and_then(|d| d.get(&offset))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every entry as operations that rebuild this state.
     pub fn encode_all(&self, buf: &mut Vec<u8>) {
         for (binding, offset) in &self.cursors {
             encode_cursor(buf, binding, *offset);
+        }
+        for (binding, acked) in &self.acked {
+            for offset in acked {
+                encode_offset(buf, ACK, binding, *offset);
+            }
+        }
+        for (binding, counts) in &self.deliveries {
+            for (offset, count) in counts {
+                encode_delivered(buf, binding, *offset, *count);
+            }
         }
         for (plugin, map) in &self.kv {
             for (key, value) in map {
@@ -69,7 +142,7 @@ impl State {
     }
 }
 
-pub(super) fn encode_kv(buf: &mut Vec<u8>, plugin: &PluginName, key: &str, value: Option<&[u8]>) {
+pub(crate) fn encode_kv(buf: &mut Vec<u8>, plugin: &PluginName, key: &str, value: Option<&[u8]>) {
     buf.push(if value.is_some() { KV_SET } else { KV_DELETE });
     put_str16(buf, plugin.as_str());
     put_bytes32(buf, key.as_bytes());
@@ -78,8 +151,26 @@ pub(super) fn encode_kv(buf: &mut Vec<u8>, plugin: &PluginName, key: &str, value
     }
 }
 
-pub(super) fn encode_cursor(buf: &mut Vec<u8>, binding: &BindingName, offset: Offset) {
-    buf.push(CURSOR);
+pub(crate) fn encode_cursor(buf: &mut Vec<u8>, binding: &BindingName, offset: Offset) {
+    encode_offset(buf, CURSOR, binding, offset);
+}
+
+pub(crate) fn encode_ack(buf: &mut Vec<u8>, binding: &BindingName, offset: Offset) {
+    encode_offset(buf, ACK, binding, offset);
+}
+
+pub(crate) fn encode_delivered(
+    buf: &mut Vec<u8>,
+    binding: &BindingName,
+    offset: Offset,
+    count: u32,
+) {
+    encode_offset(buf, DELIVERED, binding, offset);
+    buf.extend_from_slice(&count.to_le_bytes());
+}
+
+fn encode_offset(buf: &mut Vec<u8>, tag: u8, binding: &BindingName, offset: Offset) {
+    buf.push(tag);
     put_str16(buf, binding.as_str());
     buf.extend_from_slice(&offset.0.to_le_bytes());
 }
@@ -97,7 +188,7 @@ fn put_bytes32(buf: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// Decodes a sequence of operations; an error says what is wrong and where.
-pub(super) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
+pub(crate) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
     let total = bytes.len();
     let mut ops = Vec::new();
     while let Some((&tag, rest)) = bytes.split_first() {
@@ -119,16 +210,28 @@ pub(super) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
                     Op::KvDelete { plugin, key }
                 }
             }
-            CURSOR => {
+            CURSOR | ACK | DELIVERED => {
                 let binding = take_name(&mut bytes, 2, BindingName::new)
                     .map_err(|e| format!("{e} at byte {at}"))?;
                 let (raw, rest) = bytes
                     .split_first_chunk::<8>()
-                    .ok_or(format!("cursor truncated at byte {at}"))?;
+                    .ok_or(format!("offset truncated at byte {at}"))?;
                 bytes = rest;
-                Op::Cursor {
-                    binding,
-                    offset: Offset(u64::from_le_bytes(*raw)),
+                let offset = Offset(u64::from_le_bytes(*raw));
+                match tag {
+                    CURSOR => Op::Cursor { binding, offset },
+                    ACK => Op::Ack { binding, offset },
+                    _ => {
+                        let (raw, rest) = bytes
+                            .split_first_chunk::<4>()
+                            .ok_or(format!("count truncated at byte {at}"))?;
+                        bytes = rest;
+                        Op::Delivered {
+                            binding,
+                            offset,
+                            count: u32::from_le_bytes(*raw),
+                        }
+                    }
                 }
             }
             other => return Err(format!("unknown state operation {other} at byte {at}")),
@@ -178,6 +281,8 @@ mod tests {
         encode_kv(&mut buf, &p, "k", Some(b"v"));
         encode_kv(&mut buf, &p, "gone", None);
         encode_cursor(&mut buf, &b, Offset(42));
+        encode_ack(&mut buf, &b, Offset(43));
+        encode_delivered(&mut buf, &b, Offset(44), 3);
         let ops = decode(&buf).unwrap();
         assert_eq!(
             ops,
@@ -192,8 +297,17 @@ mod tests {
                     key: "gone".into()
                 },
                 Op::Cursor {
-                    binding: b,
+                    binding: b.clone(),
                     offset: Offset(42)
+                },
+                Op::Ack {
+                    binding: b.clone(),
+                    offset: Offset(43)
+                },
+                Op::Delivered {
+                    binding: b,
+                    offset: Offset(44),
+                    count: 3
                 },
             ]
         );
