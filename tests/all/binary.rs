@@ -335,3 +335,65 @@ fn mid_log_corruption_stops_start_up_unless_repair_is_asked_for() {
         format!("order number 0 {}", "-".repeat(100))
     );
 }
+
+#[test]
+fn a_publish_with_a_stored_id_returns_the_original_offset_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[queues.orders]\n",
+    );
+    server.publish("orders", "first", &[]);
+    let first = server.publish("orders", "order 42", &[("weir-id", "order-42")]);
+    assert_eq!(
+        (first["offset"].as_u64(), first["duplicate"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let (status, again) = server.post(
+        "/v1/destinations/orders/messages",
+        b"order 42 again",
+        &[("weir-id", "order-42")],
+    );
+    assert_eq!(status, 200, "a duplicate is not created: {again}");
+    assert_eq!(
+        (again["offset"].as_u64(), again["duplicate"].as_bool()),
+        (Some(1), Some(true))
+    );
+    drop(server);
+
+    // The dedup index lives as long as the data: it survives a restart.
+    let server = Server::start_existing(dir.path());
+    let (status, after) = server.post(
+        "/v1/destinations/orders/messages",
+        b"x",
+        &[("weir-id", "order-42")],
+    );
+    assert_eq!((status, after["offset"].as_u64()), (200, Some(1)));
+    let (code, out, err) = crate::support::weir(
+        &[
+            "publish",
+            "orders",
+            "y",
+            "--id",
+            "order-42",
+            "--server",
+            &server.url,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("already published to orders at offset 1"),
+        "{out}"
+    );
+    assert_eq!(
+        server.stats()["destinations"]["orders"]["messages"],
+        2,
+        "nothing new was stored"
+    );
+    let (_, read) = server.get("/v1/destinations/orders/messages?from=1");
+    assert_eq!(
+        read["messages"][0]["payload"], "order 42",
+        "the original is kept"
+    );
+}

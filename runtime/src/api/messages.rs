@@ -76,7 +76,13 @@ pub(super) async fn publish(
         .map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })??;
-    Ok((StatusCode::CREATED, Json(published)))
+    // 201 when stored, 200 when the id was already there (nothing new stored).
+    let status = if published.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(published)))
 }
 
 #[derive(Debug, Deserialize)]

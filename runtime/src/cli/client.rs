@@ -141,8 +141,14 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{body}");
     } else {
+        let duplicate = body["duplicate"].as_bool() == Some(true);
         println!(
-            "published to {} at offset {} (id {})",
+            "{} to {} at offset {} (id {})",
+            if duplicate {
+                "already published"
+            } else {
+                "published"
+            },
             body["destination"].as_str().unwrap_or("?"),
             body["offset"],
             body["id"].as_str().unwrap_or("?")

@@ -152,8 +152,8 @@ impl Runtime {
             return Err(PublishError::UnknownDestination(dest.to_string()));
         }
         let id = record.id.clone();
-        let offset = self.storage.append(&dest, vec![record])?[0];
-        Ok(publish::published(&dest, offset, id))
+        let (offset, duplicate) = self.storage.append_dedup(&dest, vec![record])?[0];
+        Ok(publish::published(&dest, offset, id, duplicate))
     }
 
     /// Counters of everything.

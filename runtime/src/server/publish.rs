@@ -34,6 +34,9 @@ pub struct Published {
     pub offset: u64,
     /// Its id.
     pub id: String,
+    /// Whether a message with this id was already stored there, so nothing new was stored and
+    /// `offset` is the original's.
+    pub duplicate: bool,
 }
 
 /// Why a publish was refused. Nothing is stored when it is.
@@ -139,10 +142,16 @@ pub(super) fn validate(
 }
 
 /// The published-message summary.
-pub(super) fn published(dest: &DestinationName, offset: Offset, id: String) -> Published {
+pub(super) fn published(
+    dest: &DestinationName,
+    offset: Offset,
+    id: String,
+    duplicate: bool,
+) -> Published {
     Published {
         destination: dest.to_string(),
         offset: offset.0,
         id,
+        duplicate,
     }
 }

@@ -101,6 +101,30 @@ impl Storage for MemoryStorage {
         ))
     }
 
+    fn append_dedup(
+        &self,
+        log: &DestinationName,
+        records: Vec<Record>,
+    ) -> Result<Vec<(Offset, bool)>, StorageError> {
+        // A scan: the in-memory store serves tests and benchmarks of other layers.
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let existing = {
+                let inner = self.lock();
+                let l = inner
+                    .logs
+                    .get(log)
+                    .ok_or_else(|| StorageError::UnknownLog(log.clone()))?;
+                l.records.iter().position(|r| r.id == record.id)
+            };
+            match existing {
+                Some(i) => out.push((Offset(i as u64), true)),
+                None => out.push((self.append(log, vec![record])?[0], false)),
+            }
+        }
+        Ok(out)
+    }
+
     fn cursor(&self, binding: &BindingName) -> Offset {
         self.lock()
             .state

@@ -114,6 +114,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// Appends records to one log, except those whose id is already stored there (publish
+    /// dedup, for as long as the original is retained): for each record, its offset (the
+    /// original's, for a duplicate) and whether it was a duplicate. Returns once the new records
+    /// are durable.
+    fn append_dedup(
+        &self,
+        log: &DestinationName,
+        records: Vec<Record>,
+    ) -> Result<Vec<(Offset, bool)>, StorageError>;
+
     /// Reads up to `max` records starting at `from`.
     fn read(
         &self,

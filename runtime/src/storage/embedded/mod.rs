@@ -224,6 +224,19 @@ impl Storage for EmbeddedStorage {
         self.log(name).is_some()
     }
 
+    fn append_dedup(
+        &self,
+        log: &DestinationName,
+        records: Vec<Record>,
+    ) -> Result<Vec<(Offset, bool)>, StorageError> {
+        let log = self.log_or_err(log)?;
+        let deduped = log.append_dedup(&records).wait()?;
+        Ok(deduped
+            .into_iter()
+            .map(|d| (d.offset, d.duplicate))
+            .collect())
+    }
+
     fn read(
         &self,
         log: &DestinationName,
