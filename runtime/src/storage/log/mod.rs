@@ -10,6 +10,7 @@
 //! **Invariant:** after a failed write or fsync the log accepts nothing more; every append not
 //! acknowledged by then fails with [`LogError::Stopped`].
 
+mod compact;
 mod dedup;
 mod error;
 mod faulty;
@@ -19,6 +20,7 @@ mod hashindex;
 mod idmap;
 mod index;
 mod io;
+mod keys;
 mod options;
 mod read;
 mod recovery;
@@ -31,7 +33,11 @@ mod waiters;
 mod writer;
 
 #[cfg(test)]
+mod compact_tests;
+#[cfg(test)]
 mod dedup_tests;
+#[cfg(test)]
+mod keys_tests;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +48,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
+pub use compact::Compacted;
 pub use dedup::{DedupFuture, DedupTicket, Deduped};
 pub use error::{DecodeError, LogError};
 pub use faulty::FaultyIo;
