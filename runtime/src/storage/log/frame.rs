@@ -168,6 +168,11 @@ pub fn peek(bytes: &[u8]) -> Result<FrameHeader, DecodeError> {
     if expected != found {
         return Err(DecodeError::Checksum { expected, found });
     }
+    // A frame recovery accepts must be one every read can decode (found by the segment_scan
+    // fuzz target: a CRC-valid frame with unknown flags was kept, then refused by every read).
+    if frame[8] & !KNOWN_FLAGS != 0 {
+        return Err(DecodeError::Malformed("unknown flag bits"));
+    }
     Ok(FrameHeader {
         len,
         flags: frame[8],

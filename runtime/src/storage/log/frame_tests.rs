@@ -110,3 +110,14 @@ proptest! {
         let _ = decode_frame(&buf);
     }
 }
+
+/// Found by the segment_scan fuzz target: a frame whose checksum holds but whose flags are
+/// unknown must not pass `peek`, or recovery keeps a record no read can decode.
+#[test]
+fn peek_refuses_unknown_flags_that_reads_refuse() {
+    let segment: Vec<u8> = (0..43)
+        .map(|i| u8::from_str_radix(&"64ba487b230000005b0000000000000000000000000000000000000000000000000023b600000023a00100"[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(decode_frame(&segment).is_err(), "reads refuse it");
+    assert!(peek(&segment).is_err(), "so recovery refuses it too");
+}

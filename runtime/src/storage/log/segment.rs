@@ -91,6 +91,10 @@ pub fn scan(
             buf_start = pos;
             continue;
         }
+        // Recovery keeps exactly what reads can decode: a frame whose checksum holds but whose
+        // body does not decode is damage too (found by the segment_scan fuzz target).
+        let result =
+            result.and_then(|h| frame::decode_verified(&buf[at..at + h.len], h).map(|_| h));
         let reason = match result {
             Ok(h)
                 if h.offset == expected
