@@ -397,3 +397,78 @@ fn a_publish_with_a_stored_id_returns_the_original_offset_and_stores_nothing() {
         "the original is kept"
     );
 }
+
+#[test]
+fn reads_by_key_and_compaction_keep_the_latest_record_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[broker]\nsegment_size = \"1MiB\"\nretention_interval = \"20ms\"\n[topics.accounts]\ncompact = true\n";
+    let server = Server::start(dir.path(), config);
+    let pad = "-".repeat(60 << 10);
+    // 40 updates of 4 accounts, about 2.4 MiB: compaction has sealed segments to work on.
+    for i in 0..40 {
+        let account = format!("acct-{}", i % 4);
+        server.publish(
+            "accounts",
+            &format!("{account} v{i} {pad}"),
+            &[("weir-key", &account)],
+        );
+    }
+    let (_, one) = server.get("/v1/destinations/accounts/messages?key=acct-1&limit=100");
+    let offsets: Vec<u64> = one["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    let before = offsets.len();
+    assert!(
+        before >= 1 && offsets.windows(2).all(|w| w[0] < w[1]),
+        "{offsets:?}"
+    );
+    assert!(
+        one["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["key"] == "acct-1")
+    );
+
+    let bytes = |s: &serde_json::Value| s["destinations"]["accounts"]["bytes"].as_u64().unwrap();
+    let start = bytes(&server.stats());
+    crate::support::wait_for(
+        "compaction to free space",
+        std::time::Duration::from_secs(30),
+        || (bytes(&server.stats()) < start).then_some(()),
+    );
+    let (_, all) = server.get("/v1/destinations/accounts/messages?limit=1000");
+    let messages = all["messages"].as_array().unwrap();
+    assert!(
+        messages.len() < 40,
+        "older versions were removed: {} left",
+        messages.len()
+    );
+    for account in 0..4 {
+        let key = format!("acct-{account}");
+        let latest = messages
+            .iter()
+            .rev()
+            .find(|m| m["key"] == key.as_str())
+            .unwrap();
+        let version = 36 + account;
+        assert!(
+            latest["payload"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{key} v{version} ")),
+            "latest kept for {key}"
+        );
+    }
+    let offsets: Vec<u64> = messages
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets keep their order, with gaps: {offsets:?}"
+    );
+}

@@ -90,6 +90,9 @@ pub(super) async fn publish(
 pub(super) struct ReadQuery {
     #[serde(default)]
     from: u64,
+    /// Only records with this key (an aggregate's events).
+    #[serde(default)]
+    key: Option<String>,
     #[serde(default = "default_limit")]
     limit: usize,
 }
@@ -114,16 +117,18 @@ pub(super) async fn read(
             format!("no queue or topic named `{dest}`"),
         ));
     }
-    let records = rt
-        .storage
-        .read(&dest, Offset(q.from), q.limit.min(1000))
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_error",
-                e.to_string(),
-            )
-        })?;
+    let limit = q.limit.min(1000);
+    let records = match &q.key {
+        Some(key) => rt.storage.read_key(&dest, key, Offset(q.from), limit),
+        None => rt.storage.read(&dest, Offset(q.from), limit),
+    };
+    let records = records.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_error",
+            e.to_string(),
+        )
+    })?;
     let end = rt
         .storage
         .watch_end(&dest)

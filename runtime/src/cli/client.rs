@@ -47,6 +47,9 @@ pub struct TailArgs {
     /// Most messages to print.
     #[arg(long, default_value_t = 100)]
     limit: usize,
+    /// Only messages with this key (an aggregate's events, read without scanning other keys).
+    #[arg(long)]
+    key: Option<String>,
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
@@ -165,6 +168,10 @@ pub fn tail(args: TailArgs) -> anyhow::Result<()> {
         args.from,
         args.limit
     );
+    let path = match &args.key {
+        Some(key) => format!("{path}&key={}", encode(key)),
+        None => path,
+    };
     let body = answer(server, agent().get(url(server, &path)).call())?;
     if args.json {
         println!("{body}");

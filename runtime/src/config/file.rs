@@ -142,6 +142,10 @@ pub(super) struct Destination {
     /// no size limit.
     #[serde(default)]
     pub retention_max_bytes: Option<Spanned<ByteSize>>,
+    /// Keep only the latest record per key in sealed segments (records without a key are
+    /// kept). Default: false.
+    #[serde(default)]
+    pub compact: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -62,6 +62,8 @@ pub struct Retention {
     pub max_age: Option<Duration>,
     /// Remove the oldest records while the log is larger than this many bytes.
     pub max_bytes: Option<u64>,
+    /// Keep only the latest record per key in sealed segments.
+    pub compact: bool,
 }
 
 /// When a publish is acknowledged relative to fsync.
@@ -298,6 +300,7 @@ impl Cx<'_> {
             let limits = Retention {
                 max_age: dest.retention_max_age.as_ref().map(|s| s.get_ref().0),
                 max_bytes: dest.retention_max_bytes.as_ref().map(|b| b.get_ref().0),
+                compact: dest.compact,
             };
             if let Some(b) = dest
                 .retention_max_bytes

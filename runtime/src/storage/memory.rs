@@ -125,6 +125,21 @@ impl Storage for MemoryStorage {
         Ok(out)
     }
 
+    fn read_key(
+        &self,
+        log: &DestinationName,
+        key: &str,
+        from: Offset,
+        max: usize,
+    ) -> Result<Vec<Stored>, StorageError> {
+        let all = self.read(log, from, usize::MAX)?;
+        Ok(all
+            .into_iter()
+            .filter(|s| s.record.key.as_deref() == Some(key))
+            .take(max)
+            .collect())
+    }
+
     fn cursor(&self, binding: &BindingName) -> Offset {
         self.lock()
             .state

@@ -124,6 +124,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         records: Vec<Record>,
     ) -> Result<Vec<(Offset, bool)>, StorageError>;
 
+    /// Reads up to `max` records with `key`, starting at `from`, without scanning the records of
+    /// other keys.
+    fn read_key(
+        &self,
+        log: &DestinationName,
+        key: &str,
+        from: Offset,
+        max: usize,
+    ) -> Result<Vec<Stored>, StorageError>;
+
     /// Reads up to `max` records starting at `from`.
     fn read(
         &self,

@@ -259,6 +259,25 @@ impl Storage for EmbeddedStorage {
         Ok(self.log_or_err(log)?.watch_end())
     }
 
+    fn read_key(
+        &self,
+        log: &DestinationName,
+        key: &str,
+        from: Offset,
+        max: usize,
+    ) -> Result<Vec<Stored>, StorageError> {
+        let log = self.log_or_err(log)?;
+        let from = from.max(log.start());
+        let entries = log.read_key(key, from, max)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| Stored {
+                offset: e.offset,
+                record: Arc::new(e.record),
+            })
+            .collect())
+    }
+
     fn usage(&self, log: &DestinationName) -> Result<(Offset, u64), StorageError> {
         let log = self.log_or_err(log)?;
         Ok((log.start(), log.size_bytes()))
@@ -281,6 +300,11 @@ impl Storage for EmbeddedStorage {
             let freed = log.delete_to_fit(max)?;
             reclaimed.records += freed.records;
             reclaimed.bytes += freed.bytes;
+        }
+        if retention.compact {
+            let compacted = log.compact()?;
+            reclaimed.records += compacted.records;
+            reclaimed.bytes += compacted.bytes;
         }
         Ok(reclaimed)
     }
