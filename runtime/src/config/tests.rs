@@ -83,7 +83,8 @@ fn retention_settings() {
         c.retention.get(&q),
         Some(&Retention {
             max_age: Some(Duration::from_secs(7 * 86400)),
-            max_bytes: Some(1 << 30)
+            max_bytes: Some(1 << 30),
+            compact: false,
         })
     );
     assert!(
