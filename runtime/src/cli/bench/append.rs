@@ -16,6 +16,8 @@ use super::{Histogram, round3, rss_mib};
 use crate::storage::Record;
 use crate::storage::log::{Durability, FaultyIo, Log, LogOptions};
 
+const RSS_AT: [u64; 4] = [1_000_000, 2_000_000, 5_000_000, 10_000_000];
+
 /// `weir bench append`.
 #[derive(Debug, Args)]
 pub struct AppendArgs {
@@ -85,7 +87,8 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     let log = Arc::new(log);
     let payload = vec![b'x'; args.record_bytes];
     let next = Arc::new(AtomicU64::new(0));
-    let rss_at_1m = Arc::new(std::sync::Mutex::new(None));
+    // RSS when the appends reach 1, 2, 5 and 10 million records: memory must stay flat.
+    let rss_at_1m = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     // Publishers are async tasks, as in the server: each appends one record and awaits its
     // acknowledgement, so up to `publishers` appends are in flight for group commit to batch.
@@ -112,8 +115,8 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
                         if n >= total {
                             return Ok::<_, anyhow::Error>(());
                         }
-                        if n == 1_000_000 {
-                            *rss_at_1m.lock().expect("rss") = rss_mib();
+                        if RSS_AT.contains(&n) {
+                            rss_at_1m.lock().expect("rss").push((n, rss_mib()));
                         }
                         let record = Record {
                             id: format!("p{t}-{n}"),
@@ -185,6 +188,14 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         "reopen:       {reopen_ms:.1} ms; RSS {} MiB at the end",
         rss_end.map_or("?".into(), |r| r.to_string())
     );
+    let rss_at = |n: u64| {
+        rss_at_1m
+            .lock()
+            .expect("rss")
+            .iter()
+            .find(|(at, _)| *at == n)
+            .and_then(|(_, r)| *r)
+    };
     if args.json {
         let out = serde_json::json!({
             "scenario": "append",
@@ -199,7 +210,8 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
             "ceiling_records_per_sec": ceiling_per_sec.round(),
             "ratio_to_ceiling": round3(ratio),
             "reopen_ms": round3(reopen_ms),
-            "rss_mib_at_1m_records": *rss_at_1m.lock().expect("rss"),
+            "rss_mib_at_1m_records": rss_at(1_000_000),
+            "rss_mib_at_records": rss_at_1m.lock().expect("rss").iter().map(|(n, r)| serde_json::json!({"records": n, "rss_mib": r})).collect::<Vec<_>>(),
             "rss_mib_at_end": rss_end,
         });
         println!("{out}");
