@@ -472,3 +472,38 @@ fn reads_by_key_and_compaction_keep_the_latest_record_per_key() {
         "offsets keep their order, with gaps: {offsets:?}"
     );
 }
+
+#[test]
+fn reads_from_a_timestamp_start_at_the_first_record_published_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[queues.events]\n",
+    );
+    for i in 0..5 {
+        server.publish("events", &format!("e{i}"), &[]);
+    }
+    let (_, all) = server.get("/v1/destinations/events/messages");
+    let stamps: Vec<u64> = all["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["timestamp_ms"].as_u64().unwrap())
+        .collect();
+    let t = stamps[2];
+    let first_at_t = stamps.iter().position(|s| *s >= t).unwrap() as u64;
+    let (status, from_t) = server.get(&format!(
+        "/v1/destinations/events/messages?from_time_ms={t}"
+    ));
+    assert_eq!(status, 200, "{from_t}");
+    assert_eq!(from_t["messages"][0]["offset"], first_at_t);
+    assert_eq!(
+        from_t["messages"].as_array().unwrap().len() as u64,
+        5 - first_at_t
+    );
+    let (_, future) = server.get(&format!(
+        "/v1/destinations/events/messages?from_time_ms={}",
+        stamps[4] + 60_000
+    ));
+    assert!(future["messages"].as_array().unwrap().is_empty());
+}

@@ -93,6 +93,10 @@ pub(super) struct ReadQuery {
     /// Only records with this key (an aggregate's events).
     #[serde(default)]
     key: Option<String>,
+    /// Start at the first record published at or after this time (ms since the Unix epoch),
+    /// instead of `from`.
+    #[serde(default)]
+    from_time_ms: Option<u64>,
     #[serde(default = "default_limit")]
     limit: usize,
 }
@@ -118,9 +122,19 @@ pub(super) async fn read(
         ));
     }
     let limit = q.limit.min(1000);
+    let from = match q.from_time_ms {
+        Some(t) => rt.storage.offset_at_time(&dest, t).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_error",
+                e.to_string(),
+            )
+        })?,
+        None => Offset(q.from),
+    };
     let records = match &q.key {
-        Some(key) => rt.storage.read_key(&dest, key, Offset(q.from), limit),
-        None => rt.storage.read(&dest, Offset(q.from), limit),
+        Some(key) => rt.storage.read_key(&dest, key, from, limit),
+        None => rt.storage.read(&dest, from, limit),
     };
     let records = records.map_err(|e| {
         ApiError::new(

@@ -4,7 +4,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/destinations/{name}/messages` | publish; body = payload; headers `weir-key`, `weir-id`, `weir-header-<name>` |
-//! | `GET /v1/destinations/{name}/messages?from=&limit=&key=` | read stored messages (of one key) |
+//! | `GET /v1/destinations/{name}/messages?from=&from_time_ms=&limit=&key=` | read stored messages (from an offset or a time; of one key) |
 //! | `GET /v1/stats` | counters of destinations, bindings, plugins |
 //! | `GET /v1/plugins/{name}/kv?prefix=&limit=` | a plugin's key-value state |
 //! | `GET /v1/health` | liveness |

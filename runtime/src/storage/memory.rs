@@ -140,6 +140,24 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
+    fn offset_at_time(
+        &self,
+        log: &DestinationName,
+        timestamp_ms: u64,
+    ) -> Result<Offset, StorageError> {
+        let inner = self.lock();
+        let l = inner
+            .logs
+            .get(log)
+            .ok_or_else(|| StorageError::UnknownLog(log.clone()))?;
+        let i = l
+            .records
+            .iter()
+            .position(|r| r.timestamp_ms >= timestamp_ms)
+            .unwrap_or(l.records.len());
+        Ok(Offset(i as u64))
+    }
+
     fn cursor(&self, binding: &BindingName) -> Offset {
         self.lock()
             .state

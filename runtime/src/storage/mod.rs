@@ -134,6 +134,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         max: usize,
     ) -> Result<Vec<Stored>, StorageError>;
 
+    /// The first offset of a log whose record was published at or after `timestamp_ms` (the
+    /// log's end if none was).
+    fn offset_at_time(
+        &self,
+        log: &DestinationName,
+        timestamp_ms: u64,
+    ) -> Result<Offset, StorageError>;
+
     /// Reads up to `max` records starting at `from`.
     fn read(
         &self,

@@ -278,6 +278,17 @@ impl Storage for EmbeddedStorage {
             .collect())
     }
 
+    fn offset_at_time(
+        &self,
+        log: &DestinationName,
+        timestamp_ms: u64,
+    ) -> Result<Offset, StorageError> {
+        let log = self.log_or_err(log)?;
+        Ok(log
+            .offset_for_timestamp(timestamp_ms)?
+            .unwrap_or_else(|| log.end()))
+    }
+
     fn usage(&self, log: &DestinationName) -> Result<(Offset, u64), StorageError> {
         let log = self.log_or_err(log)?;
         Ok((log.start(), log.size_bytes()))
