@@ -95,8 +95,11 @@ impl Runner {
             );
             let (offset, max, mut m) = (stored.offset, self.binding.max_attempts, message.clone());
             let stats = Arc::clone(&self.stats);
+            // Held for the invocation's time limit plus a margin; the epoch deadline ends the
+            // invocation well before the lease does.
+            let visibility = self.plugin.limits().timeout + Duration::from_secs(5);
             let started = tokio::task::spawn_blocking(move || {
-                let count = storage.begin_delivery(&binding, offset)?;
+                let count = storage.lease(&binding, offset, visibility)?;
                 let attempt = Attempt::new(count).expect("delivery counts start at 1");
                 if count > max {
                     return Ok::<_, StorageError>((attempt, None));

@@ -166,6 +166,21 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// handling crashes the host is not delivered more often than the binding allows.
     fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError>;
 
+    /// Delivers `offset` to the binding under a lease: records the delivery like
+    /// [`Storage::begin_delivery`] (returning the count) and holds the message for
+    /// `visibility`, after which, if still unacknowledged, it is listed by
+    /// [`Storage::expired_leases`] for redelivery. Leases are not durable: a restart voids them
+    /// all, so every unacknowledged message is due again at once.
+    fn lease(
+        &self,
+        binding: &BindingName,
+        offset: Offset,
+        visibility: std::time::Duration,
+    ) -> Result<u32, StorageError>;
+
+    /// Offsets of the binding whose lease expired before `now_ms` without an acknowledgement.
+    fn expired_leases(&self, binding: &BindingName, now_ms: u64) -> Vec<Offset>;
+
     /// Reads a plugin's key-value entry.
     fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>>;
 

@@ -57,6 +57,10 @@ pub(crate) struct State {
     pub acked: HashMap<BindingName, BTreeSet<Offset>>,
     /// Delivery counts of unacknowledged offsets at or above the cursor.
     pub deliveries: HashMap<BindingName, BTreeMap<Offset, u32>>,
+    /// Leases (visibility timeouts): until when, in ms since the epoch, a delivered offset is
+    /// held by its consumer. In memory only, never journaled: a restart voids every lease (their
+    /// holders are gone), so every unacknowledged offset is due again.
+    pub leases: HashMap<BindingName, BTreeMap<Offset, u64>>,
 }
 
 impl State {
@@ -84,6 +88,10 @@ impl State {
                     *cursor = cursor.next();
                 }
                 let cursor = *cursor;
+                if let Some(l) = self.leases.get_mut(&binding) {
+                    l.remove(&offset);
+                    l.retain(|o, _| *o >= cursor);
+                }
                 if let Some(d) = self.deliveries.get_mut(&binding) {
                     d.remove(&offset);
                     d.retain(|o, _| *o >= cursor);
@@ -102,6 +110,26 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Holds `offset` for `binding` until `until_ms`.
+    pub fn lease(&mut self, binding: &BindingName, offset: Offset, until_ms: u64) {
+        self.leases
+            .entry(binding.clone())
+            .or_default()
+            .insert(offset, until_ms);
+    }
+
+    /// Offsets whose lease ended by `now_ms` without an acknowledgement, in offset order.
+    pub fn expired_leases(&self, binding: &BindingName, now_ms: u64) -> Vec<Offset> {
+        let Some(leases) = self.leases.get(binding) else {
+            return Vec::new();
+        };
+        leases
+            .iter()
+            .filter(|(o, until)| **until <= now_ms && !self.is_acked(binding, **o))
+            .map(|(o, _)| *o)
+            .collect()
     }
 
     /// Whether `binding` has acknowledged `offset`.

@@ -333,6 +333,22 @@ impl Storage for EmbeddedStorage {
         self.lock_state().state.is_acked(binding, offset)
     }
 
+    fn lease(
+        &self,
+        binding: &BindingName,
+        offset: Offset,
+        visibility: std::time::Duration,
+    ) -> Result<u32, StorageError> {
+        let count = self.begin_delivery(binding, offset)?;
+        let until = crate::ids::now_ms().saturating_add(visibility.as_millis() as u64);
+        self.lock_state().state.lease(binding, offset, until);
+        Ok(count)
+    }
+
+    fn expired_leases(&self, binding: &BindingName, now_ms: u64) -> Vec<Offset> {
+        self.lock_state().state.expired_leases(binding, now_ms)
+    }
+
     fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError> {
         let mut payload = Vec::new();
         let (ticket, count) = {

@@ -283,3 +283,66 @@ fn acks_and_delivery_counts_survive_a_reopen() {
         "snapshots keep acks above the cursor"
     );
 }
+
+#[test]
+fn leases_expire_release_on_ack_and_do_not_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BindingName::new("jobs.p").unwrap();
+    let far = crate::ids::now_ms() + 7_200_000;
+    {
+        let s = open(dir.path(), EmbeddedOptions::default());
+        assert_eq!(
+            s.lease(&b, Offset(0), std::time::Duration::ZERO).unwrap(),
+            1
+        );
+        assert_eq!(
+            s.lease(&b, Offset(1), std::time::Duration::from_secs(3600))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.lease(&b, Offset(2), std::time::Duration::ZERO).unwrap(),
+            1
+        );
+        assert_eq!(
+            s.expired_leases(&b, crate::ids::now_ms()),
+            [Offset(0), Offset(2)],
+            "expired: due again"
+        );
+        assert_eq!(s.expired_leases(&b, far), [Offset(0), Offset(1), Offset(2)]);
+        s.commit(Commit {
+            ack: Some((b.clone(), Offset(2))),
+            ..Commit::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.expired_leases(&b, far),
+            [Offset(0), Offset(1)],
+            "an ack releases its lease"
+        );
+        assert_eq!(
+            s.lease(&b, Offset(0), std::time::Duration::from_secs(3600))
+                .unwrap(),
+            2,
+            "a redelivery"
+        );
+        assert_eq!(
+            s.expired_leases(&b, crate::ids::now_ms()),
+            Vec::<Offset>::new()
+        );
+    }
+    let s = open(dir.path(), EmbeddedOptions::default());
+    assert!(
+        s.expired_leases(&b, far).is_empty(),
+        "a restart voids leases: their holders are gone"
+    );
+    assert!(
+        !s.is_acked(&b, Offset(0)) && !s.is_acked(&b, Offset(1)),
+        "unacknowledged offsets are due again"
+    );
+    assert_eq!(
+        s.lease(&b, Offset(0), std::time::Duration::ZERO).unwrap(),
+        3,
+        "counts survive"
+    );
+}
