@@ -181,6 +181,17 @@ impl EmbeddedStorage {
     }
 }
 
+/// Log entries as the `Storage` trait hands them out.
+fn stored(entries: Vec<super::log::Entry>) -> Vec<Stored> {
+    entries
+        .into_iter()
+        .map(|e| Stored {
+            offset: e.offset,
+            record: Arc::new(e.record),
+        })
+        .collect()
+}
+
 /// A state journal record carrying encoded state operations.
 fn journal_record(payload: Vec<u8>) -> Record {
     Record {
@@ -246,13 +257,7 @@ impl Storage for EmbeddedStorage {
         let log = self.log_or_err(log)?;
         let from = from.max(log.start());
         let entries = log.read(from, max, READ_BYTES)?;
-        Ok(entries
-            .into_iter()
-            .map(|e| Stored {
-                offset: e.offset,
-                record: Arc::new(e.record),
-            })
-            .collect())
+        Ok(stored(entries))
     }
 
     fn watch_end(&self, log: &DestinationName) -> Result<watch::Receiver<Offset>, StorageError> {
@@ -269,13 +274,7 @@ impl Storage for EmbeddedStorage {
         let log = self.log_or_err(log)?;
         let from = from.max(log.start());
         let entries = log.read_key(key, from, max)?;
-        Ok(entries
-            .into_iter()
-            .map(|e| Stored {
-                offset: e.offset,
-                record: Arc::new(e.record),
-            })
-            .collect())
+        Ok(stored(entries))
     }
 
     fn offset_at_time(
