@@ -115,6 +115,10 @@ fn check_validates_configs_and_plugins() {
     let (code, out, err) = weir(&["check"], dir.path());
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "ok: 2 destinations, 1 plugins, 1 bindings");
+    assert!(
+        !dir.path().join(".weir").exists(),
+        "check validates without creating the data directory"
+    );
 
     std::fs::write(
         dir.path().join("weir.toml"),

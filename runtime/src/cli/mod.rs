@@ -100,7 +100,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let config = Config::load(&config)?;
-            let rt = crate::server::Runtime::start(config)
+            let rt = crate::server::Runtime::check(config)
                 .context("config is valid but a plugin failed to load")?;
             println!(
                 "ok: {} destinations, {} plugins, {} bindings",

@@ -93,6 +93,20 @@ impl Runtime {
     /// Creates the store and its logs, and loads every plugin. Blocking (plugins compile here).
     pub fn start(config: Config) -> anyhow::Result<Runtime> {
         let storage: Arc<dyn Storage> = Arc::new(open_storage(&config)?);
+        Runtime::start_on(config, storage, true)
+    }
+
+    /// Validates a config the way [`Runtime::start`] would, loading (type-checking) every plugin,
+    /// without touching `server.data_dir`: an in-memory store, no precompiled cache.
+    pub fn check(config: Config) -> anyhow::Result<Runtime> {
+        Runtime::start_on(
+            config,
+            Arc::new(crate::storage::MemoryStorage::new()),
+            false,
+        )
+    }
+
+    fn start_on(config: Config, storage: Arc<dyn Storage>, cache: bool) -> anyhow::Result<Runtime> {
         for name in config.destinations.keys() {
             storage.open_log(name).with_context(|| {
                 if config.server.repair {
@@ -103,9 +117,10 @@ impl Runtime {
             })?;
         }
         let instances: u32 = config.plugins.values().map(|p| p.instances + 2).sum();
-        let options = HostOptions::default()
-            .cache_dir(config.server.data_dir.join("cache"))
-            .max_instances(instances.max(16));
+        let mut options = HostOptions::default().max_instances(instances.max(16));
+        if cache {
+            options = options.cache_dir(config.server.data_dir.join("cache"));
+        }
         let host = Host::new(options)?;
         let mut plugins = BTreeMap::new();
         for (name, p) in &config.plugins {
