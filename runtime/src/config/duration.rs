@@ -13,13 +13,9 @@ pub struct Span(pub Duration);
 impl Span {
     /// Parses `"500ms"`, `"30s"`, `"15m"`, `"12h"` or `"7d"`.
     pub fn parse(s: &str) -> Result<Span, String> {
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, unit) = t.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("expected a duration such as \"7d\" or \"30s\", found {s:?}"))?;
-        let ms: u64 = match unit.trim() {
+        let (n, unit) = super::size::number_and_unit(s.trim())
+            .ok_or_else(|| format!("expected a duration such as \"7d\" or \"30s\", found {s:?}"))?;
+        let ms: u64 = match unit {
             "ms" => 1,
             "s" => 1000,
             "m" => 60_000,

@@ -14,12 +14,9 @@ impl ByteSize {
     /// Parses `"64MiB"`, `"64 MiB"`, `"100"` or `"100B"`.
     pub fn parse(s: &str) -> Result<ByteSize, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("expected a size such as \"64MiB\", found {s:?}"))?;
-        let mult: u64 = match unit.trim() {
+        let (n, unit) = number_and_unit(s)
+            .ok_or_else(|| format!("expected a size such as \"64MiB\", found {s:?}"))?;
+        let mult: u64 = match unit {
             "" | "B" => 1,
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
@@ -34,6 +31,13 @@ impl ByteSize {
             .map(ByteSize)
             .ok_or_else(|| format!("size {s:?} is too large"))
     }
+}
+
+/// Splits `"64 MiB"` into `(64, "MiB")`; `None` unless it starts with digits that fit a u64.
+pub(super) fn number_and_unit(s: &str) -> Option<(u64, &str)> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    Some((digits.parse().ok()?, unit.trim()))
 }
 
 impl fmt::Display for ByteSize {

@@ -244,8 +244,7 @@ impl Runtime {
 async fn enforce_retention(
     runtime: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
-) -> (BindingName, Result<(), StorageError>) {
-    let name = BindingName::new("retention").expect("a valid name");
+) -> Result<(), StorageError> {
     let every = runtime.config.server.retention_interval;
     loop {
         for (dest, limits) in &runtime.config.retention {
@@ -267,7 +266,7 @@ async fn enforce_retention(
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return (name, Ok(())),
+            _ = stop.changed() => return Ok(()),
         }
     }
 }
@@ -324,12 +323,13 @@ pub async fn run(
             stats,
             stop_rx.clone(),
         );
-        let name = b.name.clone();
-        tasks.spawn(async move { (name, fut.await) });
+        let task = format!("binding `{}`", b.name);
+        tasks.spawn(async move { (task, fut.await) });
     }
 
     if !runtime.config.retention.is_empty() {
-        tasks.spawn(enforce_retention(Arc::clone(&runtime), stop_rx.clone()));
+        let retention = enforce_retention(Arc::clone(&runtime), stop_rx.clone());
+        tasks.spawn(async move { ("retention".to_owned(), retention.await) });
     }
 
     println!("weir listening on http://{addr}");
@@ -343,7 +343,7 @@ pub async fn run(
     while let Some(done) = tasks.join_next().await {
         let (name, result) = done?;
         if let Err(e) = result {
-            tracing::error!(binding = %name, "binding stopped: {e}");
+            tracing::error!("{name} stopped: {e}");
         }
     }
     tracing::info!("stopped");

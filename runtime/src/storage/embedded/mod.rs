@@ -154,6 +154,31 @@ impl EmbeddedStorage {
             .ok_or_else(|| StorageError::UnknownLog(name.clone()))
     }
 
+    /// Appends one journal record (`payload`, the encoding of `ops`) and applies `ops` while
+    /// still holding `applied`, so state changes apply in journal order; then waits until the
+    /// record is durable.
+    fn journal_ops(
+        &self,
+        mut applied: MutexGuard<'_, Applied>,
+        payload: Vec<u8>,
+        ops: Vec<Op>,
+    ) -> Result<(), StorageError> {
+        let ticket = self
+            .journal
+            .append(std::slice::from_ref(&journal_record(payload)));
+        let Some(appended) = ticket.offsets() else {
+            drop(applied);
+            // Refused outright: the ticket holds the reason.
+            return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
+        };
+        applied.next = appended.end();
+        ops.into_iter().for_each(|op| applied.state.apply(op));
+        drop(applied);
+        ticket.wait()?;
+        self.maybe_snapshot();
+        Ok(())
+    }
+
     /// Writes a snapshot and trims the journal when it has grown past `snapshot_bytes`.
     fn maybe_snapshot(&self) {
         if self.journal.size_bytes() < self.options.snapshot_bytes
@@ -349,26 +374,16 @@ impl Storage for EmbeddedStorage {
     }
 
     fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError> {
+        let applied = self.lock_state();
+        let count = applied.state.deliveries(binding, offset) + 1;
         let mut payload = Vec::new();
-        let (ticket, count) = {
-            let mut applied = self.lock_state();
-            let count = applied.state.deliveries(binding, offset) + 1;
-            state::encode_delivered(&mut payload, binding, offset, count);
-            let ticket = self
-                .journal
-                .append(std::slice::from_ref(&journal_record(payload)));
-            let Some(appended) = ticket.offsets() else {
-                return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
-            };
-            applied.next = appended.end();
-            applied.state.apply(Op::Delivered {
-                binding: binding.clone(),
-                offset,
-                count,
-            });
-            (ticket, count)
+        state::encode_delivered(&mut payload, binding, offset, count);
+        let op = Op::Delivered {
+            binding: binding.clone(),
+            offset,
+            count,
         };
-        ticket.wait()?;
+        self.journal_ops(applied, payload, vec![op])?;
         Ok(count)
     }
 
@@ -442,20 +457,7 @@ impl Storage for EmbeddedStorage {
         if ops.is_empty() {
             return Ok(offsets);
         }
-        let record = journal_record(payload);
-        let ticket = {
-            let mut applied = self.lock_state();
-            let ticket = self.journal.append(std::slice::from_ref(&record));
-            let Some(appended) = ticket.offsets() else {
-                // Refused outright: the ticket holds the reason.
-                return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
-            };
-            applied.next = appended.end();
-            ops.into_iter().for_each(|op| applied.state.apply(op));
-            ticket
-        };
-        ticket.wait()?;
-        self.maybe_snapshot();
+        self.journal_ops(self.lock_state(), payload, ops)?;
         Ok(offsets)
     }
 }
