@@ -34,7 +34,7 @@ plugin = "c-tally"
 source = "jobs"
 plugin = "trap"
 max_attempts = 2
-retry_delay_ms = 1
+backoff = {{ initial = "1ms", jitter = 0.0 }}
 "#,
         enrich = plugin_toml("enrich", "publish = [\"orders.enriched\"]"),
         counter = plugin_toml("counter", ""),

@@ -80,7 +80,7 @@ fn invoke_and_commit(p: &Plugin, storage: &Arc<dyn Storage>, m: &Message) -> Out
         .commit(Commit {
             kv,
             publishes: inv.effects.publishes,
-            ack: None,
+            ..Commit::default()
         })
         .unwrap();
     outcome

@@ -190,22 +190,51 @@ pub(super) struct Binding {
     pub source: Spanned<String>,
     /// The plugin that handles its messages. Required.
     pub plugin: Spanned<String>,
+    /// `at-most-once`, `at-least-once` or `exactly-once`. Default: `at-least-once`.
+    #[serde(default)]
+    pub guarantee: Option<Spanned<String>>,
+    /// `none`, `fifo` or `key`. Default: `key`.
+    #[serde(default)]
+    pub ordering: Option<Spanned<String>>,
+    /// Invocations running at once. Default: 4 (1 under `fifo`).
+    #[serde(default)]
+    pub concurrency: Option<Spanned<u32>>,
+    /// Time limit of one invocation. Default: the plugin's `timeout_ms`.
+    #[serde(default)]
+    pub timeout: Option<Spanned<Span>>,
     /// Attempts before a message is dead-lettered. Default: 5.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: Spanned<u32>,
-    /// Delay before the first retry after a failure, in milliseconds; doubles per attempt.
-    /// Default: 100.
-    #[serde(default = "default_retry_delay_ms")]
-    pub retry_delay_ms: Spanned<u64>,
+    /// Delays between attempts.
+    #[serde(default)]
+    pub backoff: Option<Spanned<Backoff>>,
     /// Queue receiving messages that failed for good. Default: `<binding name>.dlq`, created
     /// automatically.
     #[serde(default)]
     pub dead_letter: Option<Spanned<String>>,
+    /// Under `key` ordering, what a message that fails for good does to its key:
+    /// `dead-letter` (and the key moves on) or `park` (the key waits). Default: `dead-letter`.
+    #[serde(default)]
+    pub poison: Option<Spanned<String>>,
+    /// Messages read ahead and in flight at most. Default: 4096.
+    #[serde(default)]
+    pub max_in_flight: Option<Spanned<u32>>,
 }
 
 fn default_max_attempts() -> Spanned<u32> {
     Spanned::new(0..0, 5)
 }
-fn default_retry_delay_ms() -> Spanned<u64> {
-    Spanned::new(0..0, 100)
+
+/// `backoff = { initial = "100ms", max = "1m", multiplier = 2.0, jitter = 0.2 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Backoff {
+    #[serde(default)]
+    pub initial: Option<Span>,
+    #[serde(default)]
+    pub max: Option<Span>,
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    #[serde(default)]
+    pub jitter: Option<f64>,
 }

@@ -1,6 +1,7 @@
 //! `weir.toml`: parsing (strict: unknown keys are errors) and validation into a typed
 //! [`Config`]. Every error names the file, the line and the key or value at fault.
 
+mod binding;
 mod duration;
 mod file;
 mod size;
@@ -12,6 +13,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use binding::{Backoff, Guarantee, Ordering, Poison};
 pub use duration::Span;
 pub use size::ByteSize;
 
@@ -130,12 +132,24 @@ pub struct BindingConfig {
     pub source: DestinationName,
     /// The plugin handling its messages.
     pub plugin: PluginName,
+    /// How often a message's handling may take effect.
+    pub guarantee: Guarantee,
+    /// In which order messages are handled.
+    pub ordering: Ordering,
+    /// Invocations running at once (1 under `fifo`).
+    pub concurrency: u32,
+    /// Time limit of one invocation (at most the plugin's own).
+    pub timeout: Duration,
     /// Attempts before a message is dead-lettered.
     pub max_attempts: u32,
-    /// Delay before the first retry after a failure; doubles per attempt.
-    pub retry_delay: Duration,
+    /// Delays between attempts.
+    pub backoff: Backoff,
     /// Where messages that failed for good go.
     pub dead_letter: DestinationName,
+    /// Under `key` ordering, what a message that failed for good does to its key.
+    pub poison: Poison,
+    /// Messages read ahead and in flight at most.
+    pub max_in_flight: u32,
 }
 
 /// A configuration problem, located in its file.
@@ -166,6 +180,10 @@ const MIN_MEMORY: u64 = 64 << 10;
 const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 const MAX_INSTANCES: u32 = 256;
 const MAX_ATTEMPTS: u32 = 1000;
+const DEFAULT_CONCURRENCY: u32 = 4;
+const MAX_CONCURRENCY: u32 = 256;
+const DEFAULT_MAX_IN_FLIGHT: u32 = 4096;
+const MAX_IN_FLIGHT: u32 = 1 << 20;
 
 impl Config {
     /// Reads and validates a config file. Relative paths in it are relative to its directory.
@@ -499,14 +517,109 @@ impl Cx<'_> {
                 format!("binding `{name}` consumes its own dead-letter queue `{source}`"),
             ));
         }
+        let guarantee = self.choice(&b.guarantee, &name)?;
+        let ordering = self.choice(&b.ordering, &name)?;
+        let poison = self.choice(&b.poison, &name)?;
+        let concurrency = match &b.concurrency {
+            None if ordering == Ordering::Fifo => 1,
+            None => DEFAULT_CONCURRENCY,
+            Some(c) => {
+                let n = *c.get_ref();
+                if !(1..=MAX_CONCURRENCY).contains(&n) {
+                    return Err(self.err(c.span(), format!("binding `{name}`: `concurrency` must be between 1 and {MAX_CONCURRENCY}, found {n}")));
+                }
+                if ordering == Ordering::Fifo && n > 1 {
+                    return Err(self.err(c.span(), format!("binding `{name}`: `fifo` ordering handles one message at a time, so `concurrency` must be 1 (found {n}); use `ordering = \"key\"` for parallel ordered handling")));
+                }
+                n
+            }
+        };
+        let plugin_timeout = plugins[&plugin].limits.timeout;
+        let timeout = match &b.timeout {
+            None => plugin_timeout,
+            Some(t) => {
+                let t = t.get_ref().0;
+                if t.is_zero() || t > plugin_timeout {
+                    return Err(self.err(b.timeout.as_ref().map_or(0..0, |t| t.span()), format!("binding `{name}`: `timeout` must be more than 0 and at most the plugin's `timeout_ms` ({} ms), found {} ms", plugin_timeout.as_millis(), t.as_millis())));
+                }
+                t
+            }
+        };
+        let backoff = match &b.backoff {
+            None => Backoff::default(),
+            Some(s) => {
+                let f = s.get_ref();
+                let d = Backoff::default();
+                let backoff = Backoff {
+                    initial: f.initial.map_or(d.initial, |s| s.0),
+                    max: f.max.map_or(d.max, |s| s.0),
+                    multiplier: f.multiplier.unwrap_or(d.multiplier),
+                    jitter: f.jitter.unwrap_or(d.jitter),
+                };
+                let problem = if !(1.0..=100.0).contains(&backoff.multiplier) {
+                    Some(format!(
+                        "`multiplier` must be between 1 and 100, found {}",
+                        backoff.multiplier
+                    ))
+                } else if !(0.0..=1.0).contains(&backoff.jitter) {
+                    Some(format!(
+                        "`jitter` must be between 0 and 1, found {}",
+                        backoff.jitter
+                    ))
+                } else if backoff.initial > backoff.max {
+                    Some(format!(
+                        "`initial` ({} ms) is longer than `max` ({} ms)",
+                        backoff.initial.as_millis(),
+                        backoff.max.as_millis()
+                    ))
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    return Err(self.err(s.span(), format!("binding `{name}`: backoff {problem}")));
+                }
+                backoff
+            }
+        };
+        let max_in_flight = match &b.max_in_flight {
+            None => DEFAULT_MAX_IN_FLIGHT,
+            Some(m) => {
+                let n = *m.get_ref();
+                if !(1..=MAX_IN_FLIGHT).contains(&n) {
+                    return Err(self.err(m.span(), format!("binding `{name}`: `max_in_flight` must be between 1 and {MAX_IN_FLIGHT}, found {n}")));
+                }
+                n
+            }
+        };
         Ok(BindingConfig {
             name,
             source,
             plugin,
+            guarantee,
+            ordering,
+            concurrency,
+            timeout,
             max_attempts,
-            retry_delay: Duration::from_millis(*b.retry_delay_ms.get_ref()),
+            backoff,
             dead_letter,
+            poison,
+            max_in_flight,
         })
+    }
+
+    /// Parses an optional named setting (`guarantee`, `ordering`, `poison`), located on error.
+    fn choice<T: std::str::FromStr<Err = String> + Default>(
+        &self,
+        value: &Option<toml::Spanned<String>>,
+        binding: &BindingName,
+    ) -> Result<T, ConfigError> {
+        match value {
+            None => Ok(T::default()),
+            Some(v) => v
+                .get_ref()
+                .parse()
+                .map_err(|e| self.err(v.span(), format!("binding `{binding}`: {e}"))),
+        }
     }
 }
 

@@ -197,6 +197,85 @@ fn binding_errors() {
     );
     check_err(
         &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\nretries = 3\n"),
-        "weir.toml:7:1: unknown field `retries`, expected one of `name`, `source`, `plugin`, `max_attempts`, `retry_delay_ms`, `dead_letter`",
+        "weir.toml:7:1: unknown field `retries`, expected one of `name`, `source`, `plugin`, `guarantee`, `ordering`, `concurrency`, `timeout`, `max_attempts`, `backoff`, `dead_letter`, `poison`, `max_in_flight`",
+    );
+    let binding = format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\n");
+    check_err(
+        &format!("{binding}guarantee = \"once\"\n"),
+        "weir.toml:7:13: binding `q.p`: unknown guarantee \"once\"; expected one of `at-most-once`, `at-least-once`, `exactly-once`",
+    );
+    check_err(
+        &format!("{binding}ordering = \"fifo\"\nconcurrency = 4\n"),
+        "weir.toml:8:15: binding `q.p`: `fifo` ordering handles one message at a time, so `concurrency` must be 1 (found 4); use `ordering = \"key\"` for parallel ordered handling",
+    );
+    check_err(
+        &format!("{binding}concurrency = 0\n"),
+        "weir.toml:7:15: binding `q.p`: `concurrency` must be between 1 and 256, found 0",
+    );
+    check_err(
+        &format!("{binding}timeout = \"5s\"\n"),
+        "weir.toml:7:11: binding `q.p`: `timeout` must be more than 0 and at most the plugin's `timeout_ms` (1000 ms), found 5000 ms",
+    );
+    check_err(
+        &format!("{binding}backoff = {{ initial = \"2m\" }}\n"),
+        "weir.toml:7:11: binding `q.p`: backoff `initial` (120000 ms) is longer than `max` (60000 ms)",
+    );
+    check_err(
+        &format!("{binding}backoff = {{ jitter = 2.0 }}\n"),
+        "weir.toml:7:11: binding `q.p`: backoff `jitter` must be between 0 and 1, found 2",
+    );
+    check_err(
+        &format!("{binding}poison = \"drop\"\n"),
+        "weir.toml:7:10: binding `q.p`: unknown poison policy \"drop\"; expected one of `dead-letter`, `park`",
+    );
+}
+
+#[test]
+fn binding_delivery_settings() {
+    let base = "[queues.q]\n[plugins.p]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"q\"\nplugin = \"p\"\n";
+    let c = parse(base).unwrap();
+    let b = &c.bindings[0];
+    assert_eq!(
+        (
+            b.guarantee,
+            b.ordering,
+            b.concurrency,
+            b.poison,
+            b.max_in_flight
+        ),
+        (
+            Guarantee::AtLeastOnce,
+            Ordering::Key,
+            4,
+            Poison::DeadLetter,
+            4096
+        )
+    );
+    assert_eq!(b.timeout, Duration::from_secs(1), "the plugin's timeout");
+    assert_eq!(b.backoff, Backoff::default());
+    let c = parse(&format!(
+        "{base}guarantee = \"exactly-once\"\nordering = \"fifo\"\ntimeout = \"250ms\"\npoison = \"park\"\nmax_in_flight = 16\nbackoff = {{ initial = \"10ms\", max = \"1s\", multiplier = 3.0, jitter = 0.0 }}\n"
+    ))
+    .unwrap();
+    let b = &c.bindings[0];
+    assert_eq!(
+        (
+            b.guarantee,
+            b.ordering,
+            b.concurrency,
+            b.poison,
+            b.max_in_flight
+        ),
+        (Guarantee::ExactlyOnce, Ordering::Fifo, 1, Poison::Park, 16)
+    );
+    assert_eq!(b.timeout, Duration::from_millis(250));
+    assert_eq!(
+        b.backoff,
+        Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(1),
+            multiplier: 3.0,
+            jitter: 0.0
+        }
     );
 }

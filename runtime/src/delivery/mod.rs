@@ -1,208 +1,450 @@
-//! The delivery loop of a binding: read its source from its cursor, invoke the plugin, apply the
-//! outcome (ack, reply, retry with backoff, dead-letter) and commit the invocation's effects
-//! together with the cursor advance.
+//! The delivery engine: what happens around every invocation of a binding's plugin. It reads the
+//! source ahead into a bounded window, picks what may run under the binding's ordering, runs it
+//! in batches on blocking lanes, and commits each invocation's outcome — its key-value writes,
+//! publishes, reply or dead letter, and the acknowledgement — as one atomic storage commit,
+//! submitted the moment the handler returns. Commits become durable in the background while the
+//! next batch runs; a message leaves the window when its commit is durable.
 //!
-//! **Invariant:** an invocation's effects (key-value writes, publishes) are committed only when
-//! its outcome is `ack` or `reply`, in the same [`Commit`] as the cursor advance past its message.
+//! Guarantees:
+//! - `at-most-once`: a batch is acknowledged durably before any of it runs; effects commit
+//!   after, without an acknowledgement. A crash loses what was running, never repeats it.
+//! - `at-least-once`: the acknowledgement is in the same commit as the effects, so it is never
+//!   durable before them; a crash before that delivers the message again.
+//! - `exactly-once`: as at-least-once, and published records get ids derived from the binding
+//!   and the message offset and are appended with dedup, so a redelivery after a crash (whose
+//!   commit was lost) stores nothing twice; its key-value writes were lost with the commit and
+//!   apply once. A message whose commit is durable is acknowledged and never runs again.
 //!
-//! This is the foundation's delivery: one message at a time per binding, at-least-once. The
-//! delivery engine (guarantees, ordering, leases, concurrency) grows here.
+//! **Invariant:** an invocation's effects are committed only when its outcome is `ack` or
+//! `reply`, together with its acknowledgement (except under at-most-once, acknowledged before).
+//! Invocations of one plugin that touch its key-value state hold the plugin's gate from their
+//! first key-value call until their commit is submitted, so commits apply in the order the
+//! invocations read and wrote.
 
 mod stats;
+mod window;
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 pub use stats::{BindingSnapshot, BindingStats};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use window::{Phase, Window};
 
-use crate::config::BindingConfig;
-use crate::host::{Effects, Failure, Message, Outcome, Plugin};
-use crate::names::Attempt;
-use crate::storage::{Commit, Record, Storage, StorageError, Stored};
+use crate::config::{BindingConfig, Guarantee, Ordering, Poison};
+use crate::host::{Failure, Invocation, Message, Outcome, Plugin};
+use crate::names::{Attempt, DestinationName, Offset, PluginName};
+use crate::storage::{Commit, CommitTicket, Record, Storage, StorageError, Stored};
 
-/// Records read from the source at a time.
-const READ_BATCH: usize = 64;
-/// Longest backoff between attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Messages run in one batch at most.
+const BATCH: usize = 512;
+/// Messages per lane below which a batch does not start another lane.
+const LANE_MIN: usize = 64;
+/// Records read from the source at a time at most.
+const READ_BATCH: usize = 1024;
 
-/// Runs one binding until `shutdown` turns true. The message in flight is finished first.
+/// What runs a message: a plugin, or a stand-in in tests.
+pub trait Handler: Send + Sync + 'static {
+    /// The plugin whose key-value state the handler's effects write.
+    fn plugin(&self) -> &PluginName;
+    /// Handles one message within `timeout`.
+    fn handle(&self, message: &Message, timeout: Duration) -> Invocation;
+}
+
+impl Handler for Plugin {
+    fn plugin(&self) -> &PluginName {
+        self.name()
+    }
+
+    fn handle(&self, message: &Message, timeout: Duration) -> Invocation {
+        self.invoke_within(message, timeout)
+    }
+}
+
+/// Runs one binding until `shutdown` turns true; the batch running then finishes and every
+/// submitted commit becomes durable before it returns.
 pub async fn run_binding(
     binding: BindingConfig,
-    plugin: Arc<Plugin>,
+    handler: Arc<dyn Handler>,
     storage: Arc<dyn Storage>,
     stats: Arc<BindingStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StorageError> {
     let mut end = storage.watch_end(&binding.source)?;
-    let mut cursor = storage.cursor(&binding.name);
-    let runner = Runner {
+    let mut next_read = storage.cursor(&binding.name);
+    let mut window = Window::new(binding.ordering);
+    let max_in_flight = binding.max_in_flight as usize;
+    let ctx = Arc::new(Ctx {
         binding,
-        plugin,
+        handler,
         storage,
         stats,
-    };
+    });
+    let mut commits: JoinSet<Result<Vec<(Offset, Finished)>, StorageError>> = JoinSet::new();
     loop {
         if *shutdown.borrow() {
+            while let Some(done) = commits.join_next().await {
+                done.expect("commit waits do not panic")?;
+            }
             return Ok(());
         }
-        let batch = runner
-            .storage
-            .read(&runner.binding.source, cursor, READ_BATCH)?;
-        if batch.is_empty() {
-            tokio::select! {
-                changed = end.changed() => if changed.is_err() { return Ok(()) },
-                _ = shutdown.changed() => {}
+        // 1. Read ahead, as far as the window has room.
+        let end_now = *end.borrow_and_update();
+        while next_read < end_now && window.len() < max_in_flight {
+            let want = (max_in_flight - window.len()).min(READ_BATCH);
+            let read = ctx.storage.read(&ctx.binding.source, next_read, want)?;
+            let Some(last) = read.last() else { break };
+            next_read = last.offset.next();
+            for stored in read {
+                if !ctx.storage.is_acked(&ctx.binding.name, stored.offset) {
+                    window.push(stored);
+                }
+            }
+        }
+        ctx.stats.gauges(window.len(), window.parked_keys());
+
+        // 2. Run what may run now.
+        let selected = window.select(Instant::now(), BATCH);
+        if !selected.is_empty() {
+            let jobs: Vec<Job> = selected
+                .iter()
+                .filter_map(|o| window.get(*o))
+                .map(|e| Job {
+                    stored: e.stored.clone(),
+                    tries: e.tries,
+                    failures: e.failures.clone(),
+                })
+                .collect();
+            let c = Arc::clone(&ctx);
+            let results = tokio::task::spawn_blocking(move || c.run_batch(jobs))
+                .await
+                .expect("invocations do not panic")?;
+            let mut durable = Vec::new();
+            for r in results {
+                match r {
+                    Ran::Submitted {
+                        offset,
+                        ticket,
+                        finished,
+                    } => {
+                        window.set(offset, Phase::Committing);
+                        durable.push((offset, finished, ticket));
+                    }
+                    Ran::Retry {
+                        offset,
+                        delay,
+                        failure,
+                    } => {
+                        ctx.stats.retried.fetch_add(1, Relaxed);
+                        if let Some(f) = failure {
+                            window.failed(offset, f);
+                        }
+                        window.set(offset, Phase::RetryAt(Instant::now() + delay));
+                    }
+                    Ran::Park { offset, failure } => {
+                        window.failed(offset, failure);
+                        window.park(offset);
+                    }
+                    Ran::Skipped { offset } => window.set(offset, Phase::Waiting),
+                }
+            }
+            if !durable.is_empty() {
+                commits.spawn(async move {
+                    let mut done = Vec::with_capacity(durable.len());
+                    for (offset, finished, ticket) in durable {
+                        ticket.durable().await?;
+                        done.push((offset, finished));
+                    }
+                    Ok(done)
+                });
             }
             continue;
         }
-        for stored in batch {
-            if *shutdown.borrow() {
-                return Ok(());
+
+        // 3. Nothing may run: wait for new messages, a durable commit, a retry or shutdown.
+        let retry_at = window.next_retry();
+        let room = window.len() < max_in_flight;
+        tokio::select! {
+            changed = end.changed(), if room => {
+                if changed.is_err() {
+                    return Ok(()); // the log was closed: the store is shutting down
+                }
             }
-            runner.deliver(&stored, &mut shutdown).await?;
-            cursor = stored.offset.next();
+            Some(done) = commits.join_next(), if !commits.is_empty() => {
+                for (offset, finished) in done.expect("commit waits do not panic")? {
+                    window.finish(offset);
+                    ctx.stats.finished(finished);
+                }
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+            _ = shutdown.changed() => {}
         }
     }
 }
 
-struct Runner {
+/// How a message left the binding.
+#[derive(Debug, Clone, Copy)]
+enum Finished {
+    Acked,
+    Replied,
+    DeadLettered,
+}
+
+/// A message handed to a batch.
+struct Job {
+    stored: Stored,
+    /// Times it was selected in this process, this time included.
+    tries: u32,
+    failures: Vec<String>,
+}
+
+/// What running one message came to.
+enum Ran {
+    /// Handled or dead-lettered: its commit was submitted.
+    Submitted {
+        offset: Offset,
+        ticket: CommitTicket,
+        finished: Finished,
+    },
+    /// Runs again after `delay`.
+    Retry {
+        offset: Offset,
+        delay: Duration,
+        failure: Option<String>,
+    },
+    /// Failed for good; its key is parked.
+    Park { offset: Offset, failure: String },
+    /// Not run: an earlier message it must follow failed in the same batch.
+    Skipped { offset: Offset },
+}
+
+struct Ctx {
     binding: BindingConfig,
-    plugin: Arc<Plugin>,
+    handler: Arc<dyn Handler>,
     storage: Arc<dyn Storage>,
     stats: Arc<BindingStats>,
 }
 
-impl Runner {
-    /// Delivers one message until it is acknowledged or dead-lettered.
-    async fn deliver(
-        &self,
-        stored: &Stored,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), StorageError> {
-        if self.storage.is_acked(&self.binding.name, stored.offset) {
-            return Ok(()); // acknowledged out of order before a restart
-        }
-        let mut message = Message::new(&self.binding.source, stored, Attempt::FIRST);
-        loop {
-            // The attempt number is the durable delivery count: it survives restarts, so a
-            // message whose handling kills the host is dead-lettered after `max_attempts`.
-            let (storage, plugin, binding) = (
-                Arc::clone(&self.storage),
-                Arc::clone(&self.plugin),
-                self.binding.name.clone(),
-            );
-            let (offset, max, mut m) = (stored.offset, self.binding.max_attempts, message.clone());
-            let stats = Arc::clone(&self.stats);
-            // Held for the invocation's time limit plus a margin; the epoch deadline ends the
-            // invocation well before the lease does.
-            let visibility = self.plugin.limits().timeout + Duration::from_secs(5);
-            let started = tokio::task::spawn_blocking(move || {
-                let count = storage.lease(&binding, offset, visibility)?;
-                let attempt = Attempt::new(count).expect("delivery counts start at 1");
-                if count > max {
-                    return Ok::<_, StorageError>((attempt, None));
+impl Ctx {
+    /// Runs a batch (on a blocking thread): records the deliveries, splits the batch into lanes
+    /// that keep each key (or, under `fifo`, everything) in one lane and in order, and runs the
+    /// lanes in parallel.
+    fn run_batch(&self, jobs: Vec<Job>) -> Result<Vec<Ran>, StorageError> {
+        let offsets: Vec<Offset> = jobs.iter().map(|j| j.stored.offset).collect();
+        let counts = match self.binding.guarantee {
+            Guarantee::AtMostOnce => {
+                // Acknowledged, durably, before any of them runs.
+                let first_tries: Vec<_> = jobs
+                    .iter()
+                    .filter(|j| j.tries == 1)
+                    .map(|j| (self.binding.name.clone(), j.stored.offset))
+                    .collect();
+                if !first_tries.is_empty() {
+                    self.storage.commit(Commit {
+                        acks: first_tries,
+                        ..Commit::default()
+                    })?;
                 }
-                m.set_attempt(attempt);
-                stats.invocations.fetch_add(1, Relaxed);
-                Ok((attempt, Some(plugin.invoke(&m))))
-            })
-            .await
-            .expect("plugin invocations do not panic")?;
-            let (attempt, invocation) = started;
-            let Some(invocation) = invocation else {
+                jobs.iter().map(|j| j.tries).collect()
+            }
+            // Durable delivery counts: a message whose handling kills the host is not
+            // delivered more often than `max_attempts`.
+            _ => self
+                .storage
+                .begin_deliveries(&self.binding.name, &offsets)?,
+        };
+        let lanes = match self.binding.ordering {
+            Ordering::Fifo => 1,
+            _ => (self.binding.concurrency as usize)
+                .min(jobs.len().div_ceil(LANE_MIN))
+                .max(1),
+        };
+        let mut split: Vec<Vec<(Job, u32)>> = (0..lanes).map(|_| Vec::new()).collect();
+        for (i, (job, count)) in jobs.into_iter().zip(counts).enumerate() {
+            let lane = match (&job.stored.record.key, self.binding.ordering) {
+                (Some(key), Ordering::Key) => (lane_hash(key) % lanes as u64) as usize,
+                _ => i % lanes,
+            };
+            split[lane].push((job, count));
+        }
+        let mut lanes = split.into_iter();
+        let first = lanes.next().unwrap_or_default();
+        let rest: Vec<_> = lanes.collect();
+        let mut out = Vec::new();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = rest
+                .into_iter()
+                .map(|lane| s.spawn(move || self.run_lane(lane)))
+                .collect();
+            out.push(self.run_lane(first));
+            for h in handles {
+                out.push(h.join().expect("lanes do not panic"));
+            }
+        });
+        let mut all = Vec::new();
+        for lane in out {
+            all.extend(lane?);
+        }
+        Ok(all)
+    }
+
+    /// Runs one lane's messages in order. A message that will be retried, or parks its key,
+    /// holds its key (everything, under `fifo`) for the rest of the lane.
+    fn run_lane(&self, jobs: Vec<(Job, u32)>) -> Result<Vec<Ran>, StorageError> {
+        let b = &self.binding;
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut held_keys: HashSet<String> = HashSet::new();
+        let mut all_held = false;
+        let mut rng = Jitter::new();
+        for (job, count) in jobs {
+            let offset = job.stored.offset;
+            let key = job.stored.record.key.clone();
+            if all_held || key.as_ref().is_some_and(|k| held_keys.contains(k)) {
+                out.push(Ran::Skipped { offset });
+                continue;
+            }
+            let mut hold = || match (b.ordering, &key) {
+                (Ordering::Fifo, _) => all_held = true,
+                (Ordering::Key, Some(k)) => {
+                    held_keys.insert(k.clone());
+                }
+                _ => {}
+            };
+            let Some(attempt) = Attempt::new(count.max(1)) else {
+                unreachable!("counts start at 1")
+            };
+            if count > b.max_attempts {
                 let reason = format!(
                     "delivered {} times without an outcome being recorded (the host stopped while handling it)",
-                    attempt.get() - 1
+                    count - 1
                 );
-                return self.dead_letter(
-                    stored,
-                    Attempt::new(attempt.get() - 1).unwrap_or(attempt),
-                    "interrupted",
-                    &reason,
-                );
-            };
-            let delay = match invocation.result {
-                // Counters move only once the commit is durable.
+                let attempts = Attempt::new(count - 1).unwrap_or(attempt);
+                out.push(self.dead_letter(&job, attempts, "interrupted", &reason)?);
+                continue;
+            }
+            let message = Message::new(&b.source, &job.stored, attempt);
+            self.stats.invocations.fetch_add(1, Relaxed);
+            let invocation = self.handler.handle(&message, b.timeout);
+            let (class, reason, retry) = match invocation.result {
                 Ok(Outcome::Ack) => {
-                    self.commit(stored, invocation.effects, Vec::new())?;
-                    self.stats.acked.fetch_add(1, Relaxed);
-                    return Ok(());
+                    let ticket = self.commit(offset, invocation.effects, None, true)?;
+                    drop(invocation.kv_guard); // after the submit: commits keep gate order
+                    out.push(Ran::Submitted {
+                        offset,
+                        ticket,
+                        finished: Finished::Acked,
+                    });
+                    continue;
                 }
                 Ok(Outcome::Reply(bytes)) => {
-                    let reply = self.reply(stored, bytes);
-                    self.commit(stored, invocation.effects, reply.into_iter().collect())?;
-                    self.stats.acked.fetch_add(1, Relaxed);
-                    self.stats.replied.fetch_add(1, Relaxed);
-                    return Ok(());
+                    let reply = self.reply(&job.stored, bytes);
+                    let ticket = self.commit(offset, invocation.effects, reply, true)?;
+                    drop(invocation.kv_guard);
+                    out.push(Ran::Submitted {
+                        offset,
+                        ticket,
+                        finished: Finished::Replied,
+                    });
+                    continue;
                 }
-                Ok(Outcome::DeadLetter(reason)) => {
-                    return self.dead_letter(stored, attempt, "dead-letter", &reason);
-                }
+                Ok(Outcome::DeadLetter(reason)) => ("dead-letter".to_owned(), reason, None),
                 Ok(Outcome::Retry(after)) => {
-                    if attempt.get() >= self.binding.max_attempts {
-                        let reason = format!(
-                            "handler asked for a retry after the last of {} attempts",
-                            self.binding.max_attempts
-                        );
-                        return self.dead_letter(stored, attempt, "retries-exhausted", &reason);
-                    }
-                    after.min(MAX_BACKOFF)
+                    let reason = format!(
+                        "handler asked for a retry after the last of {} attempts",
+                        b.max_attempts
+                    );
+                    (
+                        "retries-exhausted".to_owned(),
+                        reason,
+                        Some(after.min(b.backoff.max)),
+                    )
                 }
                 Err(Failure {
                     class,
-                    message: reason,
+                    message,
                     retryable,
                 }) => {
                     self.stats.failed(class);
                     tracing::warn!(
-                        binding = %self.binding.name, plugin = %self.plugin.name(), offset = %stored.offset,
-                        attempt = %attempt, class = %class, "invocation failed: {reason}"
+                        binding = %b.name, plugin = %self.handler.plugin(), offset = %offset,
+                        attempt = %attempt, class = %class, "invocation failed: {message}"
                     );
-                    if !retryable || attempt.get() >= self.binding.max_attempts {
-                        return self.dead_letter(stored, attempt, &class.to_string(), &reason);
-                    }
-                    backoff(self.binding.retry_delay, attempt)
+                    let delay = retryable.then(|| b.backoff.delay(count, rng.unit()));
+                    (class.to_string(), message, delay)
                 }
             };
-            self.stats.retried.fetch_add(1, Relaxed);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => return Ok(()),
+            let failure = format!("attempt {attempt}: {class}: {reason}");
+            match retry {
+                Some(delay) if count < b.max_attempts => {
+                    hold();
+                    let failure = (class != "retries-exhausted").then_some(failure);
+                    out.push(Ran::Retry {
+                        offset,
+                        delay,
+                        failure,
+                    });
+                }
+                _ if b.ordering == Ordering::Key && b.poison == Poison::Park && key.is_some() => {
+                    hold();
+                    tracing::warn!(binding = %b.name, offset = %offset, key = key.as_deref().unwrap_or_default(), "key parked: {failure}");
+                    out.push(Ran::Park { offset, failure });
+                }
+                _ => {
+                    let mut job = job;
+                    job.failures.push(failure);
+                    out.push(self.dead_letter(&job, attempt, &class, &reason)?);
+                }
             }
-            message.set_attempt(attempt.next());
         }
+        Ok(out)
     }
 
+    /// Submits one message's commit: its effects (and reply) with its acknowledgement.
     fn commit(
         &self,
-        stored: &Stored,
-        effects: Effects,
-        mut extra: Vec<(crate::names::DestinationName, Record)>,
-    ) -> Result<(), StorageError> {
+        offset: Offset,
+        effects: crate::host::Effects,
+        extra: Option<(DestinationName, Record)>,
+        ack: bool,
+    ) -> Result<CommitTicket, StorageError> {
+        let b = &self.binding;
         let mut publishes = effects.publishes;
-        publishes.append(&mut extra);
-        let kv = (!effects.kv.is_empty())
-            .then(|| (self.plugin.name().clone(), effects.kv.into_iter().collect()));
-        let commit = Commit {
+        publishes.extend(extra);
+        let exactly = b.guarantee == Guarantee::ExactlyOnce;
+        if exactly {
+            // Ids a redelivery reproduces: dedup stores each of them once.
+            for (n, (_, record)) in publishes.iter_mut().enumerate() {
+                record.id = format!("{}@{}#{n}", b.name, offset);
+            }
+        }
+        let kv = (!effects.kv.is_empty()).then(|| {
+            (
+                self.handler.plugin().clone(),
+                effects.kv.into_iter().collect(),
+            )
+        });
+        let acks = if ack && b.guarantee != Guarantee::AtMostOnce {
+            vec![(b.name.clone(), offset)]
+        } else {
+            Vec::new()
+        };
+        self.storage.submit(Commit {
             kv,
             publishes,
-            ack: Some((self.binding.name.clone(), stored.offset)),
-        };
-        // A durable commit waits for fsync: let the runtime move other tasks off this worker.
-        tokio::task::block_in_place(|| self.storage.commit(commit))?;
-        Ok(())
+            dedup: exactly,
+            acks,
+        })
     }
 
     /// The reply record for a request, when the message names a reply destination that exists.
-    fn reply(
-        &self,
-        stored: &Stored,
-        payload: Vec<u8>,
-    ) -> Option<(crate::names::DestinationName, Record)> {
+    fn reply(&self, stored: &Stored, payload: Vec<u8>) -> Option<(DestinationName, Record)> {
         let to = stored.record.reply_to.as_deref()?;
-        let dest = crate::names::DestinationName::new(to)
+        let dest = DestinationName::new(to)
             .ok()
             .filter(|d| self.storage.has_log(d));
         let Some(dest) = dest else {
@@ -223,56 +465,68 @@ impl Runner {
         ))
     }
 
+    /// Submits the move of a message to the dead-letter queue, with its history.
     fn dead_letter(
         &self,
-        stored: &Stored,
-        attempt: Attempt,
+        job: &Job,
+        attempts: Attempt,
         class: &str,
         reason: &str,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Ran, StorageError> {
+        let b = &self.binding;
+        let stored = &job.stored;
         let mut record = (*stored.record).clone();
         record.headers.extend([
-            ("weir-dlq-binding".to_owned(), self.binding.name.to_string()),
-            (
-                "weir-dlq-source".to_owned(),
-                self.binding.source.to_string(),
-            ),
+            ("weir-dlq-binding".to_owned(), b.name.to_string()),
+            ("weir-dlq-source".to_owned(), b.source.to_string()),
             ("weir-dlq-offset".to_owned(), stored.offset.to_string()),
-            ("weir-dlq-attempts".to_owned(), attempt.to_string()),
+            ("weir-dlq-attempts".to_owned(), attempts.to_string()),
             ("weir-dlq-class".to_owned(), class.to_owned()),
             ("weir-dlq-reason".to_owned(), reason.to_owned()),
+            (
+                "weir-dlq-history".to_owned(),
+                serde_json::to_string(&job.failures).unwrap_or_default(),
+            ),
         ]);
-        self.commit(
-            stored,
-            Effects::default(),
-            vec![(self.binding.dead_letter.clone(), record)],
+        let ticket = self.commit(
+            stored.offset,
+            crate::host::Effects::default(),
+            Some((b.dead_letter.clone(), record)),
+            true,
         )?;
-        self.stats.dead_lettered.fetch_add(1, Relaxed);
-        Ok(())
+        Ok(Ran::Submitted {
+            offset: stored.offset,
+            ticket,
+            finished: Finished::DeadLettered,
+        })
     }
 }
 
-/// Delay before attempt `attempt + 1`: `initial * 2^(attempt-1)`, capped.
-fn backoff(initial: Duration, attempt: Attempt) -> Duration {
-    let factor = 1u32 << (attempt.get() - 1).min(16);
-    initial.saturating_mul(factor).min(MAX_BACKOFF)
+/// The lane of a key (stable within the process).
+fn lane_hash(key: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// A small xorshift generator for backoff jitter (no need for cryptographic randomness).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let seed = crate::ids::now_ms() ^ (std::process::id() as u64) << 32;
+        let local = &seed as *const u64 as u64; // differs per thread stack
+        Jitter((seed ^ local.rotate_left(17)) | 1)
+    }
+
+    /// A number in `0..1`.
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let a = |n| Attempt::new(n).unwrap();
-        assert_eq!(
-            backoff(Duration::from_millis(100), a(1)),
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            backoff(Duration::from_millis(100), a(3)),
-            Duration::from_millis(400)
-        );
-        assert_eq!(backoff(Duration::from_millis(100), a(30)), MAX_BACKOFF);
-    }
-}
+mod tests;

@@ -29,6 +29,10 @@ pub struct BindingStats {
     pub retried: AtomicU64,
     /// Messages moved to the dead-letter queue.
     pub dead_lettered: AtomicU64,
+    /// Messages read and not finished (handled, waiting, retrying or committing) right now.
+    pub in_flight: AtomicU64,
+    /// Keys parked right now.
+    pub parked_keys: AtomicU64,
     failures: [AtomicU64; CLASSES.len()],
 }
 
@@ -42,6 +46,28 @@ impl BindingStats {
         self.failures[i].fetch_add(1, Relaxed);
     }
 
+    /// Sets the gauges.
+    pub(super) fn gauges(&self, in_flight: usize, parked_keys: usize) {
+        self.in_flight.store(in_flight as u64, Relaxed);
+        self.parked_keys.store(parked_keys as u64, Relaxed);
+    }
+
+    /// Counts a message whose commit became durable.
+    pub(super) fn finished(&self, how: super::Finished) {
+        match how {
+            super::Finished::Acked => {
+                self.acked.fetch_add(1, Relaxed);
+            }
+            super::Finished::Replied => {
+                self.acked.fetch_add(1, Relaxed);
+                self.replied.fetch_add(1, Relaxed);
+            }
+            super::Finished::DeadLettered => {
+                self.dead_lettered.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     /// A point-in-time copy.
     pub fn snapshot(&self) -> BindingSnapshot {
         BindingSnapshot {
@@ -50,6 +76,8 @@ impl BindingStats {
             replied: self.replied.load(Relaxed),
             retried: self.retried.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            parked_keys: self.parked_keys.load(Relaxed),
             failures: CLASSES
                 .iter()
                 .zip(&self.failures)
@@ -72,6 +100,12 @@ pub struct BindingSnapshot {
     pub retried: u64,
     /// Messages dead-lettered.
     pub dead_lettered: u64,
+    /// Messages read and not finished.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Keys parked.
+    #[serde(default)]
+    pub parked_keys: u64,
     /// Failures by class.
     pub failures: BTreeMap<String, u64>,
 }

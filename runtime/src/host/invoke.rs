@@ -55,6 +55,16 @@ impl Message {
     pub fn id(&self) -> &str {
         &self.0.id
     }
+
+    /// The message key.
+    pub fn key(&self) -> Option<&str> {
+        self.0.key.as_deref()
+    }
+
+    /// The message offset in its source.
+    pub fn offset(&self) -> u64 {
+        self.0.offset
+    }
 }
 
 /// What a handler asked for.
@@ -134,12 +144,38 @@ pub struct Invocation {
     pub result: Result<Outcome, Failure>,
     /// Buffered effects; empty when the invocation failed.
     pub effects: Effects,
+    /// The plugin's key-value gate, when the invocation touched its state and succeeded: hold
+    /// it until the effects are submitted to storage, so commits follow the order in which
+    /// invocations read and wrote.
+    pub kv_guard: Option<super::KvGuard>,
+}
+
+impl Invocation {
+    /// An invocation result without a key-value gate (handlers other than plugins, tests).
+    pub fn new(result: Result<Outcome, Failure>, effects: Effects) -> Invocation {
+        Invocation {
+            result,
+            effects,
+            kv_guard: None,
+        }
+    }
 }
 
 impl Plugin {
     /// Runs the handler on one message, on the calling thread. Blocks for at most the plugin's
     /// time limit (plus one epoch tick).
     pub fn invoke(&self, message: &Message) -> Invocation {
+        self.invoke_with(message, self.deadline_ticks)
+    }
+
+    /// Like [`Plugin::invoke`], with a shorter time limit (a binding's own `timeout`); a longer
+    /// one is cut to the plugin's.
+    pub fn invoke_within(&self, message: &Message, timeout: Duration) -> Invocation {
+        let ticks = self.host.deadline_ticks(timeout).min(self.deadline_ticks);
+        self.invoke_with(message, ticks)
+    }
+
+    fn invoke_with(&self, message: &Message, deadline_ticks: u64) -> Invocation {
         let mut instance = match self.take_instance() {
             Ok(i) => i,
             Err(e) => {
@@ -150,17 +186,26 @@ impl Plugin {
                 );
             }
         };
-        let result = self.call(&mut instance, message);
+        let result = self.call(&mut instance, message, deadline_ticks);
         match result {
             Ok(Ok(outcome)) => {
-                let effects = std::mem::take(&mut instance.store.data_mut().effects);
+                let data = instance.store.data_mut();
+                let effects = std::mem::take(&mut data.effects);
+                let outcome = outcome_from(outcome);
+                // Only an acknowledging outcome commits effects; the others release the gate.
+                let kv_guard = data
+                    .kv_guard
+                    .take()
+                    .filter(|_| matches!(outcome, Outcome::Ack | Outcome::Reply(_)));
                 self.put_instance(instance);
                 Invocation {
-                    result: Ok(outcome_from(outcome)),
+                    result: Ok(outcome),
                     effects,
+                    kv_guard,
                 }
             }
             Ok(Err(e)) => {
+                instance.store.data_mut().kv_guard = None;
                 self.put_instance(instance);
                 failed(FailureClass::HandlerError, e.message, e.retryable)
             }
@@ -178,9 +223,10 @@ impl Plugin {
         &self,
         instance: &mut Instance,
         message: &Message,
+        deadline_ticks: u64,
     ) -> wasmtime::Result<Result<bindings::Outcome, bindings::HandlerError>> {
         instance.store.data_mut().begin(&message.0.id);
-        instance.store.set_epoch_deadline(self.deadline_ticks);
+        instance.store.set_epoch_deadline(deadline_ticks);
         if let Some(fuel) = self.limits().fuel {
             instance.store.set_fuel(fuel)?;
         }
@@ -192,14 +238,14 @@ impl Plugin {
 }
 
 fn failed(class: FailureClass, message: String, retryable: bool) -> Invocation {
-    Invocation {
-        result: Err(Failure {
+    Invocation::new(
+        Err(Failure {
             class,
             message,
             retryable,
         }),
-        effects: Effects::default(),
-    }
+        Effects::default(),
+    )
 }
 
 fn outcome_from(o: bindings::Outcome) -> Outcome {

@@ -11,10 +11,12 @@
 mod bindings;
 mod cache;
 mod engine;
+mod gate;
 mod invoke;
 mod plugin;
 mod state;
 
 pub use engine::{Host, HostOptions};
+pub use gate::KvGuard;
 pub use invoke::{Effects, Failure, FailureClass, Invocation, Message, Outcome};
 pub use plugin::{LoadError, LoadedFrom, Plugin, PluginSpec};

@@ -131,7 +131,7 @@ pub struct Plugin {
     hash: String,
     loaded_from: LoadedFrom,
     load_time: Duration,
-    host: Arc<Host>,
+    pub(super) host: Arc<Host>,
     metered: bool,
     pre: HandlerPre<HostState>,
     grants: Arc<Grants>,
@@ -193,6 +193,7 @@ impl Host {
             publish: spec.publish.clone(),
             max_message_size: spec.max_message_size,
             storage,
+            kv_gate: Default::default(),
         });
         let plugin = Plugin {
             deadline_ticks: self.deadline_ticks(spec.limits.timeout),

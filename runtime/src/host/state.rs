@@ -10,6 +10,7 @@ use wasmtime::ResourceLimiter;
 
 use super::bindings::Outgoing;
 use super::bindings::weir::plugin::{clock, kv, log, publish, types};
+use super::gate::{KvGate, KvGuard};
 use super::invoke::Effects;
 use crate::names::{DestinationName, PluginName};
 use crate::storage::{Record, Storage};
@@ -33,6 +34,7 @@ pub(crate) struct Grants {
     pub publish: BTreeSet<DestinationName>,
     pub max_message_size: usize,
     pub storage: Arc<dyn Storage>,
+    pub kv_gate: Arc<KvGate>,
 }
 
 impl std::fmt::Debug for Grants {
@@ -48,6 +50,8 @@ impl std::fmt::Debug for Grants {
 pub(crate) struct HostState {
     pub grants: Arc<Grants>,
     pub effects: Effects,
+    /// The plugin's key-value gate, taken at the invocation's first key-value call.
+    pub kv_guard: Option<KvGuard>,
     effect_bytes: usize,
     /// Id of the message being handled, for log lines.
     pub message_id: String,
@@ -62,6 +66,7 @@ impl HostState {
         HostState {
             grants,
             effects: Effects::default(),
+            kv_guard: None,
             effect_bytes: 0,
             message_id: String::new(),
             memory_limit,
@@ -73,10 +78,18 @@ impl HostState {
     /// Resets per-invocation state.
     pub fn begin(&mut self, message_id: &str) {
         self.effects = Effects::default();
+        self.kv_guard = None;
         self.effect_bytes = 0;
         self.memory_exceeded = false;
         self.message_id.clear();
         self.message_id.push_str(message_id);
+    }
+
+    /// Takes the plugin's key-value gate if this invocation does not hold it yet.
+    fn hold_kv(&mut self) {
+        if self.kv_guard.is_none() {
+            self.kv_guard = Some(self.grants.kv_gate.acquire());
+        }
     }
 
     fn charge(&mut self, bytes: usize) -> bool {
@@ -200,6 +213,7 @@ impl kv::Host for HostState {
         if let Some(v) = self.effects.kv.get(&key) {
             return Ok(v.clone());
         }
+        self.hold_kv();
         Ok(self.grants.storage.kv_get(&self.grants.plugin, &key))
     }
 
@@ -213,6 +227,7 @@ impl kv::Host for HostState {
         if !self.charge(key.len() + value.len()) {
             return Err(kv::KvError::TooLarge(MAX_EFFECT_BYTES as u64));
         }
+        self.hold_kv();
         self.effects.kv.insert(key, Some(value));
         Ok(())
     }
@@ -224,6 +239,7 @@ impl kv::Host for HostState {
         if !self.charge(key.len()) {
             return Err(kv::KvError::TooLarge(MAX_EFFECT_BYTES as u64));
         }
+        self.hold_kv();
         self.effects.kv.insert(key, None);
         Ok(())
     }
@@ -237,6 +253,7 @@ impl kv::Host for HostState {
         if prefix.len() > MAX_KV_KEY || start_after.as_ref().is_some_and(|s| s.len() > MAX_KV_KEY) {
             return Err(kv::KvError::TooLarge(MAX_KV_KEY as u64));
         }
+        self.hold_kv();
         let limit = limit.min(MAX_LIST) as usize;
         let after = start_after.as_deref();
         let in_range = |k: &str| k.starts_with(prefix.as_str()) && after.is_none_or(|a| k > a);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::state::{Op, State};
-use super::{Commit, Record, Storage, StorageError, Stored};
+use super::{Commit, CommitTicket, Record, Storage, StorageError, Stored};
 use crate::names::{BindingName, DestinationName, Offset, PluginName};
 
 /// Logs, cursors and key-value state in memory, behind one lock.
@@ -216,7 +216,27 @@ impl Storage for MemoryStorage {
         super::list_keys(map, prefix, start_after, limit)
     }
 
-    fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError> {
+    fn begin_deliveries(
+        &self,
+        binding: &BindingName,
+        offsets: &[Offset],
+    ) -> Result<Vec<u32>, StorageError> {
+        let mut inner = self.lock();
+        Ok(offsets
+            .iter()
+            .map(|&offset| {
+                let count = inner.state.deliveries(binding, offset) + 1;
+                inner.state.apply(Op::Delivered {
+                    binding: binding.clone(),
+                    offset,
+                    count,
+                });
+                count
+            })
+            .collect())
+    }
+
+    fn submit(&self, commit: Commit) -> Result<CommitTicket, StorageError> {
         let mut inner = self.lock();
         // Validate first so that a failing commit changes nothing.
         for (dest, _) in &commit.publishes {
@@ -228,6 +248,12 @@ impl Storage for MemoryStorage {
         let mut touched = Vec::new();
         for (dest, record) in commit.publishes {
             let log = inner.logs.get_mut(&dest).expect("validated above");
+            if commit.dedup
+                && let Some(i) = log.records.iter().position(|r| r.id == record.id)
+            {
+                offsets.push(Offset(i as u64));
+                continue;
+            }
             offsets.push(Offset(log.records.len() as u64));
             log.records.push(Arc::new(record));
             touched.push(dest);
@@ -247,14 +273,14 @@ impl Storage for MemoryStorage {
                 });
             }
         }
-        if let Some((binding, offset)) = commit.ack {
+        for (binding, offset) in commit.acks {
             inner.state.apply(Op::Ack { binding, offset });
         }
         for dest in touched {
             let log = &inner.logs[&dest];
             log.end.send_replace(Offset(log.records.len() as u64));
         }
-        Ok(offsets)
+        Ok(CommitTicket::done(offsets))
     }
 }
 
@@ -309,7 +335,8 @@ mod tests {
         let commit = Commit {
             kv: Some((plugin.clone(), vec![("k".into(), Some(b"v".to_vec()))])),
             publishes: vec![(name("q"), record("a")), (name("missing"), record("b"))],
-            ack: Some((BindingName::new("b").unwrap(), Offset(0))),
+            acks: vec![(BindingName::new("b").unwrap(), Offset(0))],
+            dedup: false,
         };
         assert!(s.commit(commit).is_err());
         assert!(s.read(&name("q"), Offset(0), 10).unwrap().is_empty());

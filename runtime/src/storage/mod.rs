@@ -52,17 +52,61 @@ pub struct Stored {
 /// Key-value writes of one plugin: `None` deletes.
 pub type KvWrites = (PluginName, Vec<(String, Option<Vec<u8>>)>);
 
-/// Everything one invocation changes, applied atomically by [`Storage::commit`].
+/// Everything one invocation (or a batch of them) changes, applied atomically by
+/// [`Storage::commit`].
 #[derive(Debug, Default)]
 pub struct Commit {
-    /// Key-value writes of a plugin: `None` deletes.
+    /// Key-value writes of a plugin, applied in order: `None` deletes.
     pub kv: Option<KvWrites>,
     /// Records to append, in order.
     pub publishes: Vec<(DestinationName, Record)>,
-    /// Acknowledge this offset of the binding's source: the binding is done with it. The
+    /// Append the publishes with dedup: a record whose id is already stored in its log is not
+    /// stored again (exactly-once redeliveries publish records with the same ids).
+    pub dedup: bool,
+    /// Acknowledge these offsets of the bindings' sources: the bindings are done with them. A
     /// binding's cursor (the first offset not yet acknowledged) advances over every offset
     /// acknowledged in a row.
-    pub ack: Option<(BindingName, Offset)>,
+    pub acks: Vec<(BindingName, Offset)>,
+}
+
+/// A commit applied and visible (its key-value writes are read by later invocations) but not
+/// yet known durable: [`CommitTicket::wait`] or `.durable().await` says when it is.
+#[must_use = "a commit is durable only when its ticket says so"]
+#[derive(Debug)]
+pub struct CommitTicket {
+    /// Offsets of the published records, in order (the original's for a dedup duplicate).
+    pub offsets: Vec<Offset>,
+    pending: Vec<log::AppendTicket>,
+}
+
+impl CommitTicket {
+    /// A commit that is already durable.
+    pub fn done(offsets: Vec<Offset>) -> CommitTicket {
+        CommitTicket {
+            offsets,
+            pending: Vec::new(),
+        }
+    }
+
+    pub(crate) fn new(offsets: Vec<Offset>, pending: Vec<log::AppendTicket>) -> CommitTicket {
+        CommitTicket { offsets, pending }
+    }
+
+    /// Blocks until the commit is durable; returns the offsets of its published records.
+    pub fn wait(self) -> Result<Vec<Offset>, StorageError> {
+        for t in self.pending {
+            t.wait()?;
+        }
+        Ok(self.offsets)
+    }
+
+    /// Resolves when the commit is durable; returns the offsets of its published records.
+    pub async fn durable(self) -> Result<Vec<Offset>, StorageError> {
+        for t in self.pending {
+            t.await?;
+        }
+        Ok(self.offsets)
+    }
 }
 
 /// What retention removed from a log.
@@ -166,6 +210,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// handling crashes the host is not delivered more often than the binding allows.
     fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError>;
 
+    /// Records that `offsets` are being delivered to the binding (again), all in one step, and
+    /// returns how many times each has been, this time included. Returns once the record
+    /// survives a crash of the process (a message whose handling kills the host is not
+    /// delivered more often than the binding allows); a crash of the machine may lose the last
+    /// counts.
+    fn begin_deliveries(
+        &self,
+        binding: &BindingName,
+        offsets: &[Offset],
+    ) -> Result<Vec<u32>, StorageError>;
+
     /// Delivers `offset` to the binding under a lease: records the delivery like
     /// [`Storage::begin_delivery`] (returning the count) and holds the message for
     /// `visibility`, after which, if still unacknowledged, it is listed by
@@ -207,8 +262,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         Ok(Reclaimed::default())
     }
 
-    /// Applies a commit atomically; returns the offsets of its published records, in order.
-    fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError>;
+    /// Applies a commit atomically and makes it visible at once (to reads of key-value state
+    /// and cursors; published records become readable when durable); the ticket says when it
+    /// is durable. Commits become durable in the order they were submitted: a crash keeps a
+    /// prefix of them.
+    fn submit(&self, commit: Commit) -> Result<CommitTicket, StorageError>;
+
+    /// Applies a commit atomically and waits until it is durable; returns the offsets of its
+    /// published records, in order.
+    fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError> {
+        self.submit(commit)?.wait()
+    }
 }
 
 /// Keys of `map` starting with `prefix`, strictly after `start_after`, at most `limit`, in order.

@@ -9,17 +9,19 @@
 //! Encoding: a sequence of operations, each a tag byte then length-prefixed fields
 //! (little-endian): `1` kv-set (u16 plugin, u32 key, u32 value), `2` kv-delete (u16 plugin, u32
 //! key), `3` cursor (u16 binding, u64 offset), `4` ack (u16 binding, u64 offset), `5` delivered
-//! (u16 binding, u64 offset, u32 count). Decoding checks every length against the input.
+//! (u16 binding, u64 offset, u32 count), `6` published (u16 log, u64 end). Decoding checks every
+//! length against the input.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::names::{BindingName, Offset, PluginName};
+use crate::names::{BindingName, DestinationName, Offset, PluginName};
 
 const KV_SET: u8 = 1;
 const KV_DELETE: u8 = 2;
 const CURSOR: u8 = 3;
 const ACK: u8 = 4;
 const DELIVERED: u8 = 5;
+const PUBLISHED: u8 = 6;
 
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,23 @@ pub(crate) enum Op {
         offset: Offset,
         count: u32,
     },
+    /// The record's commit appended records to `log` ending before `end`: the record is valid
+    /// only if the log still reaches `end` after a crash (checked on recovery, no state).
+    Published {
+        log: DestinationName,
+        end: Offset,
+    },
+}
+
+impl Op {
+    /// Whether the operation is an effect of a handler (a key-value write or a publish), which a
+    /// later record may depend on, rather than a fact about deliveries.
+    pub fn is_effect(&self) -> bool {
+        matches!(
+            self,
+            Op::KvSet { .. } | Op::KvDelete { .. } | Op::Published { .. }
+        )
+    }
 }
 
 /// Cursors and key-value entries.
@@ -97,6 +116,7 @@ impl State {
                     d.retain(|o, _| *o >= cursor);
                 }
             }
+            Op::Published { .. } => {}
             Op::Delivered {
                 binding,
                 offset,
@@ -197,6 +217,12 @@ pub(crate) fn encode_delivered(
     buf.extend_from_slice(&count.to_le_bytes());
 }
 
+pub(crate) fn encode_published(buf: &mut Vec<u8>, log: &DestinationName, end: Offset) {
+    buf.push(PUBLISHED);
+    put_str16(buf, log.as_str());
+    buf.extend_from_slice(&end.0.to_le_bytes());
+}
+
 fn encode_offset(buf: &mut Vec<u8>, tag: u8, binding: &BindingName, offset: Offset) {
     buf.push(tag);
     put_str16(buf, binding.as_str());
@@ -262,6 +288,18 @@ pub(crate) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
                     }
                 }
             }
+            PUBLISHED => {
+                let log = take_name(&mut bytes, 2, DestinationName::new)
+                    .map_err(|e| format!("{e} at byte {at}"))?;
+                let (raw, rest) = bytes
+                    .split_first_chunk::<8>()
+                    .ok_or(format!("offset truncated at byte {at}"))?;
+                bytes = rest;
+                Op::Published {
+                    log,
+                    end: Offset(u64::from_le_bytes(*raw)),
+                }
+            }
             other => return Err(format!("unknown state operation {other} at byte {at}")),
         };
         ops.push(op);
@@ -311,6 +349,8 @@ mod tests {
         encode_cursor(&mut buf, &b, Offset(42));
         encode_ack(&mut buf, &b, Offset(43));
         encode_delivered(&mut buf, &b, Offset(44), 3);
+        let d = DestinationName::new("out").unwrap();
+        encode_published(&mut buf, &d, Offset(7));
         let ops = decode(&buf).unwrap();
         assert_eq!(
             ops,
@@ -336,6 +376,10 @@ mod tests {
                     binding: b,
                     offset: Offset(44),
                     count: 3
+                },
+                Op::Published {
+                    log: d,
+                    end: Offset(7)
                 },
             ]
         );

@@ -2,14 +2,20 @@
 //! binding cursors and plugin key-value state live in a state journal (`<dir>/state/journal/`,
 //! itself a `Log`) with periodic snapshots (`<dir>/state/snapshot`).
 //!
-//! A [`Commit`] appends its published records to their logs and waits until they are durable,
-//! then appends one journal record with its key-value writes and cursor advance and waits for
-//! that. So a cursor never moves past a message whose effects could still be lost: a crash
-//! between the two steps redelivers the message (at-least-once).
+//! A [`Commit`] appends its published records to their logs and, in the same step, one journal
+//! record with its key-value writes, its acknowledgements and where its publishes end in each
+//! log (`Published` operations); both are fsynced by their logs' group commit, in parallel. The
+//! commit is durable when all of them are. A crash can make the journal record durable while a
+//! publish is lost: recovery checks every record's `Published` ends against the recovered logs,
+//! and from the first record whose publishes are missing on, it discards every record carrying
+//! effects (key-value writes or publishes; a later one may have read the state the lost one
+//! wrote), keeping facts about deliveries (counts, at-most-once acknowledgements). A snapshot
+//! written right then makes the decision final. The messages of the discarded records are
+//! delivered again: a cursor never stays past a message whose effects were lost.
 //!
 //! **Invariant:** journal records are applied to the in-memory state in journal order (append
 //! and apply happen under one lock), so a state read never reflects a change that a crash could
-//! undo while keeping a later one.
+//! undo while keeping a later one. A snapshot only covers records whose publishes are durable.
 
 mod snapshot;
 
@@ -22,7 +28,7 @@ use tokio::sync::watch;
 
 use super::log::{Durability, Io, Log, LogError, LogOptions, Recovery, RecoveryReport, StdIo};
 use super::state::{self, Op, State};
-use super::{Commit, Reclaimed, Record, Storage, StorageError, Stored};
+use super::{Commit, CommitTicket, Reclaimed, Record, Storage, StorageError, Stored};
 use crate::config::Retention;
 use crate::names::{BindingName, DestinationName, Offset, PluginName};
 
@@ -85,6 +91,9 @@ struct Applied {
     state: State,
     /// The journal offset after the last applied record.
     next: Offset,
+    /// Per log, the end of the records published by applied journal records: a snapshot of
+    /// the state waits until they are durable.
+    published: HashMap<DestinationName, Offset>,
 }
 
 impl EmbeddedStorage {
@@ -105,10 +114,30 @@ impl EmbeddedStorage {
         let (mut state, from) = snapshot::read(&state_dir)
             .map_err(StorageError::Corrupt)?
             .unwrap_or_default();
+        // Every log is opened now: recovery checks journal records against their ends.
+        let mut logs = HashMap::new();
+        let logs_dir = dir.join("logs");
+        for entry in std::fs::read_dir(&logs_dir).map_err(|e| io_error(&logs_dir, e))? {
+            let entry = entry.map_err(|e| io_error(&logs_dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str().and_then(|n| DestinationName::new(n).ok()) else {
+                continue; // not a log of ours
+            };
+            if !entry.path().is_dir() {
+                continue;
+            }
+            let (log, report) =
+                Log::open(entry.path(), options.log_options(options.segment_bytes))?;
+            log_report(&format!("log `{name}`"), &report);
+            logs.insert(name, Arc::new(log));
+        }
         let (journal, report) =
             Log::open(state_dir.join("journal"), options.log_options(16 << 20))?;
         log_report("state journal", &report);
         let mut next = from.max(journal.start());
+        // The first record whose publishes were lost, and how many records were discarded.
+        let mut lost_at: Option<Offset> = None;
+        let mut discarded = 0u64;
         loop {
             let entries = journal.read(next, 1024, READ_BYTES)?;
             let Some(last) = entries.last() else { break };
@@ -117,15 +146,33 @@ impl EmbeddedStorage {
                 let ops = state::decode(&e.record.payload).map_err(|why| {
                     StorageError::Corrupt(format!("state journal record {}: {why}", e.offset))
                 })?;
+                if lost_at.is_none() && publishes_lost(&ops, &logs) {
+                    lost_at = Some(e.offset);
+                }
+                if lost_at.is_some() && ops.iter().any(Op::is_effect) {
+                    discarded += 1;
+                    continue;
+                }
                 ops.into_iter().for_each(|op| state.apply(op));
             }
+        }
+        if let Some(at) = lost_at {
+            tracing::warn!(
+                "state journal: discarded {discarded} records from offset {at} on, whose published records were lost in a crash; their messages will be delivered again"
+            );
+            // Final: later records must never be checked against logs that have grown since.
+            snapshot::write(&state_dir, &state, next).map_err(|e| io_error(&state_dir, e))?;
         }
         Ok(EmbeddedStorage {
             dir,
             options,
-            logs: RwLock::new(HashMap::new()),
+            logs: RwLock::new(logs),
             journal,
-            state: Mutex::new(Applied { state, next }),
+            state: Mutex::new(Applied {
+                state,
+                next,
+                published: HashMap::new(),
+            }),
             snapshotting: AtomicBool::new(false),
             _lock: lock,
         })
@@ -155,14 +202,14 @@ impl EmbeddedStorage {
     }
 
     /// Appends one journal record (`payload`, the encoding of `ops`) and applies `ops` while
-    /// still holding `applied`, so state changes apply in journal order; then waits until the
-    /// record is durable.
+    /// still holding `applied`, so state changes apply in journal order. Returns the record's
+    /// ticket without waiting.
     fn journal_ops(
         &self,
         mut applied: MutexGuard<'_, Applied>,
         payload: Vec<u8>,
         ops: Vec<Op>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<super::log::AppendTicket, StorageError> {
         let ticket = self
             .journal
             .append(std::slice::from_ref(&journal_record(payload)));
@@ -172,11 +219,14 @@ impl EmbeddedStorage {
             return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
         };
         applied.next = appended.end();
-        ops.into_iter().for_each(|op| applied.state.apply(op));
-        drop(applied);
-        ticket.wait()?;
-        self.maybe_snapshot();
-        Ok(())
+        for op in ops {
+            if let Op::Published { log, end } = &op {
+                let e = applied.published.entry(log.clone()).or_default();
+                *e = (*e).max(*end);
+            }
+            applied.state.apply(op);
+        }
+        Ok(ticket)
     }
 
     /// Writes a snapshot and trims the journal when it has grown past `snapshot_bytes`.
@@ -186,10 +236,25 @@ impl EmbeddedStorage {
         {
             return;
         }
-        let (state, next) = {
+        let (state, next, published) = {
             let applied = self.lock_state();
-            (applied.state.clone(), applied.next)
+            (
+                applied.state.clone(),
+                applied.next,
+                applied.published.clone(),
+            )
         };
+        // The snapshot replaces journal records that recovery would check: it may only cover
+        // records whose publishes are durable.
+        for (name, end) in published {
+            if let Some(log) = self.log(&name)
+                && let Err(e) = log.wait_durable(end)
+            {
+                tracing::warn!("no state snapshot: log `{name}` failed: {e}");
+                self.snapshotting.store(false, Ordering::Release);
+                return;
+            }
+        }
         let state_dir = self.dir.join("state");
         match snapshot::write(&state_dir, &state, next) {
             Ok(()) => {
@@ -204,6 +269,19 @@ impl EmbeddedStorage {
         }
         self.snapshotting.store(false, Ordering::Release);
     }
+}
+
+/// The records a commit appends to one log: the log, its name, the records' indexes in the
+/// commit, and the records.
+type Group = (Arc<Log>, DestinationName, Vec<usize>, Vec<Record>);
+
+/// Whether a journal record's publishes are missing from the recovered logs (a log that is gone
+/// altogether cannot be checked and counts as present).
+fn publishes_lost(ops: &[Op], logs: &HashMap<DestinationName, Arc<Log>>) -> bool {
+    ops.iter().any(|op| match op {
+        Op::Published { log, end } => logs.get(log).is_some_and(|l| l.end() < *end),
+        _ => false,
+    })
 }
 
 /// Log entries as the `Storage` trait hands them out.
@@ -383,8 +461,36 @@ impl Storage for EmbeddedStorage {
             offset,
             count,
         };
-        self.journal_ops(applied, payload, vec![op])?;
+        self.journal_ops(applied, payload, vec![op])?.wait()?;
+        self.maybe_snapshot();
         Ok(count)
+    }
+
+    fn begin_deliveries(
+        &self,
+        binding: &BindingName,
+        offsets: &[Offset],
+    ) -> Result<Vec<u32>, StorageError> {
+        if offsets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let applied = self.lock_state();
+        let mut payload = Vec::new();
+        let mut ops = Vec::with_capacity(offsets.len());
+        let mut counts = Vec::with_capacity(offsets.len());
+        for &offset in offsets {
+            let count = applied.state.deliveries(binding, offset) + 1;
+            state::encode_delivered(&mut payload, binding, offset, count);
+            ops.push(Op::Delivered {
+                binding: binding.clone(),
+                offset,
+                count,
+            });
+            counts.push(count);
+        }
+        self.journal_ops(applied, payload, ops)?.wait_written()?;
+        self.maybe_snapshot();
+        Ok(counts)
     }
 
     fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>> {
@@ -405,35 +511,59 @@ impl Storage for EmbeddedStorage {
         super::list_keys(map, prefix, start_after, limit)
     }
 
-    fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError> {
-        // 1. Published records, grouped per log in order, durable before the state moves.
-        let mut groups: Vec<(Arc<Log>, Vec<usize>, Vec<Record>)> = Vec::new();
+    fn submit(&self, commit: Commit) -> Result<CommitTicket, StorageError> {
+        // 1. Published records, grouped per log in order (all logs resolved before anything is
+        //    appended, so an unknown destination changes nothing).
+        let mut groups: Vec<Group> = Vec::new();
         for (i, (dest, record)) in commit.publishes.into_iter().enumerate() {
             let log = self.log_or_err(&dest)?;
-            match groups.iter_mut().find(|(l, _, _)| Arc::ptr_eq(l, &log)) {
-                Some((_, idx, records)) => {
+            match groups.iter_mut().find(|(l, ..)| Arc::ptr_eq(l, &log)) {
+                Some((_, _, idx, records)) => {
                     idx.push(i);
                     records.push(record);
                 }
-                None => groups.push((log, vec![i], vec![record])),
+                None => groups.push((log, dest, vec![i], vec![record])),
             }
         }
-        let total: usize = groups.iter().map(|(_, idx, _)| idx.len()).sum();
+        let total: usize = groups.iter().map(|(_, _, idx, _)| idx.len()).sum();
         let mut offsets = vec![Offset(0); total];
-        let tickets: Vec<_> = groups
-            .iter()
-            .map(|(log, _, records)| log.append(records))
-            .collect();
-        for ((_, idx, _), ticket) in groups.iter().zip(tickets) {
-            let appended = ticket.wait()?;
-            for (n, i) in idx.iter().enumerate() {
-                offsets[*i] = Offset(appended.first.0 + n as u64);
+        let mut pending = Vec::with_capacity(groups.len() + 1);
+        let mut payload = Vec::new();
+        let mut ops = Vec::new();
+        for (log, dest, idx, records) in &groups {
+            let end = if commit.dedup {
+                let (outcome, ticket) = log.append_dedup(records).into_parts();
+                let deduped = outcome?;
+                let mut end = None;
+                for (i, d) in idx.iter().zip(&deduped) {
+                    offsets[*i] = d.offset;
+                    if !d.duplicate {
+                        end = Some(d.offset.next());
+                    }
+                }
+                pending.extend(ticket);
+                end
+            } else {
+                let ticket = log.append(records);
+                let Some(appended) = ticket.offsets() else {
+                    return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
+                };
+                for (n, i) in idx.iter().enumerate() {
+                    offsets[*i] = Offset(appended.first.0 + n as u64);
+                }
+                pending.push(ticket);
+                Some(appended.end())
+            };
+            if let Some(end) = end {
+                state::encode_published(&mut payload, dest, end);
+                ops.push(Op::Published {
+                    log: dest.clone(),
+                    end,
+                });
             }
         }
 
-        // 2. Key-value writes and the cursor advance: one journal record.
-        let mut payload = Vec::new();
-        let mut ops = Vec::new();
+        // 2. Key-value writes, acknowledgements and where the publishes end: one journal record.
         if let Some((plugin, writes)) = commit.kv {
             for (key, value) in writes {
                 state::encode_kv(&mut payload, &plugin, &key, value.as_deref());
@@ -450,14 +580,20 @@ impl Storage for EmbeddedStorage {
                 });
             }
         }
-        if let Some((binding, offset)) = commit.ack {
+        for (binding, offset) in commit.acks {
             state::encode_ack(&mut payload, &binding, offset);
             ops.push(Op::Ack { binding, offset });
         }
-        if ops.is_empty() {
-            return Ok(offsets);
+        // Publishes alone need no journal record: nothing depends on them.
+        if ops.iter().any(|op| !matches!(op, Op::Published { .. })) {
+            pending.push(self.journal_ops(self.lock_state(), payload, ops)?);
         }
-        self.journal_ops(self.lock_state(), payload, ops)?;
+        Ok(CommitTicket::new(offsets, pending))
+    }
+
+    fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError> {
+        let offsets = self.submit(commit)?.wait()?;
+        self.maybe_snapshot();
         Ok(offsets)
     }
 }

@@ -38,7 +38,8 @@ fn commit(s: &EmbeddedStorage, n: u64) -> Result<Vec<Offset>, StorageError> {
             ],
         )),
         publishes: vec![(dest("out"), record(&format!("out-{n}")))],
-        ack: Some((BindingName::new("orders.p").unwrap(), Offset(n))),
+        acks: vec![(BindingName::new("orders.p").unwrap(), Offset(n))],
+        dedup: false,
     })
 }
 
@@ -220,7 +221,7 @@ fn acks_and_delivery_counts_survive_a_reopen() {
     let b = BindingName::new("orders.p").unwrap();
     let ack = |s: &EmbeddedStorage, n: u64| {
         s.commit(Commit {
-            ack: Some((b.clone(), Offset(n))),
+            acks: vec![(b.clone(), Offset(n))],
             ..Commit::default()
         })
         .unwrap()
@@ -311,7 +312,7 @@ fn leases_expire_release_on_ack_and_do_not_survive_a_restart() {
         );
         assert_eq!(s.expired_leases(&b, far), [Offset(0), Offset(1), Offset(2)]);
         s.commit(Commit {
-            ack: Some((b.clone(), Offset(2))),
+            acks: vec![(b.clone(), Offset(2))],
             ..Commit::default()
         })
         .unwrap();

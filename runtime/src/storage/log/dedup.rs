@@ -53,6 +53,12 @@ impl DedupTicket {
         self.outcome.as_deref().ok()
     }
 
+    /// The outcome and the ticket of the new records (none if nothing new was appended), for
+    /// callers that wait on several appends together.
+    pub fn into_parts(self) -> (Result<Vec<Deduped>, LogError>, Option<AppendTicket>) {
+        (self.outcome, self.ticket)
+    }
+
     /// Blocks until the new records are acknowledged (duplicates' originals already are).
     pub fn wait(self) -> Result<Vec<Deduped>, LogError> {
         if let Some(t) = self.ticket {

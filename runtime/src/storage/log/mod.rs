@@ -115,6 +115,8 @@ impl Log {
                 committed: end,
                 stopped: None,
                 waiters: Default::default(),
+                written: end,
+                written_waiters: Default::default(),
             }),
             committed: AtomicU64::new(end),
             end_tx,
@@ -182,6 +184,21 @@ impl Log {
             shared.writer_cv.notify_one();
         }
         AppendTicket::waiting(shared.clone(), appended)
+    }
+
+    /// Blocks until every record before `end` is acknowledged (durable, for
+    /// `Durability::Always`), or fails if the log stopped first.
+    pub fn wait_durable(&self, end: Offset) -> Result<(), LogError> {
+        if end.0 == 0 {
+            return Ok(());
+        }
+        let before = Appended {
+            first: Offset(end.0 - 1),
+            count: 1,
+        };
+        AppendTicket::waiting(self.shared.clone(), before)
+            .wait()
+            .map(|_| ())
     }
 
     /// Reads up to `max_records` acknowledged records from `from` (stopping once about

@@ -43,6 +43,10 @@ pub(crate) struct Progress {
     pub committed: u64,
     pub stopped: Option<LogError>,
     pub waiters: Waiters,
+    /// End of what the writer has handed to the OS (at least `committed`): safe from a crash
+    /// of the process, not yet from one of the machine.
+    pub written: u64,
+    pub written_waiters: Waiters,
 }
 
 /// A sealed segment: immutable, with a persisted index.
@@ -152,6 +156,15 @@ impl Shared {
         }
     }
 
+    /// Records that everything before `end` was written to the OS.
+    pub fn written(&self, end: u64) {
+        let mut progress = lock(&self.progress);
+        if end > progress.written {
+            progress.written = end;
+            progress.written_waiters.wake_until(end);
+        }
+    }
+
     /// Stops the log: the error is what every unacknowledged and later append fails with.
     pub fn stop(&self, error: LogError) {
         tracing::error!(dir = %self.dir.display(), %error, "log stopped");
@@ -163,6 +176,7 @@ impl Shared {
         let mut progress = lock(&self.progress);
         progress.stopped.get_or_insert(error);
         progress.waiters.wake_all();
+        progress.written_waiters.wake_all();
         drop(progress);
         self.end_tx.send_modify(|_| {});
         lock(&self.sync_queue).closed = true;

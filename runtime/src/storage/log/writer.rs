@@ -70,8 +70,11 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
             (first, pending.next_offset)
         };
         shared.space_cv.notify_all();
-        if !batch.is_empty() && write_batch(&shared, &batch, &hashes, first).is_err() {
-            return;
+        if !batch.is_empty() {
+            if write_batch(&shared, &batch, &hashes, first).is_err() {
+                return;
+            }
+            shared.written(end);
         }
         batch.clear();
         hashes.clear();
