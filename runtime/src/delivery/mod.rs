@@ -150,7 +150,7 @@ pub async fn run_binding(
                         window.failed(offset, failure);
                         window.park(offset);
                     }
-                    Ran::Skipped { offset } => window.set(offset, Phase::Waiting),
+                    Ran::Skipped { offset, .. } => window.unselect(offset),
                 }
             }
             if !durable.is_empty() {
@@ -219,8 +219,9 @@ enum Ran {
     },
     /// Failed for good; its key is parked.
     Park { offset: Offset, failure: String },
-    /// Not run: an earlier message it must follow failed in the same batch.
-    Skipped { offset: Offset },
+    /// Not run: an earlier message it must follow failed in the same batch. `count` is the
+    /// delivery count recorded for it, one too many.
+    Skipped { offset: Offset, count: u32 },
 }
 
 struct Ctx {
@@ -290,6 +291,16 @@ impl Ctx {
         for lane in out {
             all.extend(lane?);
         }
+        if self.binding.guarantee != Guarantee::AtMostOnce {
+            let undo: Vec<(Offset, u32)> = all
+                .iter()
+                .filter_map(|r| match r {
+                    Ran::Skipped { offset, count } => Some((*offset, count - 1)),
+                    _ => None,
+                })
+                .collect();
+            self.storage.set_deliveries(&self.binding.name, &undo)?;
+        }
         Ok(all)
     }
 
@@ -305,7 +316,7 @@ impl Ctx {
             let offset = job.stored.offset;
             let key = job.stored.record.key.clone();
             if all_held || key.as_ref().is_some_and(|k| held_keys.contains(k)) {
-                out.push(Ran::Skipped { offset });
+                out.push(Ran::Skipped { offset, count });
                 continue;
             }
             let mut hold = || match (b.ordering, &key) {

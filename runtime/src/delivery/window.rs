@@ -100,6 +100,14 @@ impl Window {
         }
     }
 
+    /// Puts back a selected message that did not run.
+    pub fn unselect(&mut self, offset: Offset) {
+        if let Some(e) = self.entries.get_mut(&offset) {
+            e.phase = Phase::Waiting;
+            e.tries = e.tries.saturating_sub(1);
+        }
+    }
+
     /// Records a failure in the message's history (the oldest beyond [`HISTORY`] dropped).
     pub fn failed(&mut self, offset: Offset, what: String) {
         if let Some(e) = self.entries.get_mut(&offset) {

@@ -65,6 +65,16 @@ impl Message {
     pub fn offset(&self) -> u64 {
         self.0.offset
     }
+
+    /// The message payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.0.payload
+    }
+
+    /// The delivery attempt, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.0.attempt
+    }
 }
 
 /// What a handler asked for.

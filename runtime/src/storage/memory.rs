@@ -236,6 +236,22 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
+    fn set_deliveries(
+        &self,
+        binding: &BindingName,
+        counts: &[(Offset, u32)],
+    ) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        for &(offset, count) in counts {
+            inner.state.apply(Op::Delivered {
+                binding: binding.clone(),
+                offset,
+                count,
+            });
+        }
+        Ok(())
+    }
+
     fn submit(&self, commit: Commit) -> Result<CommitTicket, StorageError> {
         let mut inner = self.lock();
         // Validate first so that a failing commit changes nothing.

@@ -221,6 +221,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         offsets: &[Offset],
     ) -> Result<Vec<u32>, StorageError>;
 
+    /// Sets the delivery counts of offsets recorded by [`Storage::begin_deliveries`] but not
+    /// run after all (0 forgets the count). Does not wait: after a crash a count may stay one
+    /// too high.
+    fn set_deliveries(
+        &self,
+        binding: &BindingName,
+        counts: &[(Offset, u32)],
+    ) -> Result<(), StorageError>;
+
     /// Delivers `offset` to the binding under a lease: records the delivery like
     /// [`Storage::begin_delivery`] (returning the count) and holds the message for
     /// `visibility`, after which, if still unacknowledged, it is listed by

@@ -122,7 +122,11 @@ impl State {
                 offset,
                 count,
             } => {
-                if offset >= self.cursors.get(&binding).copied().unwrap_or_default() {
+                if count == 0 {
+                    if let Some(d) = self.deliveries.get_mut(&binding) {
+                        d.remove(&offset);
+                    }
+                } else if offset >= self.cursors.get(&binding).copied().unwrap_or_default() {
                     self.deliveries
                         .entry(binding)
                         .or_default()

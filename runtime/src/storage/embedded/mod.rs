@@ -493,6 +493,30 @@ impl Storage for EmbeddedStorage {
         Ok(counts)
     }
 
+    fn set_deliveries(
+        &self,
+        binding: &BindingName,
+        counts: &[(Offset, u32)],
+    ) -> Result<(), StorageError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let applied = self.lock_state();
+        let mut payload = Vec::new();
+        let mut ops = Vec::with_capacity(counts.len());
+        for &(offset, count) in counts {
+            state::encode_delivered(&mut payload, binding, offset, count);
+            ops.push(Op::Delivered {
+                binding: binding.clone(),
+                offset,
+                count,
+            });
+        }
+        // Not waited for: a lost correction leaves a count one too high, never too low.
+        let _ticket = self.journal_ops(applied, payload, ops)?;
+        Ok(())
+    }
+
     fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>> {
         self.lock_state().state.kv.get(plugin)?.get(key).cloned()
     }
