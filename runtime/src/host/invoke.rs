@@ -179,7 +179,7 @@ impl Plugin {
         instance: &mut Instance,
         message: &Message,
     ) -> wasmtime::Result<Result<bindings::Outcome, bindings::HandlerError>> {
-        instance.store.data_mut().begin(&message.0.id);
+        instance.store.data_mut().begin(&message.0);
         instance.store.set_epoch_deadline(self.deadline_ticks);
         if let Some(fuel) = self.limits().fuel {
             instance.store.set_fuel(fuel)?;
