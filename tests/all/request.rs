@@ -78,8 +78,8 @@ fn a_request_gets_its_handlers_reply_over_http_and_from_the_cli() {
     assert_eq!(body["reply"]["offset"], 2);
     assert_ne!(body["correlation_id"].as_str(), Some(correlation_id));
 
-    let stats = server.stats();
-    assert_eq!(stats["bindings"]["counts.counter"]["replied"], 3);
+    // The counter moves just after the commit that made the reply visible.
+    let stats = server.wait_binding("counts.counter", "replied", 3);
     assert_eq!(stats["requests_waiting"], 0);
     assert!(
         stats["destinations"].get("weir.replies").is_none(),
@@ -130,12 +130,15 @@ fn a_request_nobody_answers_times_out_promptly_with_a_typed_error() {
     assert_eq!(stats["requests_waiting"], 0);
 }
 
+/// (path after `/v1/destinations/`, headers, expected status, expected error code)
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+
 #[test]
 fn bad_requests_are_refused_before_anything_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), "");
     server.publish("counts", "first", &[("weir-id", "taken")]);
-    let cases: &[(&str, &[(&str, &str)], u16, &str)] = &[
+    let cases: &[Case] = &[
         ("counts/requests?timeout_ms=0", &[], 400, "invalid_timeout"),
         (
             "counts/requests?timeout_ms=300001",
@@ -251,4 +254,40 @@ fn the_reply_inbox_drops_replies_older_than_reply_retention() {
         },
     );
     assert!(first < 8, "the segment being written is kept: {first}");
+}
+
+#[test]
+fn shutdown_ends_waiting_requests_instead_of_waiting_out_their_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), "");
+    let url = format!(
+        "{}/v1/destinations/counts/requests?timeout_ms=120000",
+        server.url
+    );
+    let waiting = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent.post(url).send("nobody replies").unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        (status, body)
+    });
+    wait_for("the request to wait", Duration::from_secs(30), || {
+        (server.stats()["requests_waiting"] == 1).then_some(())
+    });
+    let started = Instant::now();
+    assert_eq!(server.stop(), Some(0));
+    let (status, body) = waiting.join().unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("shutting_down")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
 }

@@ -59,7 +59,9 @@ impl From<RequestError> for ApiError {
             RequestError::Publish(e) => return ApiError::from(e.clone()),
             RequestError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Duplicate { .. } => StatusCode::CONFLICT,
-            RequestError::TooManyWaiting => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::TooManyWaiting | RequestError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code(), e.to_string())

@@ -100,10 +100,12 @@ pub fn request(args: RequestArgs) -> anyhow::Result<()> {
 /// A duration the way a person writes it: `5s`, `250ms`, `2m`.
 fn humanize(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    match ms {
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        _ => format!("{ms}ms"),
+    if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     }
 }
 

@@ -23,7 +23,12 @@ pub const MAX_WAITING: usize = 10_000;
 const READ_BATCH: usize = 256;
 
 /// Requests waiting for replies, by correlation id.
-type Waiting = HashMap<String, oneshot::Sender<Stored>>;
+#[derive(Debug, Default)]
+struct Waiting {
+    by_id: HashMap<String, oneshot::Sender<Stored>>,
+    /// Set at shutdown: nothing waits any more.
+    closed: bool,
+}
 
 /// The reply inbox of a server.
 #[derive(Debug)]
@@ -32,9 +37,23 @@ pub(super) struct Inbox {
     waiting: Mutex<Waiting>,
 }
 
-/// Refused: [`MAX_WAITING`] requests are already waiting.
-#[derive(Debug)]
-pub(super) struct Full;
+/// Why a request cannot wait for a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// [`MAX_WAITING`] requests are already waiting.
+    Full,
+    /// The server is shutting down.
+    Closed,
+}
+
+/// Why a waiting request got no reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Missed {
+    /// None came before the deadline.
+    Timeout,
+    /// The server is shutting down.
+    Closed,
+}
 
 impl Inbox {
     pub fn new() -> Inbox {
@@ -51,18 +70,21 @@ impl Inbox {
 
     /// How many requests are waiting for a reply.
     pub fn waiting(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     /// Registers a request waiting for the reply carrying `correlation_id`. Call it before
     /// publishing the request, so that a reply arriving first is not missed.
-    pub fn wait(&self, correlation_id: String) -> Result<Waiter<'_>, Full> {
+    pub fn wait(&self, correlation_id: String) -> Result<Waiter<'_>, Refused> {
         let (tx, rx) = oneshot::channel();
         let mut waiting = self.lock();
-        if waiting.len() >= MAX_WAITING {
-            return Err(Full);
+        if waiting.closed {
+            return Err(Refused::Closed);
         }
-        waiting.insert(correlation_id.clone(), tx);
+        if waiting.by_id.len() >= MAX_WAITING {
+            return Err(Refused::Full);
+        }
+        waiting.by_id.insert(correlation_id.clone(), tx);
         Ok(Waiter {
             inbox: self,
             correlation_id,
@@ -76,11 +98,19 @@ impl Inbox {
         let Some(id) = stored.record.correlation_id.as_deref() else {
             return;
         };
-        let waiter = self.lock().remove(id);
+        let waiter = self.lock().by_id.remove(id);
         if let Some(tx) = waiter {
             // The request may have timed out just now; then nobody takes it.
             let _ = tx.send(stored);
         }
+    }
+
+    /// Ends every wait at once (their requests answer [`Missed::Closed`]) and refuses new ones:
+    /// at shutdown, so that the server does not wait for long timeouts to run out.
+    pub fn close(&self) {
+        let mut waiting = self.lock();
+        waiting.closed = true;
+        waiting.by_id.clear();
     }
 
     /// Starts following the inbox at its current end: every reply appended from now on is seen.
@@ -106,18 +136,19 @@ pub(super) struct Waiter<'a> {
 }
 
 impl Waiter<'_> {
-    /// The reply, or `None` when none came before `deadline`.
-    pub async fn reply(&mut self, deadline: Instant) -> Option<Stored> {
-        tokio::time::timeout_at(deadline, &mut self.reply)
-            .await
-            .ok()?
-            .ok()
+    /// The reply, unless none came before `deadline` or the inbox closed.
+    pub async fn reply(&mut self, deadline: Instant) -> Result<Stored, Missed> {
+        match tokio::time::timeout_at(deadline, &mut self.reply).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(Missed::Closed),
+            Err(_) => Err(Missed::Timeout),
+        }
     }
 }
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.inbox.lock().remove(&self.correlation_id);
+        self.inbox.lock().by_id.remove(&self.correlation_id);
     }
 }
 
@@ -203,7 +234,11 @@ mod tests {
         assert_eq!(b.reply(deadline).await.unwrap().record.payload, b"b");
         assert_eq!(inbox.waiting(), 1, "completed requests leave the table");
         let soon = Instant::now() + Duration::from_millis(20);
-        assert!(old.reply(soon).await.is_none(), "replies before the start");
+        assert_eq!(
+            old.reply(soon).await.unwrap_err(),
+            Missed::Timeout,
+            "replies from before the start are not followed"
+        );
         drop((a, b, old));
         assert_eq!(inbox.waiting(), 0);
     }
@@ -214,7 +249,7 @@ mod tests {
         let mut late = inbox.wait("late".to_owned()).unwrap();
         let started = Instant::now();
         let deadline = started + Duration::from_millis(50);
-        assert!(late.reply(deadline).await.is_none());
+        assert_eq!(late.reply(deadline).await.unwrap_err(), Missed::Timeout);
         assert!(started.elapsed() >= Duration::from_millis(50));
         drop(late);
         assert_eq!(inbox.waiting(), 0);
@@ -233,8 +268,22 @@ mod tests {
         let waiters: Vec<_> = (0..MAX_WAITING)
             .map(|i| inbox.wait(i.to_string()).unwrap())
             .collect();
-        assert!(inbox.wait("one more".to_owned()).is_err());
+        assert_eq!(
+            inbox.wait("one more".to_owned()).unwrap_err(),
+            Refused::Full
+        );
         drop(waiters);
         assert!(inbox.wait("one more".to_owned()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn closing_ends_every_wait_and_refuses_new_ones() {
+        let inbox = Inbox::new();
+        let mut waiter = inbox.wait("a".to_owned()).unwrap();
+        inbox.close();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert_eq!(waiter.reply(deadline).await.unwrap_err(), Missed::Closed);
+        assert_eq!(inbox.wait("b".to_owned()).unwrap_err(), Refused::Closed);
+        assert_eq!(inbox.waiting(), 0);
     }
 }

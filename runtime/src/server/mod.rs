@@ -383,6 +383,13 @@ pub async fn run(
     println!("weir listening on http://{addr}");
     tracing::info!(%addr, "serving the HTTP API");
     let app = crate::api::router(Arc::clone(&runtime));
+    let rt = Arc::clone(&runtime);
+    let shutdown = async move {
+        shutdown.await;
+        // Requests waiting for replies answer now instead of holding shutdown up to their
+        // timeouts.
+        rt.inbox.close();
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

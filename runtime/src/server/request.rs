@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::inbox::MAX_WAITING;
+use super::inbox::{MAX_WAITING, Missed, Refused};
 use super::{PublishError, PublishRequest, Published, Runtime};
 use crate::storage::Stored;
 
@@ -56,6 +56,9 @@ pub enum RequestError {
     /// Too many requests are waiting for replies already.
     #[error("{MAX_WAITING} requests are already waiting for replies; try again later")]
     TooManyWaiting,
+    /// The server is shutting down and waits for no more replies.
+    #[error("the server is shutting down; no reply is awaited")]
+    ShuttingDown,
     /// No reply came in time.
     #[error("no reply from `{destination}` within {}ms", .timeout.as_millis())]
     Timeout {
@@ -76,6 +79,7 @@ impl RequestError {
             RequestError::InvalidTimeout(_) => "invalid_timeout",
             RequestError::Duplicate { .. } => "duplicate_request",
             RequestError::TooManyWaiting => "too_many_requests",
+            RequestError::ShuttingDown => "shutting_down",
             RequestError::Timeout { .. } => "request_timeout",
         }
     }
@@ -97,10 +101,13 @@ impl Runtime {
         let deadline = Instant::now() + timeout;
         let correlation_id = crate::ids::new_message_id();
         // Registered before publishing: a reply that lands before the publish returns is kept.
-        let mut waiter = self
-            .inbox
-            .wait(correlation_id.clone())
-            .map_err(|_| RequestError::TooManyWaiting)?;
+        let mut waiter =
+            self.inbox
+                .wait(correlation_id.clone())
+                .map_err(|refused| match refused {
+                    Refused::Full => RequestError::TooManyWaiting,
+                    Refused::Closed => RequestError::ShuttingDown,
+                })?;
         let (rt, dest, id) = (
             Arc::clone(self),
             destination.to_owned(),
@@ -117,16 +124,17 @@ impl Runtime {
             });
         }
         match waiter.reply(deadline).await {
-            Some(reply) => Ok(Replied {
+            Ok(reply) => Ok(Replied {
                 request: published,
                 correlation_id,
                 reply,
             }),
-            None => Err(RequestError::Timeout {
+            Err(Missed::Timeout) => Err(RequestError::Timeout {
                 destination: published.destination.clone(),
                 timeout,
                 request: published,
             }),
+            Err(Missed::Closed) => Err(RequestError::ShuttingDown),
         }
     }
 
