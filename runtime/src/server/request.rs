@@ -87,7 +87,7 @@ impl RequestError {
 
 impl Runtime {
     /// Publishes `request` to `destination` as a request and waits up to `timeout` for the reply
-    /// of its handler (an `reply` outcome, or a publish to the message's reply-to). Needs the
+    /// of its handler (a `reply` outcome, or a publish to the message's reply-to). Needs the
     /// inbox follower that [`super::run`] starts.
     pub async fn request(
         self: &Arc<Self>,
