@@ -116,6 +116,22 @@ name_type!(
     "binding"
 );
 
+/// The name of weir's reply inbox: the log replies to requests are appended to. Reserved: a
+/// config may not declare it, bind it or grant publishing to it.
+pub const REPLY_INBOX: &str = "weir.replies";
+
+impl DestinationName {
+    /// The reply inbox, [`REPLY_INBOX`].
+    pub fn reply_inbox() -> DestinationName {
+        DestinationName(REPLY_INBOX.to_owned())
+    }
+
+    /// Whether the name is reserved for weir's own use (the reply inbox).
+    pub fn is_reserved(&self) -> bool {
+        self.0 == REPLY_INBOX
+    }
+}
+
 /// A position in a log. The first record of a log has offset 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Offset(pub u64);
@@ -200,6 +216,14 @@ mod tests {
         );
         assert!(DestinationName::new("x".repeat(129)).is_err());
         assert!(DestinationName::new("x".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn the_reply_inbox_is_a_valid_reserved_name() {
+        let inbox = DestinationName::new(REPLY_INBOX).unwrap();
+        assert_eq!(inbox, DestinationName::reply_inbox());
+        assert!(inbox.is_reserved());
+        assert!(!DestinationName::new("replies").unwrap().is_reserved());
     }
 
     #[test]

@@ -5,4 +5,5 @@ mod binary;
 mod cli;
 mod host;
 mod http;
+mod request;
 mod support;

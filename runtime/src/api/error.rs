@@ -4,7 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::server::PublishError;
+use crate::server::{PublishError, RequestError};
 
 /// An error answer: a status and `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -44,8 +44,24 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> ApiError {
         let status = match &e {
             PublishError::UnknownDestination(_) => StatusCode::NOT_FOUND,
+            PublishError::Reserved(_) => StatusCode::FORBIDDEN,
             PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PublishError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> ApiError {
+        let status = match &e {
+            RequestError::Publish(e) => return ApiError::from(e.clone()),
+            RequestError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            RequestError::Duplicate { .. } => StatusCode::CONFLICT,
+            RequestError::TooManyWaiting | RequestError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code(), e.to_string())

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use crate::names::{DestinationName, Offset};
 use crate::server::{PublishRequest, Published, Runtime};
+use crate::storage::Stored;
 
 /// Prefix of HTTP headers that become message headers.
 const HEADER_PREFIX: &str = "weir-header-";
@@ -24,6 +25,30 @@ pub(super) async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Published>), ApiError> {
     let Path(name) = name.map_err(ApiError::bad_path)?;
+    let request = message(&rt, &headers, body)?;
+    // A durable publish waits for its fsync (group-committed with concurrent publishers): wait
+    // on a blocking thread, not on an async worker.
+    let published = tokio::task::spawn_blocking(move || rt.publish(&name, request))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    // 201 when stored, 200 when the id was already there (nothing new stored).
+    let status = if published.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(published)))
+}
+
+/// The message an HTTP request carries: body = payload; headers `weir-key`, `weir-id` and
+/// `weir-header-<name>`.
+pub(super) fn message(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<PublishRequest, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -52,7 +77,7 @@ pub(super) async fn publish(
             .transpose()
     };
     let mut message_headers = Vec::new();
-    for (k, v) in &headers {
+    for (k, v) in headers {
         if let Some(name) = k.as_str().strip_prefix(HEADER_PREFIX) {
             let v = v.to_str().map_err(|_| {
                 ApiError::bad_request(
@@ -63,26 +88,12 @@ pub(super) async fn publish(
             message_headers.push((name.to_owned(), v.to_owned()));
         }
     }
-    let request = PublishRequest {
+    Ok(PublishRequest {
         payload: body.to_vec(),
         key: text("weir-key")?,
         id: text("weir-id")?,
         headers: message_headers,
-    };
-    // A durable publish waits for its fsync (group-committed with concurrent publishers): wait
-    // on a blocking thread, not on an async worker.
-    let published = tokio::task::spawn_blocking(move || rt.publish(&name, request))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
-    // 201 when stored, 200 when the id was already there (nothing new stored).
-    let status = if published.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(published)))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,23 +159,23 @@ pub(super) async fn read(
         .watch_end(&dest)
         .map(|w| w.borrow().0)
         .unwrap_or_default();
-    let messages: Vec<serde_json::Value> = records
-        .iter()
-        .map(|s| {
-            let r = &s.record;
-            let v = serde_json::json!({
-                "offset": s.offset.0,
-                "id": r.id,
-                "key": r.key,
-                "headers": r.headers,
-                "timestamp_ms": r.timestamp_ms,
-            });
-            with_bytes(v, "payload", &r.payload)
-        })
-        .collect();
+    let messages: Vec<serde_json::Value> = records.iter().map(stored_json).collect();
     Ok(Json(
         serde_json::json!({ "destination": dest.as_str(), "end": end, "messages": messages }),
     ))
+}
+
+/// A stored message as JSON: offset, id, key, headers, time, and the payload (see [`with_bytes`]).
+pub(super) fn stored_json(s: &Stored) -> serde_json::Value {
+    let r = &s.record;
+    let v = serde_json::json!({
+        "offset": s.offset.0,
+        "id": r.id,
+        "key": r.key,
+        "headers": r.headers,
+        "timestamp_ms": r.timestamp_ms,
+    });
+    with_bytes(v, "payload", &r.payload)
 }
 
 /// Adds `bytes` to a JSON object as `field` (printable UTF-8 text) or `field_hex` (anything

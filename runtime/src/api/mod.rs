@@ -5,12 +5,14 @@
 //! |---|---|
 //! | `POST /v1/destinations/{name}/messages` | publish; body = payload; headers `weir-key`, `weir-id`, `weir-header-<name>` |
 //! | `GET /v1/destinations/{name}/messages?from=&from_time_ms=&limit=&key=` | read stored messages (from an offset or a time; of one key) |
+//! | `POST /v1/destinations/{name}/requests?timeout_ms=` | publish a request and answer with its reply (504 `request_timeout` when none comes in time); same body and headers as publishing |
 //! | `GET /v1/stats` | counters of destinations, bindings, plugins |
 //! | `GET /v1/plugins/{name}/kv?prefix=&limit=` | a plugin's key-value state |
 //! | `GET /v1/health` | liveness |
 
 mod error;
 mod messages;
+mod requests;
 
 use std::sync::Arc;
 
@@ -38,6 +40,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             "/v1/destinations/{name}/messages",
             post(messages::publish).get(messages::read),
         )
+        .route("/v1/destinations/{name}/requests", post(requests::request))
         .route("/v1/plugins/{name}/kv", get(kv))
         .fallback(|| async {
             ApiError::new(

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 
 /// Where the server is.
@@ -10,7 +10,7 @@ use clap::Args;
 pub struct ServerArgs {
     /// Base URL of the server's HTTP API.
     #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:7070")]
-    server: String,
+    pub(super) server: String,
 }
 
 /// `weir publish`.
@@ -72,7 +72,7 @@ pub struct KvArgs {
     server: ServerArgs,
 }
 
-fn parse_header(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("expected name=value, found {s:?}"))?;
@@ -80,15 +80,29 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 }
 
 fn agent() -> ureq::Agent {
+    agent_waiting(std::time::Duration::from_secs(30))
+}
+
+/// A client that gives up on a call after `timeout`.
+pub(super) fn agent_waiting(timeout: std::time::Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .timeout_global(Some(timeout))
         .build()
         .into()
 }
 
-/// Reads a response as JSON, turning an error body into an error.
-fn answer(
+/// An error answer of the server: `{"error": {"code", "message"}}` with its status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({code}, HTTP {status})")]
+pub(super) struct ServerError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+/// Reads a response as JSON, turning an error body into a [`ServerError`].
+pub(super) fn answer(
     server: &str,
     resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> anyhow::Result<serde_json::Value> {
@@ -105,27 +119,25 @@ fn answer(
     let body: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("the server's answer is not JSON: {text}"))?;
     if !status.is_success() {
-        let code = body["error"]["code"].as_str().unwrap_or("unknown");
-        let message = body["error"]["message"].as_str().unwrap_or("no message");
-        bail!("{message} ({code}, HTTP {})", status.as_u16());
+        let text = |field: &str, default: &str| {
+            body["error"][field].as_str().unwrap_or(default).to_owned()
+        };
+        return Err(ServerError {
+            status: status.as_u16(),
+            code: text("code", "unknown"),
+            message: text("message", "no message"),
+        }
+        .into());
     }
     Ok(body)
 }
 
-fn url(server: &str, path: &str) -> String {
+pub(super) fn url(server: &str, path: &str) -> String {
     format!("{}{path}", server.trim_end_matches('/'))
 }
 
 pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let payload = if args.payload == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("reading the payload from stdin")?;
-        buf
-    } else {
-        args.payload.into_bytes()
-    };
+    let payload = payload(args.payload)?;
     let server = &args.server.server;
     let mut req = agent().post(url(
         server,
@@ -158,6 +170,18 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A payload argument: `-` reads stdin.
+pub(super) fn payload(arg: String) -> anyhow::Result<Vec<u8>> {
+    if arg != "-" {
+        return Ok(arg.into_bytes());
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("reading the payload from stdin")?;
+    Ok(buf)
 }
 
 pub fn tail(args: TailArgs) -> anyhow::Result<()> {
@@ -202,7 +226,7 @@ pub fn stats(args: ServerArgs) -> anyhow::Result<()> {
 
 /// Percent-encodes a path segment (names are validated by the server; this only keeps the URL
 /// well-formed whatever the user typed).
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
@@ -236,11 +260,16 @@ pub fn kv(args: KvArgs) -> anyhow::Result<()> {
 
 /// Shows binary values as hex, and 8-byte values also as the little-endian u64 most counters use.
 fn describe_hex(hex: &str) -> String {
-    let bytes: Vec<u8> = (0..hex.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-        .collect();
+    let bytes = unhex(hex);
     match <[u8; 8]>::try_from(bytes.as_slice()) {
         Ok(b) => format!("{} (hex {hex})", u64::from_le_bytes(b)),
         Err(_) => format!("hex {hex}"),
     }
+}
+
+/// The bytes of a `*_hex` field of the server's answers.
+pub(super) fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }

@@ -1,9 +1,10 @@
 //! The `weir` command line: `run` a server, and client commands that talk to a running one over
-//! its HTTP API (`publish`, `tail`, `stats`), plus `check` and `bench`.
+//! its HTTP API (`publish`, `request`, `tail`, `stats`, `kv`), plus `check`, `bench` and `chaos`.
 
 mod bench;
 mod chaos;
 mod client;
+mod request;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,8 @@ enum Command {
     },
     /// Publishes one message to a queue or topic of a running server.
     Publish(client::PublishArgs),
+    /// Publishes a request and prints its handler's reply; exits 3 when none comes in time.
+    Request(request::RequestArgs),
     /// Prints stored messages of a queue or topic.
     Tail(client::TailArgs),
     /// Prints a running server's counters as JSON.
@@ -57,7 +60,8 @@ enum Command {
     Chaos(chaos::ChaosArgs),
 }
 
-/// Parses arguments and runs the command; errors print to stderr with exit code 1 (2 for usage).
+/// Parses arguments and runs the command; errors print to stderr with exit code 1 (2 for usage,
+/// 3 when `weir request` got no reply in time).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -65,7 +69,11 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<request::NoReply>().is_some() {
+                ExitCode::from(request::EXIT_NO_REPLY)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -111,6 +119,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Publish(args) => client::publish(args),
+        Command::Request(args) => request::request(args),
         Command::Tail(args) => client::tail(args),
         Command::Stats(args) => client::stats(args),
         Command::Kv(args) => client::kv(args),

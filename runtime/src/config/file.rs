@@ -90,6 +90,15 @@ pub(super) struct Broker {
     /// How often retention limits are enforced. Default: `"60s"`.
     #[serde(default = "default_retention_interval")]
     pub retention_interval: Spanned<Span>,
+    /// How long replies are kept in weir's reply inbox (`weir.replies`), by age; retention
+    /// removes whole sealed segments. A waiting request takes its reply as soon as it lands, so
+    /// this only bounds the disk the inbox uses. Default: `"10m"`.
+    #[serde(default = "default_reply_retention")]
+    pub reply_retention: Spanned<Span>,
+}
+
+fn default_reply_retention() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_secs(600)))
 }
 
 fn default_retention_interval() -> Spanned<Span> {
@@ -104,6 +113,7 @@ impl Default for Broker {
             fsync_interval_ms: default_fsync_interval_ms(),
             segment_size: default_segment_size(),
             retention_interval: default_retention_interval(),
+            reply_retention: default_reply_retention(),
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub segment_bytes: u64,
     /// How often retention limits are enforced.
     pub retention_interval: Duration,
+    /// How long replies are kept in the reply inbox.
+    pub reply_retention: Duration,
     /// Open damaged logs by keeping everything before the damage (`weir run --repair`) instead
     /// of refusing to start.
     pub repair: bool,
@@ -242,6 +244,18 @@ impl Cx<'_> {
         new(s.get_ref().clone()).map_err(|e| self.err(s.span(), e.to_string()))
     }
 
+    /// A destination name, refusing the names weir reserves for itself.
+    fn destination(&self, s: &toml::Spanned<String>) -> Result<DestinationName, ConfigError> {
+        let name = self.name(s, DestinationName::new)?;
+        if name.is_reserved() {
+            return Err(self.err(
+                s.span(),
+                format!("`{name}` is reserved for weir's reply inbox; choose another name"),
+            ));
+        }
+        Ok(name)
+    }
+
     fn validate(&self, raw: file::File, base: &Path) -> Result<Config, ConfigError> {
         let listen = raw
             .server
@@ -299,6 +313,7 @@ impl Cx<'_> {
                 .get_ref()
                 .0
                 .max(Duration::from_millis(10)),
+            reply_retention: raw.broker.reply_retention.get_ref().0,
             repair: false,
         };
 
@@ -314,7 +329,7 @@ impl Cx<'_> {
                     .map(|(k, d)| (k, d, DestinationKind::Topic)),
             );
         for (key, dest, kind) in declared {
-            let name = self.name(key, DestinationName::new)?;
+            let name = self.destination(key)?;
             let limits = Retention {
                 max_age: dest.retention_max_age.as_ref().map(|s| s.get_ref().0),
                 max_bytes: dest.retention_max_bytes.as_ref().map(|b| b.get_ref().0),
@@ -375,7 +390,7 @@ impl Cx<'_> {
         }
         for (key, p) in &raw.plugins {
             for d in &p.publish {
-                let dest = self.name(d, DestinationName::new)?;
+                let dest = self.destination(d)?;
                 if !destinations.contains_key(&dest) {
                     return Err(self.err(
                         d.span(),
@@ -449,7 +464,7 @@ impl Cx<'_> {
         }
         let mut publish = BTreeSet::new();
         for d in &p.publish {
-            publish.insert(self.name(d, DestinationName::new)?);
+            publish.insert(self.destination(d)?);
         }
         Ok(PluginConfig {
             path,
@@ -469,7 +484,7 @@ impl Cx<'_> {
         destinations: &BTreeMap<DestinationName, DestinationKind>,
         plugins: &BTreeMap<PluginName, PluginConfig>,
     ) -> Result<BindingConfig, ConfigError> {
-        let source = self.name(&b.source, DestinationName::new)?;
+        let source = self.destination(&b.source)?;
         if !destinations.contains_key(&source) {
             return Err(self.err(
                 b.source.span(),
@@ -499,7 +514,7 @@ impl Cx<'_> {
         }
         let dead_letter = match &b.dead_letter {
             Some(d) => {
-                let dest = self.name(d, DestinationName::new)?;
+                let dest = self.destination(d)?;
                 if destinations.get(&dest) != Some(&DestinationKind::Queue) {
                     return Err(self.err(
                         d.span(),

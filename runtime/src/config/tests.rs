@@ -73,6 +73,41 @@ fn defaults() {
 }
 
 #[test]
+fn the_reply_inbox_name_is_reserved() {
+    let reserved = "`weir.replies` is reserved for weir's reply inbox; choose another name";
+    check_err(
+        "[queues.\"weir.replies\"]\n",
+        &format!("weir.toml:1:9: {reserved}"),
+    );
+    check_err(
+        "[topics.\"weir.replies\"]\n",
+        &format!("weir.toml:1:9: {reserved}"),
+    );
+    check_err(
+        "[plugins.x]\npath = \"p.wasm\"\npublish = [\"weir.replies\"]\n",
+        &format!("weir.toml:3:12: {reserved}"),
+    );
+    check_err(
+        "[plugins.x]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"weir.replies\"\nplugin = \"x\"\n",
+        &format!("weir.toml:4:10: {reserved}"),
+    );
+    check_err(
+        "[queues.q]\n[plugins.x]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"q\"\nplugin = \"x\"\ndead_letter = \"weir.replies\"\n",
+        &format!("weir.toml:7:15: {reserved}"),
+    );
+}
+
+#[test]
+fn reply_retention() {
+    assert_eq!(
+        parse("").unwrap().server.reply_retention,
+        Duration::from_secs(600)
+    );
+    let c = parse("[broker]\nreply_retention = \"30s\"\n").unwrap();
+    assert_eq!(c.server.reply_retention, Duration::from_secs(30));
+}
+
+#[test]
 fn retention_settings() {
     let c = parse(
         "[queues.q]\nretention_max_age = \"7d\"\nretention_max_bytes = \"1GiB\"\n[topics.t]\n",

@@ -235,7 +235,7 @@ impl Plugin {
         message: &Message,
         deadline_ticks: u64,
     ) -> wasmtime::Result<Result<bindings::Outcome, bindings::HandlerError>> {
-        instance.store.data_mut().begin(&message.0.id);
+        instance.store.data_mut().begin(&message.0);
         instance.store.set_epoch_deadline(deadline_ticks);
         if let Some(fuel) = self.limits().fuel {
             instance.store.set_fuel(fuel)?;

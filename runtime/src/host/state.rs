@@ -1,6 +1,10 @@
 //! Per-instance host state (`Store` data) and the host side of every granted import: log,
 //! publish, key-value and clock. Writes and publishes are buffered in [`Effects`] and applied by
 //! the caller only when the invocation succeeds.
+//!
+//! **Invariant:** a plugin publishes only to the destinations of its `publish` grant, and, while
+//! it handles a request, to that request's reply-to when it is weir's reply inbox; such a publish
+//! carries the request's correlation id, so it answers the request.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -55,6 +59,9 @@ pub(crate) struct HostState {
     effect_bytes: usize,
     /// Id of the message being handled, for log lines.
     pub message_id: String,
+    /// When the message being handled is a request: its reply-to (the reply inbox) and its
+    /// correlation id.
+    reply: Option<(DestinationName, String)>,
     pub memory_limit: usize,
     /// Set when the instance asked for more memory than its limit.
     pub memory_exceeded: bool,
@@ -69,20 +76,27 @@ impl HostState {
             kv_guard: None,
             effect_bytes: 0,
             message_id: String::new(),
+            reply: None,
             memory_limit,
             memory_exceeded: false,
             epoch: Instant::now(),
         }
     }
 
-    /// Resets per-invocation state.
-    pub fn begin(&mut self, message_id: &str) {
+    /// Resets per-invocation state for handling `message`.
+    pub fn begin(&mut self, message: &types::Message) {
         self.effects = Effects::default();
         self.kv_guard = None;
         self.effect_bytes = 0;
         self.memory_exceeded = false;
         self.message_id.clear();
-        self.message_id.push_str(message_id);
+        self.message_id.push_str(&message.id);
+        self.reply = match (&message.reply_to, &message.correlation_id) {
+            (Some(to), Some(correlation_id)) if to == crate::names::REPLY_INBOX => {
+                Some((DestinationName::reply_inbox(), correlation_id.clone()))
+            }
+            _ => None,
+        };
     }
 
     /// Takes the plugin's key-value gate if this invocation does not hold it yet.
@@ -170,9 +184,12 @@ impl publish::Host for HostState {
         let Ok(dest) = DestinationName::new(destination.as_str()) else {
             return Err(PublishError::UnknownDestination(destination));
         };
-        if !self.grants.publish.contains(&dest) {
-            return Err(PublishError::NotPermitted(destination));
-        }
+        // Answering the request being handled needs no grant.
+        let correlation_id = match &self.reply {
+            Some((to, correlation_id)) if *to == dest => Some(correlation_id.clone()),
+            _ if self.grants.publish.contains(&dest) => None,
+            _ => return Err(PublishError::NotPermitted(destination)),
+        };
         if !self.grants.storage.has_log(&dest) {
             return Err(PublishError::UnknownDestination(destination));
         }
@@ -198,7 +215,7 @@ impl publish::Host for HostState {
             payload: message.payload,
             timestamp_ms: crate::ids::now_ms(),
             reply_to: None,
-            correlation_id: None,
+            correlation_id,
         };
         self.effects.publishes.push((dest, record));
         Ok(())

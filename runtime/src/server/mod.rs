@@ -1,7 +1,9 @@
-//! A running weir server: the [`Runtime`] (storage, loaded plugins, bindings) and [`run`], which
-//! serves the HTTP API and drives every binding until shutdown.
+//! A running weir server: the [`Runtime`] (storage, loaded plugins, bindings, the reply inbox)
+//! and [`run`], which serves the HTTP API and drives every binding until shutdown.
 
+mod inbox;
 mod publish;
+mod request;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,9 +15,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use publish::{PublishError, PublishRequest, Published};
+pub use request::{DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, Replied, RequestError};
 
 use crate::config::FsyncPolicy;
-use crate::config::{Config, DestinationKind};
+use crate::config::{Config, DestinationKind, Retention};
 use crate::delivery::{BindingSnapshot, BindingStats};
 use crate::host::{Host, HostOptions, LoadedFrom, Plugin, PluginSpec};
 use crate::names::{BindingName, DestinationName, PluginName};
@@ -33,6 +36,7 @@ pub struct Runtime {
     pub plugins: BTreeMap<PluginName, Arc<Plugin>>,
     /// Binding counters by name.
     pub bindings: BTreeMap<BindingName, Arc<BindingStats>>,
+    inbox: inbox::Inbox,
     _host: Arc<Host>,
 }
 
@@ -45,6 +49,9 @@ pub struct StatsSnapshot {
     pub bindings: BTreeMap<String, BindingStatsView>,
     /// Per plugin.
     pub plugins: BTreeMap<String, PluginInfo>,
+    /// Requests waiting for a reply.
+    #[serde(default)]
+    pub requests_waiting: usize,
 }
 
 /// Counters of one destination.
@@ -116,6 +123,10 @@ impl Runtime {
                 }
             })?;
         }
+        let inbox = inbox::Inbox::new();
+        storage
+            .open_log(inbox.name())
+            .with_context(|| format!("cannot open the reply inbox `{}`", inbox.name()))?;
         let instances: u32 = config.plugins.values().map(|p| p.instances + 2).sum();
         let mut options = HostOptions::default().max_instances(instances.max(16));
         if cache {
@@ -151,6 +162,7 @@ impl Runtime {
             storage,
             plugins,
             bindings,
+            inbox,
             _host: host,
         })
     }
@@ -161,10 +173,28 @@ impl Runtime {
         destination: &str,
         request: PublishRequest,
     ) -> Result<Published, PublishError> {
+        self.append(destination, request, None)
+    }
+
+    /// Validates and stores a message; with a correlation id, as a request whose reply goes to
+    /// the reply inbox.
+    fn append(
+        &self,
+        destination: &str,
+        request: PublishRequest,
+        correlation_id: Option<String>,
+    ) -> Result<Published, PublishError> {
         let limit = self.config.server.max_message_size as usize;
-        let (dest, record) = publish::validate(destination, request, limit)?;
+        let (dest, mut record) = publish::validate(destination, request, limit)?;
+        if dest.is_reserved() {
+            return Err(PublishError::Reserved(dest.to_string()));
+        }
         if !self.config.destinations.contains_key(&dest) {
             return Err(PublishError::UnknownDestination(dest.to_string()));
+        }
+        if let Some(correlation_id) = correlation_id {
+            record.reply_to = Some(self.inbox.name().to_string());
+            record.correlation_id = Some(correlation_id);
         }
         let id = record.id.clone();
         let (offset, duplicate) = self.storage.append_dedup(&dest, vec![record])?[0];
@@ -236,18 +266,30 @@ impl Runtime {
             destinations,
             bindings,
             plugins,
+            requests_waiting: self.inbox.waiting(),
         }
     }
 }
 
-/// Applies every destination's retention limits every `broker.retention_interval` until stopped.
+/// Applies every destination's retention limits, and the reply inbox's (by age,
+/// `broker.reply_retention`), every `broker.retention_interval` until stopped.
 async fn enforce_retention(
     runtime: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StorageError> {
     let every = runtime.config.server.retention_interval;
+    let inbox = Retention {
+        max_age: Some(runtime.config.server.reply_retention),
+        ..Retention::default()
+    };
+    let limits = runtime
+        .config
+        .retention
+        .iter()
+        .chain([(runtime.inbox.name(), &inbox)]);
+    let limits: Vec<(DestinationName, Retention)> = limits.map(|(d, l)| (d.clone(), *l)).collect();
     loop {
-        for (dest, limits) in &runtime.config.retention {
+        for (dest, limits) in &limits {
             let (rt, dest, limits) = (Arc::clone(&runtime), dest.clone(), *limits);
             let done = tokio::task::spawn_blocking(move || {
                 rt.storage
@@ -327,14 +369,27 @@ pub async fn run(
         tasks.spawn(async move { (task, fut.await) });
     }
 
-    if !runtime.config.retention.is_empty() {
-        let retention = enforce_retention(Arc::clone(&runtime), stop_rx.clone());
-        tasks.spawn(async move { ("retention".to_owned(), retention.await) });
-    }
+    let retention = enforce_retention(Arc::clone(&runtime), stop_rx.clone());
+    tasks.spawn(async move { ("retention".to_owned(), retention.await) });
+
+    // Following from the inbox's end as of now, before the API takes any request.
+    let follower = runtime.inbox.follow(Arc::clone(&runtime.storage))?;
+    let (rt, stop) = (Arc::clone(&runtime), stop_rx.clone());
+    tasks.spawn(async move {
+        let done = follower.run(&rt.inbox, stop).await;
+        ("reply inbox".to_owned(), done)
+    });
 
     println!("weir listening on http://{addr}");
     tracing::info!(%addr, "serving the HTTP API");
     let app = crate::api::router(Arc::clone(&runtime));
+    let rt = Arc::clone(&runtime);
+    let shutdown = async move {
+        shutdown.await;
+        // Requests waiting for replies answer now instead of holding shutdown up to their
+        // timeouts.
+        rt.inbox.close();
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -49,6 +49,9 @@ pub enum PublishError {
     /// No queue or topic of that name.
     #[error("no queue or topic named `{0}`")]
     UnknownDestination(String),
+    /// The name is weir's own (the reply inbox), which takes only replies from handlers.
+    #[error("`{0}` is weir's reply inbox; only replies to requests are appended to it")]
+    Reserved(String),
     /// The payload is larger than `server.max_message_size`.
     #[error("payload is {size} bytes; the limit is {limit} (server.max_message_size)")]
     TooLarge {
@@ -71,6 +74,7 @@ impl PublishError {
         match self {
             PublishError::InvalidName(_) => "invalid_name",
             PublishError::UnknownDestination(_) => "unknown_destination",
+            PublishError::Reserved(_) => "reserved_destination",
             PublishError::TooLarge { .. } => "payload_too_large",
             PublishError::Invalid(_) => "invalid_message",
             PublishError::Storage(_) => "storage_error",
