@@ -233,7 +233,10 @@ mod tests {
         let dlq = DestinationName::new("orders.p.dlq").unwrap();
         let cursor = b.redrive_cursor(&dlq);
         assert_eq!(cursor.as_str(), "orders.p~redrive~orders.p.dlq");
-        assert!(BindingName::new(cursor.as_str()).is_err(), "users cannot write it");
+        assert!(
+            BindingName::new(cursor.as_str()).is_err(),
+            "users cannot write it"
+        );
         let stored = BindingName::from_stored(cursor.as_str().to_owned()).unwrap();
         assert_eq!(stored, cursor);
         assert_eq!(BindingName::from_stored("orders.p".into()).unwrap(), b);

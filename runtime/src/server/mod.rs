@@ -1,6 +1,8 @@
 //! A running weir server: the [`Runtime`] (storage, loaded plugins, bindings) and [`run`], which
 //! serves the HTTP API and drives every binding until shutdown.
 
+mod backpressure;
+mod dlq;
 mod publish;
 
 use std::collections::BTreeMap;
@@ -12,6 +14,8 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::watch;
 
+pub use backpressure::RETRY_AFTER_SECS;
+pub use dlq::{DeadLetter, DeadLetterPage, DlqError, REDRIVEN_FROM, Redriven};
 pub use publish::{PublishError, PublishRequest, Published};
 
 use crate::config::FsyncPolicy;
@@ -33,6 +37,10 @@ pub struct Runtime {
     pub plugins: BTreeMap<PluginName, Arc<Plugin>>,
     /// Binding counters by name.
     pub bindings: BTreeMap<BindingName, Arc<BindingStats>>,
+    /// Depth limits of the destinations that have one.
+    backpressure: backpressure::Limits,
+    /// Held by a binding's dead-letter redrive: one at a time per binding.
+    redrives: BTreeMap<BindingName, std::sync::Mutex<()>>,
     _host: Arc<Host>,
 }
 
@@ -58,6 +66,11 @@ pub struct DestinationStats {
     pub first_offset: u64,
     /// Bytes on disk.
     pub bytes: u64,
+    /// Messages not yet acknowledged by the slowest binding consuming it (0 without bindings).
+    pub depth: u64,
+    /// Publishes are refused while `depth` is at this limit (`max_depth` in the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u64>,
 }
 
 /// Counters of one binding, with where it reads.
@@ -146,11 +159,18 @@ impl Runtime {
             .iter()
             .map(|b| (b.name.clone(), Arc::default()))
             .collect();
+        let redrives = config
+            .bindings
+            .iter()
+            .map(|b| (b.name.clone(), std::sync::Mutex::default()))
+            .collect();
         Ok(Runtime {
+            backpressure: backpressure::Limits::new(&config),
             config,
             storage,
             plugins,
             bindings,
+            redrives,
             _host: host,
         })
     }
@@ -166,6 +186,8 @@ impl Runtime {
         if !self.config.destinations.contains_key(&dest) {
             return Err(PublishError::UnknownDestination(dest.to_string()));
         }
+        // Held until the record is stored: it counts towards the depth until then.
+        let _admitted = self.backpressure.admit(&*self.storage, &dest)?;
         let id = record.id.clone();
         let (offset, duplicate) = self.storage.append_dedup(&dest, vec![record])?[0];
         Ok(publish::published(&dest, offset, id, duplicate))
@@ -190,11 +212,14 @@ impl Runtime {
                     DestinationKind::Topic => "topic",
                 };
                 let (first, bytes) = self.storage.usage(name).unwrap_or_default();
+                let consumers = backpressure::consumers(&self.config, name);
                 let stats = DestinationStats {
                     kind: kind.to_owned(),
                     messages: end(name),
                     first_offset: first.0,
                     bytes,
+                    depth: backpressure::depth(&*self.storage, name, &consumers),
+                    max_depth: self.config.max_depth.get(name).copied(),
                 };
                 (name.to_string(), stats)
             })

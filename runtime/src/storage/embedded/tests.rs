@@ -361,7 +361,11 @@ fn internal_cursors_advance_durably_through_journal_and_snapshot() {
         s.advance_cursor(&redrive, Offset(4)).unwrap();
         s.advance_cursor(&redrive, Offset(2)).unwrap();
         assert_eq!(s.cursor(&redrive), Offset(4), "never goes back");
-        assert_eq!(s.cursor(&binding), Offset(0), "the binding's cursor is apart");
+        assert_eq!(
+            s.cursor(&binding),
+            Offset(0),
+            "the binding's cursor is apart"
+        );
     }
     {
         let s = open(dir.path(), options.clone());
