@@ -10,7 +10,7 @@ use clap::Args;
 pub struct ServerArgs {
     /// Base URL of the server's HTTP API.
     #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:7070")]
-    server: String,
+    pub(super) server: String,
 }
 
 /// `weir publish`.
@@ -79,7 +79,7 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-fn agent() -> ureq::Agent {
+pub(super) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(30)))
@@ -87,8 +87,9 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// Reads a response as JSON, turning an error body into an error.
-fn answer(
+/// Reads a response as JSON, turning an error body into an error (with the server's advice
+/// on when to retry, for a temporary refusal such as backpressure).
+pub(super) fn answer(
     server: &str,
     resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> anyhow::Result<serde_json::Value> {
@@ -98,6 +99,12 @@ fn answer(
         )
     })?;
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| format!(", retry after {s}s"))
+        .unwrap_or_default();
     let text = resp
         .body_mut()
         .read_to_string()
@@ -107,12 +114,12 @@ fn answer(
     if !status.is_success() {
         let code = body["error"]["code"].as_str().unwrap_or("unknown");
         let message = body["error"]["message"].as_str().unwrap_or("no message");
-        bail!("{message} ({code}, HTTP {})", status.as_u16());
+        bail!("{message} ({code}, HTTP {}{retry_after})", status.as_u16());
     }
     Ok(body)
 }
 
-fn url(server: &str, path: &str) -> String {
+pub(super) fn url(server: &str, path: &str) -> String {
     format!("{}{path}", server.trim_end_matches('/'))
 }
 
@@ -202,7 +209,7 @@ pub fn stats(args: ServerArgs) -> anyhow::Result<()> {
 
 /// Percent-encodes a path segment (names are validated by the server; this only keeps the URL
 /// well-formed whatever the user typed).
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),

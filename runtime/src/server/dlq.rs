@@ -77,8 +77,10 @@ pub struct DeadLetterPage {
 }
 
 /// What a redrive did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redriven {
+    /// The binding's source, where they went.
+    pub source: DestinationName,
     /// Dead letters sent back to the source.
     pub redriven: u64,
     /// The redrive cursor afterwards.
@@ -266,6 +268,7 @@ pub fn redrive(
         cursor = next;
     }
     Ok(Redriven {
+        source: binding.source.clone(),
         redriven,
         redrive_cursor: cursor,
     })

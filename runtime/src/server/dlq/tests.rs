@@ -132,6 +132,7 @@ fn redrive_sends_originals_back_once_and_moves_the_cursor() {
     assert_eq!(
         done,
         Redriven {
+            source: dest("jobs"),
             redriven: 1,
             redrive_cursor: Offset(1)
         }
@@ -162,6 +163,7 @@ fn redrive_sends_originals_back_once_and_moves_the_cursor() {
     assert_eq!(
         done,
         Redriven {
+            source: dest("jobs"),
             redriven: 2,
             redrive_cursor: Offset(5)
         }
