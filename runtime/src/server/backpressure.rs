@@ -163,7 +163,7 @@ mod tests {
             ..Commit::default()
         })
         .unwrap();
-        assert_eq!(depth(&s, &q, &[fast.clone()]), 1);
+        assert_eq!(depth(&s, &q, std::slice::from_ref(&fast)), 1);
         assert_eq!(depth(&s, &q, &[fast, slow]), 4);
         assert_eq!(depth(&s, &q, &[]), 0, "nothing waits without consumers");
     }
