@@ -102,7 +102,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
     for d in &letters {
         println!(
             "{:>8}  {:>8}  {:<17}  {:<PREVIEW$}  {}",
-            d["offset"],
+            d["offset"].as_u64().map_or("?".into(), |n| n.to_string()),
             d["attempts"].as_u64().map_or("?".into(), |n| n.to_string()),
             d["class"].as_str().unwrap_or(""),
             preview(d["reason"].as_str().unwrap_or("")),

@@ -1,19 +1,28 @@
 use super::*;
 use crate::config::Config;
-use crate::storage::MemoryStorage;
+use crate::storage::{EmbeddedOptions, EmbeddedStorage, MemoryStorage};
 
 /// A config with queue `jobs` consumed by plugin `p` (binding `jobs.p`, dead letters to
-/// `jobs.p.dlq`), and a store holding its logs.
-fn setup() -> (MemoryStorage, BindingConfig) {
+/// `jobs.p.dlq`).
+fn binding() -> BindingConfig {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.wasm"), b"").unwrap();
     let text = "[queues.jobs]\n[plugins.p]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"jobs\"\nplugin = \"p\"\n";
     let config = Config::parse(&dir.path().join("weir.toml"), text).unwrap();
-    let storage = MemoryStorage::new();
-    for name in config.destinations.keys() {
-        storage.open_log(name).unwrap();
+    config.bindings[0].clone()
+}
+
+fn open_logs(storage: &dyn Storage) {
+    for name in ["jobs", "jobs.p.dlq"] {
+        storage.open_log(&dest(name)).unwrap();
     }
-    (storage, config.bindings[0].clone())
+}
+
+/// [`binding`] and an in-memory store holding its logs.
+fn setup() -> (MemoryStorage, BindingConfig) {
+    let storage = MemoryStorage::new();
+    open_logs(&storage);
+    (storage, binding())
 }
 
 fn dest(name: &str) -> DestinationName {
@@ -242,4 +251,40 @@ fn the_redrive_cursor_is_apart_from_the_bindings_cursor() {
         Offset(0),
         "the binding still owes nothing"
     );
+}
+
+#[test]
+fn the_durable_store_redrives_in_batches_and_resumes_after_a_crash_without_doubles() {
+    let dir = tempfile::tempdir().unwrap();
+    let binding = binding();
+    let dlq = dest("jobs.p.dlq");
+    let n = 1000;
+    {
+        let storage = EmbeddedStorage::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        open_logs(&storage);
+        let letters = (0..n).map(|i| dead("jobs.p", i, &i.to_string())).collect();
+        storage.append(&dlq, letters).unwrap();
+        // A redrive died after storing the copies of 0..300, before moving its cursor.
+        let first = storage.read(&dlq, Offset(0), 300).unwrap();
+        let copies = first.iter().map(|s| redriven_copy(&dlq, s)).collect();
+        storage.append(&dest("jobs"), copies).unwrap();
+    }
+    let storage = EmbeddedStorage::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    open_logs(&storage);
+    let done = redrive(&storage, &binding, None).unwrap();
+    assert_eq!((done.redriven, done.redrive_cursor), (n, Offset(n)));
+    let mut sent = Vec::new();
+    let mut at = Offset(0);
+    loop {
+        let batch = storage.read(&dest("jobs"), at, 512).unwrap();
+        let Some(last) = batch.last() else { break };
+        at = last.offset.next();
+        sent.extend(
+            batch
+                .iter()
+                .map(|s| String::from_utf8(s.record.payload.clone()).unwrap()),
+        );
+    }
+    let expected: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(sent, expected, "every dead letter once, in order");
 }
