@@ -132,6 +132,31 @@ impl DestinationName {
     }
 }
 
+/// Joins the parts of the name of a cursor weir keeps for itself, such as a dead-letter redrive
+/// position. Names written by users never contain it, so such a cursor cannot collide with a
+/// binding's own.
+const INTERNAL_SEP: char = '~';
+
+impl BindingName {
+    /// The cursor recording how far `dead_letter` has been redriven for this binding:
+    /// `<binding>~redrive~<dead_letter>`. Naming the queue keeps the position right if the
+    /// binding's `dead_letter` changes.
+    pub fn redrive_cursor(&self, dead_letter: &DestinationName) -> BindingName {
+        BindingName(format!(
+            "{self}{INTERNAL_SEP}redrive{INTERNAL_SEP}{dead_letter}"
+        ))
+    }
+
+    /// Reads a cursor name as the store keeps it: a binding name, or the name of one of weir's
+    /// own cursors (valid names joined by `~`, see [`BindingName::redrive_cursor`]).
+    pub fn from_stored(name: String) -> Result<BindingName, NameError> {
+        for part in name.split(INTERNAL_SEP) {
+            validate("binding", part)?;
+        }
+        Ok(BindingName(name))
+    }
+}
+
 /// A position in a log. The first record of a log has offset 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Offset(pub u64);
@@ -224,6 +249,23 @@ mod tests {
         assert_eq!(inbox, DestinationName::reply_inbox());
         assert!(inbox.is_reserved());
         assert!(!DestinationName::new("replies").unwrap().is_reserved());
+    }
+
+    #[test]
+    fn internal_cursor_names_cannot_collide_with_bindings() {
+        let b = BindingName::new("orders.p").unwrap();
+        let dlq = DestinationName::new("orders.p.dlq").unwrap();
+        let cursor = b.redrive_cursor(&dlq);
+        assert_eq!(cursor.as_str(), "orders.p~redrive~orders.p.dlq");
+        assert!(
+            BindingName::new(cursor.as_str()).is_err(),
+            "users cannot write it"
+        );
+        let stored = BindingName::from_stored(cursor.as_str().to_owned()).unwrap();
+        assert_eq!(stored, cursor);
+        assert_eq!(BindingName::from_stored("orders.p".into()).unwrap(), b);
+        assert!(BindingName::from_stored("a~".into()).is_err());
+        assert!(BindingName::from_stored("a b".into()).is_err());
     }
 
     #[test]

@@ -153,6 +153,26 @@ impl Server {
         read(req.send(body))
     }
 
+    /// POST bytes to a path with extra headers; returns (status, response headers, JSON body).
+    pub fn post_with_headers(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (u16, ureq::http::HeaderMap, Value) {
+        let mut req = agent().post(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.send(body).expect("HTTP request");
+        let status = resp.status().as_u16();
+        let response_headers = resp.headers().clone();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("body is not JSON (status {status}): {text}"));
+        (status, response_headers, body)
+    }
+
     /// Publishes a payload to a destination, asserting success.
     pub fn publish(&self, dest: &str, payload: &str, headers: &[(&str, &str)]) -> Value {
         let (status, body) = self.post(

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::server::{PublishError, RequestError};
+use crate::server::{DlqError, PublishError, RETRY_AFTER_SECS, RequestError};
 
 /// An error answer: a status and `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -12,6 +12,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds to wait before trying again (`Retry-After`), when the refusal is temporary.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -46,7 +49,23 @@ impl From<PublishError> for ApiError {
             PublishError::UnknownDestination(_) => StatusCode::NOT_FOUND,
             PublishError::Reserved(_) => StatusCode::FORBIDDEN,
             PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PublishError::Backpressure { .. } => StatusCode::TOO_MANY_REQUESTS,
             PublishError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let mut error = ApiError::new(status, e.code(), e.to_string());
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            error.retry_after = Some(RETRY_AFTER_SECS);
+        }
+        error
+    }
+}
+
+impl From<DlqError> for ApiError {
+    fn from(e: DlqError) -> ApiError {
+        let status = match &e {
+            DlqError::UnknownBinding(_) | DlqError::NotFound { .. } => StatusCode::NOT_FOUND,
+            DlqError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code(), e.to_string())
@@ -71,6 +90,12 @@ impl From<RequestError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -6,10 +6,14 @@
 //! | `POST /v1/destinations/{name}/messages` | publish; body = payload; headers `weir-key`, `weir-id`, `weir-header-<name>` |
 //! | `GET /v1/destinations/{name}/messages?from=&from_time_ms=&limit=&key=` | read stored messages (from an offset or a time; of one key) |
 //! | `POST /v1/destinations/{name}/requests?timeout_ms=` | publish a request and answer with its reply (504 `request_timeout` when none comes in time); same body and headers as publishing |
-//! | `GET /v1/stats` | counters of destinations, bindings, plugins |
+//! | `GET /v1/bindings/{name}/dlq?from=&limit=` | dead letters of a binding not yet redriven |
+//! | `GET /v1/bindings/{name}/dlq/{offset}` | one dead letter, by its offset in the dead-letter queue |
+//! | `POST /v1/bindings/{name}/dlq/redrive?limit=` | send dead letters back to the binding's source |
+//! | `GET /v1/stats` | counters of destinations (with depth), bindings, plugins |
 //! | `GET /v1/plugins/{name}/kv?prefix=&limit=` | a plugin's key-value state |
 //! | `GET /v1/health` | liveness |
 
+mod dlq;
 mod error;
 mod messages;
 mod requests;
@@ -42,6 +46,9 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         )
         .route("/v1/destinations/{name}/requests", post(requests::request))
         .route("/v1/plugins/{name}/kv", get(kv))
+        .route("/v1/bindings/{name}/dlq", get(dlq::list))
+        .route("/v1/bindings/{name}/dlq/redrive", post(dlq::redrive))
+        .route("/v1/bindings/{name}/dlq/{offset}", get(dlq::show))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

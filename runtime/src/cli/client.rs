@@ -79,7 +79,7 @@ pub(super) fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-fn agent() -> ureq::Agent {
+pub(super) fn agent() -> ureq::Agent {
     agent_waiting(std::time::Duration::from_secs(30))
 }
 
@@ -92,13 +92,16 @@ pub(super) fn agent_waiting(timeout: std::time::Duration) -> ureq::Agent {
         .into()
 }
 
-/// An error answer of the server: `{"error": {"code", "message"}}` with its status.
+/// An error answer of the server: `{"error": {"code", "message"}}` with its status and,
+/// for a temporary refusal such as backpressure, the server's advice on when to retry.
 #[derive(Debug, thiserror::Error)]
-#[error("{message} ({code}, HTTP {status})")]
+#[error("{message} ({code}, HTTP {status}{retry_after})")]
 pub(super) struct ServerError {
     pub status: u16,
     pub code: String,
     pub message: String,
+    /// `, retry after Ns` when the server said so, else empty.
+    pub retry_after: String,
 }
 
 /// Reads a response as JSON, turning an error body into a [`ServerError`].
@@ -112,6 +115,12 @@ pub(super) fn answer(
         )
     })?;
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| format!(", retry after {s}s"))
+        .unwrap_or_default();
     let text = resp
         .body_mut()
         .read_to_string()
@@ -126,6 +135,7 @@ pub(super) fn answer(
             status: status.as_u16(),
             code: text("code", "unknown"),
             message: text("message", "no message"),
+            retry_after,
         }
         .into());
     }

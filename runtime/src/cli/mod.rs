@@ -1,9 +1,11 @@
 //! The `weir` command line: `run` a server, and client commands that talk to a running one over
-//! its HTTP API (`publish`, `request`, `tail`, `stats`, `kv`), plus `check`, `bench` and `chaos`.
+//! its HTTP API (`publish`, `request`, `tail`, `stats`, `kv`, `dlq`), plus `check`, `bench` and
+//! `chaos`.
 
 mod bench;
 mod chaos;
 mod client;
+mod dlq;
 mod request;
 
 use std::path::PathBuf;
@@ -53,6 +55,9 @@ enum Command {
     Stats(client::ServerArgs),
     /// Prints a plugin's key-value state.
     Kv(client::KvArgs),
+    /// A binding's dead letters: list, show, redrive.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -123,6 +128,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Tail(args) => client::tail(args),
         Command::Stats(args) => client::stats(args),
         Command::Kv(args) => client::kv(args),
+        Command::Dlq(cmd) => dlq::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Chaos(args) => chaos::run(args),
     }

@@ -156,6 +156,10 @@ pub(super) struct Destination {
     /// kept). Default: false.
     #[serde(default)]
     pub compact: bool,
+    /// Refuse publishes from outside (HTTP 429 `backpressure`) while this many messages are not
+    /// yet acknowledged by the slowest binding consuming the destination. Default: no limit.
+    #[serde(default)]
+    pub max_depth: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

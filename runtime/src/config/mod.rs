@@ -30,6 +30,8 @@ pub struct Config {
     pub destinations: BTreeMap<DestinationName, DestinationKind>,
     /// Retention limits of the destinations that have any.
     pub retention: BTreeMap<DestinationName, Retention>,
+    /// Depth limits (`max_depth`, in messages) of the destinations that have one.
+    pub max_depth: BTreeMap<DestinationName, u64>,
     /// Plugins by name.
     pub plugins: BTreeMap<PluginName, PluginConfig>,
     /// Bindings, in file order.
@@ -319,6 +321,7 @@ impl Cx<'_> {
 
         let mut destinations = BTreeMap::new();
         let mut retention = BTreeMap::new();
+        let mut max_depth = BTreeMap::new();
         let declared = raw
             .queues
             .iter()
@@ -351,6 +354,15 @@ impl Cx<'_> {
             }
             if limits != Retention::default() {
                 retention.insert(name.clone(), limits);
+            }
+            if let Some(max) = &dest.max_depth {
+                if *max.get_ref() == 0 {
+                    return Err(self.err(
+                        max.span(),
+                        format!("`{name}`: `max_depth` must be at least 1, found 0; omit it for no limit"),
+                    ));
+                }
+                max_depth.insert(name.clone(), *max.get_ref());
             }
             if destinations.insert(name.clone(), kind).is_some() {
                 return Err(self.err(
@@ -407,6 +419,7 @@ impl Cx<'_> {
             server,
             destinations,
             retention,
+            max_depth,
             plugins,
             bindings,
         })

@@ -138,6 +138,27 @@ fn retention_settings() {
 }
 
 #[test]
+fn max_depth_settings() {
+    let c = parse("[queues.q]\nmax_depth = 5\n[topics.t]\nmax_depth = 1\n[queues.free]\n").unwrap();
+    let d = |n: &str| DestinationName::new(n).unwrap();
+    assert_eq!(c.max_depth.get(&d("q")), Some(&5));
+    assert_eq!(c.max_depth.get(&d("t")), Some(&1));
+    assert_eq!(c.max_depth.get(&d("free")), None, "no limit by default");
+    check_err(
+        "[queues.q]\nmax_depth = 0\n",
+        "weir.toml:2:13: `q`: `max_depth` must be at least 1, found 0; omit it for no limit",
+    );
+    check_err(
+        "[topics.t]\nmax_depth = -3\n",
+        "weir.toml:2:13: invalid value: integer `-3`, expected u64",
+    );
+    check_err(
+        "[topics.t]\nmax_depth = \"5\"\n",
+        "weir.toml:2:13: invalid type: string \"5\", expected u64",
+    );
+}
+
+#[test]
 fn errors_name_file_line_and_key() {
     check_err(
         "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",

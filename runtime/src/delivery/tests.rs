@@ -13,11 +13,14 @@ use crate::storage::MemoryStorage;
 /// One handled call: offset, key, attempt, and when (virtual time).
 type Call = (u64, Option<String>, u32, Instant);
 
+/// How a stand-in handler answers a message.
+type Decide = Box<dyn Fn(&Message) -> Result<Outcome, Failure> + Send + Sync>;
+
 /// A handler made of a closure deciding each call's result; it records every call.
 struct Stand {
     plugin: PluginName,
     calls: Mutex<Vec<Call>>,
-    decide: Box<dyn Fn(&Message) -> Result<Outcome, Failure> + Send + Sync>,
+    decide: Decide,
 }
 
 impl Handler for Stand {
@@ -159,7 +162,7 @@ fn successes(h: &Stand, failed: impl Fn(&Call) -> bool) -> Vec<Call> {
 #[tokio::test(start_paused = true)]
 async fn key_order_holds_under_concurrency_8_with_retries() {
     // Every 7th message fails its first two attempts: it holds its key while it waits.
-    let fails = |offset: u64, attempt: u32| offset % 7 == 0 && attempt <= 2;
+    let fails = |offset: u64, attempt: u32| offset.is_multiple_of(7) && attempt <= 2;
     let h = stand(move |m| {
         if fails(m.offset(), m.attempt()) {
             Err(failure(FailureClass::HandlerError, true))

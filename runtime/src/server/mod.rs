@@ -1,6 +1,8 @@
 //! A running weir server: the [`Runtime`] (storage, loaded plugins, bindings, the reply inbox)
 //! and [`run`], which serves the HTTP API and drives every binding until shutdown.
 
+mod backpressure;
+mod dlq;
 mod inbox;
 mod publish;
 mod request;
@@ -14,6 +16,8 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::watch;
 
+pub use backpressure::RETRY_AFTER_SECS;
+pub use dlq::{DeadLetter, DeadLetterPage, DlqError, REDRIVEN_FROM, Redriven};
 pub use publish::{PublishError, PublishRequest, Published};
 pub use request::{DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, Replied, RequestError};
 
@@ -37,6 +41,10 @@ pub struct Runtime {
     /// Binding counters by name.
     pub bindings: BTreeMap<BindingName, Arc<BindingStats>>,
     inbox: inbox::Inbox,
+    /// Depth limits of the destinations that have one.
+    backpressure: backpressure::Limits,
+    /// Held by a binding's dead-letter redrive: one at a time per binding.
+    redrives: BTreeMap<BindingName, std::sync::Mutex<()>>,
     _host: Arc<Host>,
 }
 
@@ -65,6 +73,11 @@ pub struct DestinationStats {
     pub first_offset: u64,
     /// Bytes on disk.
     pub bytes: u64,
+    /// Messages not yet acknowledged by the slowest binding consuming it (0 without bindings).
+    pub depth: u64,
+    /// Publishes are refused while `depth` is at this limit (`max_depth` in the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u64>,
 }
 
 /// Counters of one binding, with where it reads.
@@ -157,12 +170,19 @@ impl Runtime {
             .iter()
             .map(|b| (b.name.clone(), Arc::default()))
             .collect();
+        let redrives = config
+            .bindings
+            .iter()
+            .map(|b| (b.name.clone(), std::sync::Mutex::default()))
+            .collect();
         Ok(Runtime {
+            backpressure: backpressure::Limits::new(&config),
             config,
             storage,
             plugins,
             bindings,
             inbox,
+            redrives,
             _host: host,
         })
     }
@@ -196,6 +216,8 @@ impl Runtime {
             record.reply_to = Some(self.inbox.name().to_string());
             record.correlation_id = Some(correlation_id);
         }
+        // Held until the record is stored: it counts towards the depth until then.
+        let _admitted = self.backpressure.admit(&*self.storage, &dest)?;
         let id = record.id.clone();
         let (offset, duplicate) = self.storage.append_dedup(&dest, vec![record])?[0];
         Ok(publish::published(&dest, offset, id, duplicate))
@@ -220,11 +242,14 @@ impl Runtime {
                     DestinationKind::Topic => "topic",
                 };
                 let (first, bytes) = self.storage.usage(name).unwrap_or_default();
+                let consumers = backpressure::consumers(&self.config, name);
                 let stats = DestinationStats {
                     kind: kind.to_owned(),
                     messages: end(name),
                     first_offset: first.0,
                     bytes,
+                    depth: backpressure::depth(&*self.storage, name, &consumers),
+                    max_depth: self.config.max_depth.get(name).copied(),
                 };
                 (name.to_string(), stats)
             })

@@ -63,6 +63,19 @@ pub enum PublishError {
     /// A key, id or header is malformed or too large.
     #[error("{0}")]
     Invalid(String),
+    /// The destination is at its `max_depth`: its slowest consumer has to catch up first.
+    #[error(
+        "`{destination}` is full: {depth} messages not yet consumed, max_depth is {max_depth}; retry later"
+    )]
+    Backpressure {
+        /// The destination.
+        destination: String,
+        /// Its depth (messages stored or being stored, not yet acknowledged by its slowest
+        /// binding).
+        depth: u64,
+        /// Its limit.
+        max_depth: u64,
+    },
     /// The store refused the write.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -77,6 +90,7 @@ impl PublishError {
             PublishError::Reserved(_) => "reserved_destination",
             PublishError::TooLarge { .. } => "payload_too_large",
             PublishError::Invalid(_) => "invalid_message",
+            PublishError::Backpressure { .. } => "backpressure",
             PublishError::Storage(_) => "storage_error",
         }
     }

@@ -187,6 +187,17 @@ impl Storage for MemoryStorage {
         self.lock().state.expired_leases(binding, now_ms)
     }
 
+    fn advance_cursor(&self, cursor: &BindingName, to: Offset) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if inner.state.cursors.get(cursor).is_none_or(|c| *c < to) {
+            inner.state.apply(Op::Cursor {
+                binding: cursor.clone(),
+                offset: to,
+            });
+        }
+        Ok(())
+    }
+
     fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError> {
         let mut inner = self.lock();
         let count = inner.state.deliveries(binding, offset) + 1;
@@ -357,6 +368,18 @@ mod tests {
         assert!(s.commit(commit).is_err());
         assert!(s.read(&name("q"), Offset(0), 10).unwrap().is_empty());
         assert_eq!(s.kv_get(&plugin, "k"), None);
+        assert_eq!(s.cursor(&BindingName::new("b").unwrap()), Offset(0));
+    }
+
+    #[test]
+    fn cursors_advance_and_never_go_back() {
+        let s = MemoryStorage::new();
+        let c = BindingName::new("b")
+            .unwrap()
+            .redrive_cursor(&name("b.dlq"));
+        s.advance_cursor(&c, Offset(5)).unwrap();
+        s.advance_cursor(&c, Offset(3)).unwrap();
+        assert_eq!(s.cursor(&c), Offset(5));
         assert_eq!(s.cursor(&BindingName::new("b").unwrap()), Offset(0));
     }
 

@@ -205,6 +205,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the binding has acknowledged `offset` (below the cursor, or out of order above it).
     fn is_acked(&self, binding: &BindingName, offset: Offset) -> bool;
 
+    /// Moves a cursor forward to `to` (a cursor already at or past it stays), durable when it
+    /// returns. For cursors weir keeps for itself over a contiguous run of offsets, such as a
+    /// dead-letter redrive position ([`BindingName::redrive_cursor`]); a binding's own cursor
+    /// moves only by acknowledgements ([`Commit::ack`]).
+    fn advance_cursor(&self, cursor: &BindingName, to: Offset) -> Result<(), StorageError>;
+
     /// Records that `offset` is being delivered to the binding (again) and returns how many
     /// times it has been, this time included. Durable when it returns, so a message whose
     /// handling crashes the host is not delivered more often than the binding allows.

@@ -234,7 +234,7 @@ fn encode_offset(buf: &mut Vec<u8>, tag: u8, binding: &BindingName, offset: Offs
 }
 
 fn put_str16(buf: &mut Vec<u8>, s: &str) {
-    let len = u16::try_from(s.len()).expect("names are at most 128 bytes");
+    let len = u16::try_from(s.len()).expect("names are at most a few hundred bytes");
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(s.as_bytes());
 }
@@ -269,7 +269,7 @@ pub(crate) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
                 }
             }
             CURSOR | ACK | DELIVERED => {
-                let binding = take_name(&mut bytes, 2, BindingName::new)
+                let binding = take_name(&mut bytes, 2, BindingName::from_stored)
                     .map_err(|e| format!("{e} at byte {at}"))?;
                 let (raw, rest) = bytes
                     .split_first_chunk::<8>()

@@ -451,6 +451,21 @@ impl Storage for EmbeddedStorage {
         self.lock_state().state.expired_leases(binding, now_ms)
     }
 
+    fn advance_cursor(&self, cursor: &BindingName, to: Offset) -> Result<(), StorageError> {
+        let applied = self.lock_state();
+        if applied.state.cursors.get(cursor).is_some_and(|c| *c >= to) {
+            return Ok(());
+        }
+        let mut payload = Vec::new();
+        state::encode_cursor(&mut payload, cursor, to);
+        let op = Op::Cursor {
+            binding: cursor.clone(),
+            offset: to,
+        };
+        self.journal_ops(applied, payload, vec![op])?.wait()?;
+        Ok(())
+    }
+
     fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError> {
         let applied = self.lock_state();
         let count = applied.state.deliveries(binding, offset) + 1;

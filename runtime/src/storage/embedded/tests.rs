@@ -347,3 +347,41 @@ fn leases_expire_release_on_ack_and_do_not_survive_a_restart() {
         "counts survive"
     );
 }
+
+#[test]
+fn internal_cursors_advance_durably_through_journal_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let binding = BindingName::new("orders.p").unwrap();
+    let redrive = binding.redrive_cursor(&dest("orders.p.dlq"));
+    let options = EmbeddedOptions {
+        snapshot_bytes: 16 << 10,
+        ..EmbeddedOptions::default()
+    };
+    {
+        let s = open(dir.path(), options.clone());
+        s.advance_cursor(&redrive, Offset(4)).unwrap();
+        s.advance_cursor(&redrive, Offset(2)).unwrap();
+        assert_eq!(s.cursor(&redrive), Offset(4), "never goes back");
+        assert_eq!(
+            s.cursor(&binding),
+            Offset(0),
+            "the binding's cursor is apart"
+        );
+    }
+    {
+        let s = open(dir.path(), options.clone());
+        assert_eq!(s.cursor(&redrive), Offset(4), "from the journal");
+        // Enough commits to snapshot the state (internal name included) and trim the journal.
+        for n in 0..1000 {
+            commit(&s, n).unwrap();
+        }
+        s.advance_cursor(&redrive, Offset(9)).unwrap();
+        for n in 1000..1500 {
+            commit(&s, n).unwrap();
+        }
+        assert!(dir.path().join("state/snapshot").is_file());
+    }
+    let s = open(dir.path(), options);
+    assert_eq!(s.cursor(&redrive), Offset(9));
+    assert_eq!(s.cursor(&binding), Offset(1500));
+}
