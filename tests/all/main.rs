@@ -4,6 +4,7 @@
 mod backpressure;
 mod binary;
 mod cli;
+mod delivery;
 mod dlq;
 mod host;
 mod http;

@@ -184,6 +184,11 @@ impl Server {
         body
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The stats document.
     pub fn stats(&self) -> Value {
         let (status, body) = self.get("/v1/stats");

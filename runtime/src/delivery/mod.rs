@@ -43,8 +43,12 @@ use crate::storage::{Commit, CommitTicket, Record, Storage, StorageError, Stored
 
 /// Messages run in one batch at most.
 const BATCH: usize = 512;
-/// Messages per lane below which a batch does not start another lane.
-const LANE_MIN: usize = 64;
+/// Estimated work per lane below which a batch does not start another lane (a lane is a thread
+/// started for the batch: worth it only for enough work).
+const LANE_WORK: Duration = Duration::from_micros(200);
+/// The invocation time assumed before any was measured: high, so that a slow plugin's first
+/// batches already run in parallel.
+const FIRST_GUESS_NS: u64 = 1_000_000;
 /// Records read from the source at a time at most.
 const READ_BATCH: usize = 1024;
 
@@ -84,6 +88,7 @@ pub async fn run_binding(
         handler,
         storage,
         stats,
+        invocation_ns: std::sync::atomic::AtomicU64::new(FIRST_GUESS_NS),
     });
     let mut commits: JoinSet<Result<Vec<(Offset, Finished)>, StorageError>> = JoinSet::new();
     loop {
@@ -229,6 +234,8 @@ struct Ctx {
     handler: Arc<dyn Handler>,
     storage: Arc<dyn Storage>,
     stats: Arc<BindingStats>,
+    /// Moving average of one invocation's time, which decides how many lanes a batch gets.
+    invocation_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Ctx {
@@ -259,12 +266,19 @@ impl Ctx {
                 .storage
                 .begin_deliveries(&self.binding.name, &offsets)?,
         };
+        let work = self
+            .invocation_ns
+            .load(Relaxed)
+            .saturating_mul(jobs.len() as u64);
         let lanes = match self.binding.ordering {
             Ordering::Fifo => 1,
             _ => (self.binding.concurrency as usize)
-                .min(jobs.len().div_ceil(LANE_MIN))
+                .min(jobs.len())
+                .min(work.div_ceil(LANE_WORK.as_nanos() as u64) as usize)
                 .max(1),
         };
+        let started = std::time::Instant::now();
+        let ran = jobs.len() as u64;
         let mut split: Vec<Vec<(Job, u32)>> = (0..lanes).map(|_| Vec::new()).collect();
         for (i, (job, count)) in jobs.into_iter().zip(counts).enumerate() {
             let lane = match (&job.stored.record.key, self.binding.ordering) {
@@ -273,9 +287,10 @@ impl Ctx {
             };
             split[lane].push((job, count));
         }
-        let mut lanes = split.into_iter();
-        let first = lanes.next().unwrap_or_default();
-        let rest: Vec<_> = lanes.collect();
+        let lane_count = lanes;
+        let mut split = split.into_iter();
+        let first = split.next().unwrap_or_default();
+        let rest: Vec<_> = split.collect();
         let mut out = Vec::new();
         std::thread::scope(|s| {
             let handles: Vec<_> = rest
@@ -287,6 +302,11 @@ impl Ctx {
                 out.push(h.join().expect("lanes do not panic"));
             }
         });
+        // Lanes ran in parallel: per invocation, the elapsed time times the lanes.
+        let per =
+            (started.elapsed().as_nanos() as u64).saturating_mul(lane_count as u64) / ran.max(1);
+        let avg = self.invocation_ns.load(Relaxed);
+        self.invocation_ns.store(avg - avg / 4 + per / 4, Relaxed);
         let mut all = Vec::new();
         for lane in out {
             all.extend(lane?);

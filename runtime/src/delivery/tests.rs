@@ -401,3 +401,31 @@ async fn the_window_bounds_messages_in_flight() {
     );
     run.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn different_keys_run_in_parallel() {
+    // The first call waits (up to 10 s of real time) for a second call to be running at the
+    // same time: only parallel lanes can make them meet.
+    let met = Arc::new((Mutex::new((0u32, false)), std::sync::Condvar::new()));
+    let m = Arc::clone(&met);
+    let h = stand(move |_| {
+        let (lock, cv) = &*m;
+        let mut g = lock.lock().unwrap();
+        g.0 += 1;
+        if g.0 == 2 {
+            g.1 = true;
+            cv.notify_all();
+        } else if g.0 == 1 {
+            let (g2, _) = cv
+                .wait_timeout_while(g, Duration::from_secs(10), |g| !g.1)
+                .unwrap();
+            drop(g2);
+        }
+        Ok(Outcome::Ack)
+    });
+    let messages = [(Some("a"), "1".to_owned()), (Some("b"), "2".to_owned())];
+    let run = start(binding(Ordering::Key, 2), Arc::clone(&h), &messages);
+    run.until("both handled", |r| r.finished() == 2).await;
+    assert!(met.0.lock().unwrap().1, "the two keys ran at the same time");
+    run.stop().await;
+}

@@ -385,3 +385,79 @@ fn internal_cursors_advance_durably_through_journal_and_snapshot() {
     assert_eq!(s.cursor(&redrive), Offset(9));
     assert_eq!(s.cursor(&binding), Offset(1500));
 }
+
+#[test]
+fn a_commit_whose_publishes_were_lost_in_a_crash_is_discarded_with_everything_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let binding = BindingName::new("orders.p").unwrap();
+    let plugin = PluginName::new("p").unwrap();
+    let segment = dir.path().join("logs/out").join("00000000000000000000.log");
+    {
+        let s = open(dir.path(), EmbeddedOptions::default());
+        commit(&s, 0).unwrap();
+        commit(&s, 1).unwrap();
+    }
+    let kept = std::fs::metadata(&segment).unwrap().len();
+    {
+        let s = open(dir.path(), EmbeddedOptions::default());
+        commit(&s, 2).unwrap();
+        // A later record that carries only a delivery count: a fact, kept.
+        assert_eq!(s.begin_deliveries(&binding, &[Offset(7)]).unwrap(), [1]);
+        // And one with effects that may have read what commit 2 wrote: discarded.
+        s.commit(Commit {
+            kv: Some((plugin.clone(), vec![("after".into(), Some(vec![1]))])),
+            ..Commit::default()
+        })
+        .unwrap();
+    }
+    // The crash: the journal reached the disk, commit 2's published record did not.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    f.set_len(kept).unwrap();
+    drop(f);
+    {
+        let s = open(dir.path(), EmbeddedOptions::default());
+        assert_eq!(s.read(&dest("out"), Offset(0), 10).unwrap().len(), 2);
+        assert_eq!(
+            s.cursor(&binding),
+            Offset(2),
+            "message 2 is delivered again"
+        );
+        assert_eq!(
+            s.kv_get(&plugin, "count"),
+            Some(1u64.to_le_bytes().to_vec())
+        );
+        assert_eq!(s.kv_get(&plugin, "k2"), None);
+        assert_eq!(s.kv_get(&plugin, "after"), None);
+        assert_eq!(s.begin_deliveries(&binding, &[Offset(7)]).unwrap(), [2]);
+        // Handled again, it commits as if the first time.
+        assert_eq!(commit(&s, 2).unwrap(), [Offset(2)]);
+    }
+    // The decision is final: the discarded records are not checked again against the log,
+    // which has grown back past their ends.
+    let s = open(dir.path(), EmbeddedOptions::default());
+    assert_eq!(s.cursor(&binding), Offset(3));
+    assert_eq!(s.kv_get(&plugin, "after"), None);
+    assert_eq!(s.read(&dest("out"), Offset(0), 10).unwrap().len(), 3);
+}
+
+#[test]
+fn dedup_commits_store_a_redelivered_publish_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), EmbeddedOptions::default());
+    let publish = |id: &str| Commit {
+        publishes: vec![(dest("out"), record(id))],
+        dedup: true,
+        ..Commit::default()
+    };
+    assert_eq!(s.commit(publish("b@4#0")).unwrap(), [Offset(0)]);
+    assert_eq!(s.commit(publish("b@5#0")).unwrap(), [Offset(1)]);
+    assert_eq!(
+        s.commit(publish("b@4#0")).unwrap(),
+        [Offset(0)],
+        "the original"
+    );
+    assert_eq!(s.read(&dest("out"), Offset(0), 10).unwrap().len(), 2);
+}
