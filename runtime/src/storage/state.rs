@@ -107,13 +107,19 @@ impl State {
                     *cursor = cursor.next();
                 }
                 let cursor = *cursor;
+                // Per acknowledgement: only the entries below the cursor go (no scan of the
+                // map; it holds a whole window of in-flight offsets).
                 if let Some(l) = self.leases.get_mut(&binding) {
                     l.remove(&offset);
-                    l.retain(|o, _| *o >= cursor);
+                    while l.first_key_value().is_some_and(|(o, _)| *o < cursor) {
+                        l.pop_first();
+                    }
                 }
                 if let Some(d) = self.deliveries.get_mut(&binding) {
                     d.remove(&offset);
-                    d.retain(|o, _| *o >= cursor);
+                    while d.first_key_value().is_some_and(|(o, _)| *o < cursor) {
+                        d.pop_first();
+                    }
                 }
             }
             Op::Published { .. } => {}

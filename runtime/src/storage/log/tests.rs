@@ -136,7 +136,9 @@ fn group_commit_batches_fsyncs() {
     threads.into_iter().for_each(|t| t.join().unwrap());
     let syncs = io.syncs() - before;
     assert_eq!(log.end(), Offset(1280));
-    assert!(syncs < 1280 / 4, "{syncs} fsyncs for 1280 appends");
+    // Without group commit: one per append. How many share one depends on the disk and the
+    // scheduler (a fast fsync leaves less to share), so the bar is at most half.
+    assert!(syncs <= 1280 / 2, "{syncs} fsyncs for 1280 appends");
 }
 
 #[test]
