@@ -87,7 +87,13 @@ pub struct BindingStatsView {
     pub source: String,
     /// The plugin.
     pub plugin: String,
-    /// The next offset it will read.
+    /// Its guarantee (`at-least-once`, ...).
+    #[serde(default)]
+    pub guarantee: String,
+    /// Its ordering (`key`, `fifo`, `none`).
+    #[serde(default)]
+    pub ordering: String,
+    /// The first offset it has not acknowledged (everything below is).
     pub cursor: u64,
     /// Messages not yet handled.
     pub lag: u64,
@@ -263,6 +269,8 @@ impl Runtime {
                 let view = BindingStatsView {
                     source: b.source.to_string(),
                     plugin: b.plugin.to_string(),
+                    guarantee: b.guarantee.to_string(),
+                    ordering: b.ordering.to_string(),
                     cursor,
                     lag: end(&b.source).saturating_sub(cursor),
                     counters: self.bindings[&b.name].snapshot(),
