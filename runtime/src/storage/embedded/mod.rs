@@ -131,8 +131,11 @@ impl EmbeddedStorage {
             log_report(&format!("log `{name}`"), &report);
             logs.insert(name, Arc::new(log));
         }
-        let (journal, report) =
-            Log::open(state_dir.join("journal"), options.log_options(16 << 20))?;
+        // Journal records carry no ids: no dedup index (every record would share one id).
+        let (journal, report) = Log::open(
+            state_dir.join("journal"),
+            options.log_options(16 << 20).dedup(false),
+        )?;
         log_report("state journal", &report);
         let mut next = from.max(journal.start());
         // The first record whose publishes were lost, and how many records were discarded.
