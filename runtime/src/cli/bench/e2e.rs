@@ -1,0 +1,621 @@
+//! `weir bench e2e`: events from publish to durably handled, in one process over the real path:
+//! [`Runtime::start`] opens the embedded store (`fsync = "always"`) and loads the plugin exactly
+//! as `weir run` does, publishers call [`Runtime::publish`] (validation and the dedup append the
+//! HTTP API uses, one event per call, each waiting for its durable acknowledgement), and
+//! [`delivery::run_binding`] consumes the queue with the binding's configured guarantee.
+//! Only HTTP is left out.
+//!
+//! What is measured, per event: from the start of its publish call to the moment the delivery
+//! engine has observed its commit durable (the moment the binding counts it `acked` and lets it
+//! leave its window). The engine does not report that per message, so the benchmark wraps the
+//! plugin in a [`Handler`] that notes the order in which handlers return, and samples the
+//! binding's `acked` counter: commits become durable in the order they are submitted (one state
+//! journal), and a handler's commit is submitted right after it returns, so the event whose
+//! handler returned `k`-th is durable once the counter reaches `k`. The counter is sampled
+//! every 100 µs in latency mode (every millisecond in throughput mode), which bounds the
+//! resolution.
+//!
+//! Throughput mode (no `--rate`): publishers publish as fast as they are acknowledged;
+//! `events_per_sec` is the events handled over the time from the first publish to the last
+//! event handled. Latency mode (`--rate R`): publishers hold `R` events per second (event `i`
+//! is due at `i / R` s) and the per-event latencies above are reported.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::config::{Config, Guarantee};
+use crate::delivery::{BindingStats, Handler};
+use crate::host::{Host, HostOptions, Invocation, Message, Outcome, Plugin, PluginSpec};
+use crate::names::{DestinationName, Offset, PluginName};
+use crate::storage::log::{Durability, FaultyIo, Log};
+use crate::storage::{EmbeddedOptions, EmbeddedStorage, Record, Storage};
+
+/// `weir bench e2e`.
+#[derive(Debug, Args)]
+pub struct E2eArgs {
+    /// The binding's guarantee: `at-least-once`, `exactly-once` or `at-most-once`.
+    #[arg(long, default_value = "at-least-once")]
+    guarantee: Guarantee,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Events to publish. Default: 500,000 without `--rate`, `rate × seconds` with it.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Publish at this held rate (events per second) and report per-event latency.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// With `--rate` and without `--events`: how long to hold the rate.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent publishers in throughput mode, each publishing one event and waiting for its
+    /// durable acknowledgement. (With `--rate`, every event is published at its due time,
+    /// however many are still waiting.)
+    #[arg(long, default_value_t = 256)]
+    publishers: usize,
+    /// How a publisher waits for the acknowledgement: `async` (a task awaiting the append, as
+    /// `weir bench append` does) or `blocking` (a thread blocked in `Storage::append_dedup`, as
+    /// the HTTP API's publishes do today on its blocking pool).
+    #[arg(long, value_enum, default_value = "async")]
+    publish: PublishMode,
+    /// Publish every event before the binding starts, so that only consumption is measured
+    /// (`events_per_sec` then counts from the binding's start).
+    #[arg(long)]
+    backlog: bool,
+    /// The plugin handling the events (default: the trivial example plugin).
+    #[arg(long, default_value = "plugins/target/components/noop.wasm")]
+    plugin: PathBuf,
+    /// The binding's `concurrency` (default: the config default).
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Directory to work in (default: the current one, so the benchmark measures the disk the
+    /// project lives on); the store goes in `<dir>/.weir-bench-e2e-<pid>`, removed afterwards.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PublishMode {
+    Async,
+    Blocking,
+}
+
+pub fn run(args: E2eArgs) -> anyhow::Result<()> {
+    if !args.plugin.is_file() {
+        bail!(
+            "plugin `{}` not found; build the example plugins with `scripts/build-plugins` (from the repository root) or pass --plugin",
+            args.plugin.display()
+        );
+    }
+    let events = match (args.events, args.rate) {
+        (Some(n), _) => n,
+        (None, None) => 500_000,
+        (None, Some(rate)) => rate.saturating_mul(args.seconds),
+    };
+    if events == 0 || args.publishers == 0 || args.rate == Some(0) {
+        bail!("--events, --rate, --seconds and --publishers must be at least 1");
+    }
+    let base = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    let dir = base.join(format!(".weir-bench-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(&args, events, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = result?;
+    report(&args, &m)
+}
+
+/// Per-event timestamps, in nanoseconds since the run's start, indexed by offset (the queue is
+/// new, so the `i`-th stored event has offset `i`).
+struct Probe {
+    started: Instant,
+    publish_start: Vec<AtomicU64>,
+    publish_acked: Vec<AtomicU64>,
+    returned: Vec<AtomicU64>,
+    /// `k` when the event's handler was the `k`-th to return (0: not yet).
+    rank: Vec<AtomicU64>,
+    returns: AtomicU64,
+}
+
+impl Probe {
+    fn new(events: u64) -> Probe {
+        let zeros = || (0..events).map(|_| AtomicU64::new(0)).collect();
+        Probe {
+            started: Instant::now(),
+            publish_start: zeros(),
+            publish_acked: zeros(),
+            returned: zeros(),
+            rank: zeros(),
+            returns: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+}
+
+/// The plugin, noting when and in which order handlers return.
+struct Timed {
+    plugin: Arc<Plugin>,
+    probe: Arc<Probe>,
+}
+
+impl Handler for Timed {
+    fn plugin(&self) -> &PluginName {
+        self.plugin.name()
+    }
+
+    fn handle(&self, message: &Message, timeout: Duration) -> Invocation {
+        let invocation = Handler::handle(&*self.plugin, message, timeout);
+        // Only outcomes that commit an acknowledgement take a place in the commit order.
+        if matches!(invocation.result, Ok(Outcome::Ack | Outcome::Reply(_))) {
+            let p = &self.probe;
+            let at = p.now();
+            let k = p.returns.fetch_add(1, Relaxed) + 1;
+            if let Some(slot) = p.rank.get(message.offset() as usize) {
+                slot.store(k, Relaxed);
+                p.returned[message.offset() as usize].store(at, Relaxed);
+            }
+        }
+        invocation
+    }
+}
+
+/// What a run measured, in nanoseconds unless named otherwise.
+struct Measured {
+    events: u64,
+    elapsed_ns: u64,
+    publish_span_ns: u64,
+    /// Publish start to handled durably, sorted.
+    latency: Vec<u64>,
+    /// Publish start to its durable acknowledgement, sorted.
+    publish: Vec<u64>,
+    /// Publish acknowledged to handler returned, sorted.
+    to_handler: Vec<u64>,
+    /// Handler returned to its commit observed durable, sorted.
+    to_durable: Vec<u64>,
+    cpu_seconds: Option<f64>,
+    /// Fsyncs of files during the measured part.
+    fsyncs: u64,
+}
+
+fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> {
+    let plugin = std::path::absolute(&args.plugin)?;
+    let mut binding_extra = format!("guarantee = \"{}\"\n", args.guarantee);
+    if let Some(c) = args.concurrency {
+        binding_extra.push_str(&format!("concurrency = {c}\n"));
+    }
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+         [broker]\nfsync = \"always\"\n\
+         [queues.bench]\n\
+         [plugins.bench]\npath = {:?}\n\
+         [[bindings]]\nsource = \"bench\"\nplugin = \"bench\"\n{binding_extra}",
+        plugin.display().to_string()
+    );
+    let config_path = dir.join("weir.toml");
+    std::fs::write(&config_path, &text)?;
+    let config = Config::parse(&config_path, &text)?;
+    let setup = Setup::start(&config)?;
+    let binding = config.bindings[0].clone();
+    let stats = Arc::new(BindingStats::default());
+    let probe = Arc::new(Probe::new(events));
+    let handler = Arc::new(Timed {
+        plugin: Arc::clone(&setup.plugin),
+        probe: Arc::clone(&probe),
+    });
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let storage: Arc<dyn Storage> = setup.storage.clone();
+    let consume = crate::delivery::run_binding(binding, handler, storage, Arc::clone(&stats), stop_rx);
+    let publishers = Publishers {
+        log: setup.storage.log(&setup.source).context("the bench queue")?,
+        storage: Arc::clone(&setup.storage),
+        source: setup.source.clone(),
+        probe: Arc::clone(&probe),
+        payload: vec![b'x'; args.payload_bytes],
+        events,
+        failed: AtomicBool::new(false),
+        next: AtomicU64::new(0),
+    };
+    let publishers = Arc::new(publishers);
+
+    if args.backlog {
+        publishers.run(&tokio, args)?;
+    }
+    let cpu_before = cpu_seconds();
+    let syncs_before = setup.io.syncs();
+    let began = probe.now();
+    let consumer = tokio.spawn(consume);
+    let every = if args.rate.is_some() {
+        Duration::from_micros(100)
+    } else {
+        Duration::from_millis(1)
+    };
+    let sampled = std::thread::scope(|s| {
+        let sampler = s.spawn(|| sample(&stats, &probe, events, every, &publishers.failed));
+        let published = if args.backlog {
+            Ok(())
+        } else {
+            publishers.run(&tokio, args)
+        };
+        if published.is_err() {
+            publishers.failed.store(true, Relaxed);
+        }
+        let sampled = sampler.join().expect("sampler thread");
+        published.and(sampled)
+    });
+    let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+    let fsyncs = setup.io.syncs() - syncs_before;
+    let _ = stop_tx.send(true);
+    let stopped = tokio.block_on(consumer);
+    let samples = sampled?;
+    stopped.context("binding task")??;
+    let snapshot = stats.snapshot();
+    if snapshot.failures.values().any(|n| *n > 0) || snapshot.dead_lettered > 0 {
+        bail!("the plugin failed during the benchmark: {snapshot:?}");
+    }
+
+    // Per event: handled when the durable count first reached its rank.
+    let handled_at = |rank: u64| {
+        let i = samples.partition_point(|(_, count)| *count < rank);
+        samples.get(i).map(|(t, _)| *t)
+    };
+    let at = |v: &[AtomicU64], o: usize| v[o].load(Relaxed);
+    let mut latency = Vec::with_capacity(events as usize);
+    let (mut publish, mut to_handler, mut to_durable) =
+        (latency.clone(), latency.clone(), latency.clone());
+    let mut last_handled = 0;
+    for o in 0..events as usize {
+        let Some(done) = handled_at(at(&probe.rank, o)) else {
+            bail!("event at offset {o} was never observed handled");
+        };
+        let (start, acked, ret) = (
+            at(&probe.publish_start, o),
+            at(&probe.publish_acked, o),
+            at(&probe.returned, o),
+        );
+        last_handled = last_handled.max(done);
+        if std::env::var_os("E2E_DEBUG").is_some() && done.saturating_sub(ret) > 500_000_000 && o % 50 == 0 {
+            eprintln!("slow o={o} rank={} ret={:.3}s done={:.3}s", at(&probe.rank, o), ret as f64/1e9, done as f64/1e9);
+        }
+        latency.push(done.saturating_sub(start));
+        publish.push(acked.saturating_sub(start));
+        to_handler.push(ret.saturating_sub(acked));
+        to_durable.push(done.saturating_sub(ret));
+    }
+    let starts = || (0..events as usize).map(|o| at(&probe.publish_start, o));
+    let first = starts().min().unwrap_or(0);
+    let last_start = starts().max().unwrap_or(0);
+    for v in [&mut latency, &mut publish, &mut to_handler, &mut to_durable] {
+        v.sort_unstable();
+    }
+    Ok(Measured {
+        events,
+        elapsed_ns: last_handled - if args.backlog { began } else { first },
+        publish_span_ns: last_start - first,
+        latency,
+        publish,
+        to_handler,
+        to_durable,
+        cpu_seconds: cpu,
+        fsyncs,
+    })
+}
+
+/// The store and the plugin, opened and loaded as [`crate::server::Runtime::start`] does, with
+/// a file system that counts fsyncs.
+struct Setup {
+    storage: Arc<EmbeddedStorage>,
+    io: FaultyIo,
+    source: DestinationName,
+    plugin: Arc<Plugin>,
+    _host: Arc<Host>,
+}
+
+impl Setup {
+    fn start(config: &Config) -> anyhow::Result<Setup> {
+        let io = FaultyIo::new();
+        let options = EmbeddedOptions {
+            durability: Durability::Always,
+            segment_bytes: config.server.segment_bytes,
+            io: Arc::new(io.clone()),
+            ..EmbeddedOptions::default()
+        };
+        let storage = Arc::new(EmbeddedStorage::open(
+            config.server.data_dir.join("store"),
+            options,
+        )?);
+        for name in config.destinations.keys() {
+            storage.open_log(name)?;
+        }
+        let host = Host::new(HostOptions::default())?;
+        let binding = &config.bindings[0];
+        let p = &config.plugins[&binding.plugin];
+        let spec = PluginSpec {
+            name: binding.plugin.clone(),
+            path: p.path.clone(),
+            limits: p.limits,
+            publish: p.publish.clone(),
+            max_message_size: config.server.max_message_size as usize,
+            instances: p.instances,
+        };
+        let plugin = host
+            .load(spec, Arc::clone(&storage) as Arc<dyn Storage>)
+            .context("loading the plugin")?;
+        Ok(Setup {
+            storage,
+            io,
+            source: binding.source.clone(),
+            plugin: Arc::new(plugin),
+            _host: host,
+        })
+    }
+}
+
+/// Publishes the events, each one record with a fresh id (as an HTTP publish without `weir-id`
+/// gets), appended with dedup like every external publish.
+struct Publishers {
+    log: Arc<Log>,
+    storage: Arc<EmbeddedStorage>,
+    source: DestinationName,
+    probe: Arc<Probe>,
+    payload: Vec<u8>,
+    events: u64,
+    failed: AtomicBool,
+    next: AtomicU64,
+}
+
+impl Publishers {
+    /// Publishes every event; returns when all are acknowledged.
+    fn run(self: &Arc<Self>, tokio: &tokio::runtime::Runtime, args: &E2eArgs) -> anyhow::Result<()> {
+        match (args.publish, args.rate) {
+            (PublishMode::Blocking, rate) => std::thread::scope(|s| {
+                let threads: Vec<_> = (0..args.publishers)
+                    .map(|_| s.spawn(|| self.blocking(rate)))
+                    .collect();
+                let results: Vec<_> = threads
+                    .into_iter()
+                    .map(|t| t.join().expect("publisher thread"))
+                    .collect();
+                results.into_iter().collect()
+            }),
+            (PublishMode::Async, None) => tokio.block_on(async {
+                let tasks: Vec<_> = (0..args.publishers)
+                    .map(|_| {
+                        let me = Arc::clone(self);
+                        tokio::spawn(async move {
+                            while let Some(i) = me.take() {
+                                me.publish_async(i).await?;
+                            }
+                            Ok::<_, anyhow::Error>(())
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await??;
+                }
+                Ok(())
+            }),
+            (PublishMode::Async, Some(rate)) => {
+                // One pacing thread starts each publish at its due time, however many wait.
+                let mut tasks = Vec::with_capacity(self.events as usize);
+                while let Some(i) = self.take() {
+                    self.wait_due(i, rate);
+                    let me = Arc::clone(self);
+                    tasks.push(tokio.spawn(async move { me.publish_async(i).await }));
+                }
+                tokio.block_on(async {
+                    for t in tasks {
+                        t.await??;
+                    }
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    /// The next event to publish, if any is left and nothing failed.
+    fn take(&self) -> Option<u64> {
+        let i = self.next.fetch_add(1, Relaxed);
+        (i < self.events && !self.failed.load(Relaxed)).then_some(i)
+    }
+
+    /// Sleeps until event `i` is due at `rate` events per second.
+    fn wait_due(&self, i: u64, rate: u64) {
+        let due = (u128::from(i) * 1_000_000_000 / u128::from(rate)) as u64;
+        let now = self.probe.now();
+        if due > now {
+            std::thread::sleep(Duration::from_nanos(due - now));
+        }
+    }
+
+    fn record(&self) -> Record {
+        Record {
+            id: crate::ids::new_message_id(),
+            key: None,
+            headers: Vec::new(),
+            payload: self.payload.clone(),
+            timestamp_ms: crate::ids::now_ms(),
+            reply_to: None,
+            correlation_id: None,
+        }
+    }
+
+    /// One publisher thread: `Storage::append_dedup`, which blocks until the record is durable.
+    fn blocking(&self, rate: Option<u64>) -> anyhow::Result<()> {
+        while let Some(i) = self.take() {
+            if let Some(rate) = rate {
+                self.wait_due(i, rate);
+            }
+            let start = self.probe.now();
+            let stored = self.storage.append_dedup(&self.source, vec![self.record()]);
+            let stored = stored.inspect_err(|_| self.failed.store(true, Relaxed))?;
+            self.published(stored[0].0, start)?;
+        }
+        Ok(())
+    }
+
+    /// One publish awaited: the same dedup append, its durable acknowledgement awaited.
+    async fn publish_async(&self, _i: u64) -> anyhow::Result<()> {
+        let start = self.probe.now();
+        let record = self.record();
+        let stored = self.log.append_dedup(std::slice::from_ref(&record)).await;
+        let stored = stored.inspect_err(|_| self.failed.store(true, Relaxed))?;
+        self.published(stored[0].offset, start)
+    }
+
+    fn published(&self, offset: Offset, start: u64) -> anyhow::Result<()> {
+        let acked = self.probe.now();
+        let o = offset.0 as usize;
+        if o >= self.events as usize {
+            bail!("offset {o} is beyond the {} events published", self.events);
+        }
+        self.probe.publish_start[o].store(start, Relaxed);
+        self.probe.publish_acked[o].store(acked, Relaxed);
+        Ok(())
+    }
+}
+
+/// Samples the binding's durable count every `every` until all events are handled: (time,
+/// count) at each change. Fails if the count stops moving for 30 s.
+fn sample(
+    stats: &BindingStats,
+    probe: &Probe,
+    events: u64,
+    every: Duration,
+    failed: &AtomicBool,
+) -> anyhow::Result<Vec<(u64, u64)>> {
+    let mut samples = Vec::new();
+    let mut last = 0;
+    let mut moved = Instant::now();
+    loop {
+        let count = stats.acked.load(Relaxed);
+        if count != last {
+            samples.push((probe.now(), count));
+            last = count;
+            moved = Instant::now();
+        }
+        if count >= events {
+            return Ok(samples);
+        }
+        if failed.load(Relaxed) {
+            bail!("stopped: a publisher failed");
+        }
+        if moved.elapsed() > Duration::from_secs(30) {
+            bail!("no event was handled for 30 s ({count} of {events} handled)");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// CPU time (user + system) this process used so far, from /proc (None elsewhere). Assumes the
+/// usual 100 clock ticks per second.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn report(args: &E2eArgs, m: &Measured) -> anyhow::Result<()> {
+    let ms = |v: &[u64], p: f64| super::round3(super::percentile(v, p) as f64 / 1e6);
+    let seconds = m.elapsed_ns as f64 / 1e9;
+    let events_per_sec = m.events as f64 / seconds;
+    let rate_held = m.events as f64 / (m.publish_span_ns.max(1) as f64 / 1e9);
+    let cores = m.cpu_seconds.map(|c| super::round3(c / seconds));
+    let mode = format!("{:?}", args.publish).to_lowercase();
+    println!(
+        "events:       {} x {} payload bytes, guarantee {}, fsync = always, plugin {}",
+        m.events,
+        args.payload_bytes,
+        args.guarantee,
+        args.plugin.display()
+    );
+    match (args.rate, args.backlog) {
+        (Some(rate), _) => println!(
+            "publish:      {mode}, {rate} events/s asked, {rate_held:.0} held (publish starts)"
+        ),
+        (None, true) => println!(
+            "publish:      {mode}, {} publishers, all before the binding started (consumption measured alone)",
+            args.publishers
+        ),
+        (None, false) => println!(
+            "publish:      {mode}, {} publishers, each as fast as it is acknowledged",
+            args.publishers
+        ),
+    }
+    println!(
+        "handled:      {events_per_sec:.0} events/s ({seconds:.2} s from the first publish to the last event handled durably; {} CPU cores busy)",
+        cores.map_or("?".into(), |c| format!("{c:.2}"))
+    );
+    let line = |name: &str, v: &[u64]| {
+        println!(
+            "{name:<13} p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+            ms(v, 0.5),
+            ms(v, 0.99),
+            ms(v, 0.999),
+            ms(v, 1.0)
+        );
+    };
+    println!(
+        "fsyncs:       {} ({:.1} events per fsync)",
+        m.fsyncs,
+        m.events as f64 / m.fsyncs.max(1) as f64
+    );
+    line("latency:", &m.latency);
+    line("  publish:", &m.publish);
+    line("  to handler:", &m.to_handler);
+    line("  to durable:", &m.to_durable);
+    println!(
+        "latency is from the start of the publish call to the delivery engine observing the event's commit durable (publish: until the publish is acknowledged durably; to handler: until the handler returned; to durable: until the commit was seen durable, sampled every {} us)",
+        if args.rate.is_some() { 100 } else { 1000 }
+    );
+    if args.json {
+        let out = serde_json::json!({
+            "scenario": "e2e",
+            "guarantee": args.guarantee.to_string(),
+            "payload_bytes": args.payload_bytes,
+            "events": m.events,
+            "events_per_sec": events_per_sec.round(),
+            "p50_ms": ms(&m.latency, 0.5),
+            "p99_ms": ms(&m.latency, 0.99),
+            "p999_ms": ms(&m.latency, 0.999),
+            "max_ms": ms(&m.latency, 1.0),
+            "publish_p50_ms": ms(&m.publish, 0.5),
+            "publish_p99_ms": ms(&m.publish, 0.99),
+            "to_handler_p50_ms": ms(&m.to_handler, 0.5),
+            "to_handler_p99_ms": ms(&m.to_handler, 0.99),
+            "to_durable_p50_ms": ms(&m.to_durable, 0.5),
+            "to_durable_p99_ms": ms(&m.to_durable, 0.99),
+            "fsync": "always",
+            "rate": args.rate,
+            "rate_held": args.rate.map(|_| rate_held.round()),
+            "publishers": args.publishers,
+            "publish": mode,
+            "backlog": args.backlog,
+            "fsyncs": m.fsyncs,
+            "seconds": super::round3(seconds),
+            "cpu_cores_busy": cores,
+            "plugin": args.plugin.display().to_string(),
+        });
+        println!("{out}");
+    }
+    Ok(())
+}
+
