@@ -3,6 +3,7 @@
 
 mod bench;
 mod chaos;
+mod chaos_deliver;
 mod client;
 
 use std::path::PathBuf;
