@@ -206,7 +206,10 @@ fn bench_e2e_prints_one_json_object_last() {
     let store = dir.path().display().to_string();
     let base = ["bench", "e2e", "--plugin", &noop, "--dir", &store, "--json"];
     // Throughput mode, then latency mode at a held rate.
-    for extra in [&["--events", "3000"][..], &["--events", "1000", "--rate", "5000"]] {
+    for extra in [
+        &["--events", "3000"][..],
+        &["--events", "1000", "--rate", "5000"],
+    ] {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         let (code, out, err) = weir(&args, dir.path());
         assert_eq!(code, 0, "{out}\n{err}");

@@ -129,7 +129,8 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         std::thread::sleep(Duration::from_millis(rng.next() % args.max_run_ms.max(1)));
         // Sampled just before the kill: were handled messages waiting for durable commits?
         if let Ok(b) = binding_stats(&server.url) {
-            let finished = b["acked"].as_u64().unwrap_or(0) + b["dead_lettered"].as_u64().unwrap_or(0);
+            let finished =
+                b["acked"].as_u64().unwrap_or(0) + b["dead_lettered"].as_u64().unwrap_or(0);
             if b["invocations"].as_u64().unwrap_or(0) > finished {
                 report.kills_with_work_in_flight += 1;
             }
@@ -343,7 +344,7 @@ fn check(url: &str, inputs: &HashMap<String, String>, report: &mut Report) -> an
         *outputs.entry(payload).or_default() += 1;
         report.outputs += 1;
     }
-    for (input, _) in inputs {
+    for input in inputs.keys() {
         match outputs.get(input).copied().unwrap_or(0) {
             0 => report.lost_outputs += 1,
             n => report.duplicate_outputs += n - 1,

@@ -1,24 +1,28 @@
-//! `weir bench e2e`: events from publish to durably handled, in one process over the real path:
-//! [`Runtime::start`] opens the embedded store (`fsync = "always"`) and loads the plugin exactly
-//! as `weir run` does, publishers call [`Runtime::publish`] (validation and the dedup append the
-//! HTTP API uses, one event per call, each waiting for its durable acknowledgement), and
-//! [`delivery::run_binding`] consumes the queue with the binding's configured guarantee.
-//! Only HTTP is left out.
+//! `weir bench e2e`: events from publish to durably handled, in one process over the real
+//! path. The store is opened and the plugin loaded as `weir run` does (the steps of
+//! [`crate::server::Runtime::start`], with a file system that counts fsyncs); each publisher
+//! appends one event at a time with the dedup append [`crate::server::Runtime::publish`] uses,
+//! under a fresh id as a publish without `weir-id` gets, and waits for its durable
+//! acknowledgement; [`crate::delivery::run_binding`] consumes the queue with the binding's
+//! guarantee. Left out: HTTP and request validation. Publishers await the acknowledgement
+//! (`--publish async`, the default) or block a thread on it (`--publish blocking`, as the HTTP
+//! API does today on its blocking pool).
 //!
 //! What is measured, per event: from the start of its publish call to the moment the delivery
-//! engine has observed its commit durable (the moment the binding counts it `acked` and lets it
-//! leave its window). The engine does not report that per message, so the benchmark wraps the
-//! plugin in a [`Handler`] that notes the order in which handlers return, and samples the
-//! binding's `acked` counter: commits become durable in the order they are submitted (one state
-//! journal), and a handler's commit is submitted right after it returns, so the event whose
-//! handler returned `k`-th is durable once the counter reaches `k`. The counter is sampled
-//! every 100 µs in latency mode (every millisecond in throughput mode), which bounds the
-//! resolution.
+//! engine has seen its commit durable (the binding counts it `acked` and lets it leave its
+//! window; that can be later than the fsync itself, and the difference is part of what is
+//! measured). The engine reports no per-message moment, so the benchmark wraps the plugin in a
+//! [`Handler`] that notes the order in which handlers return, and samples the binding's `acked`
+//! counter: a handler's commit is submitted right after it returns, commits become durable in
+//! the order they were submitted (one state journal), and the engine counts them as it sees
+//! them durable, so the event whose handler returned `k`-th is handled once the counter reaches
+//! `k`. The counter is sampled every 100 µs in latency mode (every millisecond in throughput
+//! mode), which bounds the resolution.
 //!
 //! Throughput mode (no `--rate`): publishers publish as fast as they are acknowledged;
 //! `events_per_sec` is the events handled over the time from the first publish to the last
-//! event handled. Latency mode (`--rate R`): publishers hold `R` events per second (event `i`
-//! is due at `i / R` s) and the per-event latencies above are reported.
+//! event handled. Latency mode (`--rate R`): event `i` is published at `i / R` s, however many
+//! publishes are still waiting, and the per-event latencies are reported.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,9 +71,16 @@ pub struct E2eArgs {
     /// (`events_per_sec` then counts from the binding's start).
     #[arg(long)]
     backlog: bool,
-    /// The plugin handling the events (default: the trivial example plugin).
-    #[arg(long, default_value = "plugins/target/components/noop.wasm")]
-    plugin: PathBuf,
+    /// The plugin handling the events. Default: the trivial example plugin `noop`, or with
+    /// `--effects` the `counter` example.
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// Give every event effects: it carries header `forward-to: out`, and the plugin (by
+    /// default the `counter` example) increments a key-value counter and publishes the payload
+    /// to the queue `out`, the work `weir chaos --scenario deliver` checks. Without it the
+    /// plugin has no effects, so `exactly-once` and `at-least-once` commit the same records.
+    #[arg(long)]
+    effects: bool,
     /// The binding's `concurrency` (default: the config default).
     #[arg(long)]
     concurrency: Option<u32>,
@@ -82,17 +93,27 @@ pub struct E2eArgs {
     json: bool,
 }
 
+impl E2eArgs {
+    fn plugin(&self) -> &Path {
+        self.plugin.as_deref().expect("set by run")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PublishMode {
     Async,
     Blocking,
 }
 
-pub fn run(args: E2eArgs) -> anyhow::Result<()> {
-    if !args.plugin.is_file() {
+pub fn run(mut args: E2eArgs) -> anyhow::Result<()> {
+    let plugin = args.plugin.get_or_insert_with(|| {
+        let name = if args.effects { "counter" } else { "noop" };
+        PathBuf::from(format!("plugins/target/components/{name}.wasm"))
+    });
+    if !plugin.is_file() {
         bail!(
             "plugin `{}` not found; build the example plugins with `scripts/build-plugins` (from the repository root) or pass --plugin",
-            args.plugin.display()
+            plugin.display()
         );
     }
     let events = match (args.events, args.rate) {
@@ -175,6 +196,8 @@ impl Handler for Timed {
 /// What a run measured, in nanoseconds unless named otherwise.
 struct Measured {
     events: u64,
+    /// When a fifth, two fifths, ... of the events had been handled.
+    timeline: Vec<(u64, u64)>,
     elapsed_ns: u64,
     publish_span_ns: u64,
     /// Publish start to handled durably, sorted.
@@ -191,19 +214,7 @@ struct Measured {
 }
 
 fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> {
-    let plugin = std::path::absolute(&args.plugin)?;
-    let mut binding_extra = format!("guarantee = \"{}\"\n", args.guarantee);
-    if let Some(c) = args.concurrency {
-        binding_extra.push_str(&format!("concurrency = {c}\n"));
-    }
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
-         [broker]\nfsync = \"always\"\n\
-         [queues.bench]\n\
-         [plugins.bench]\npath = {:?}\n\
-         [[bindings]]\nsource = \"bench\"\nplugin = \"bench\"\n{binding_extra}",
-        plugin.display().to_string()
-    );
+    let text = config(args)?;
     let config_path = dir.join("weir.toml");
     std::fs::write(&config_path, &text)?;
     let config = Config::parse(&config_path, &text)?;
@@ -220,13 +231,22 @@ fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> 
         .build()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let storage: Arc<dyn Storage> = setup.storage.clone();
-    let consume = crate::delivery::run_binding(binding, handler, storage, Arc::clone(&stats), stop_rx);
+    let consume =
+        crate::delivery::run_binding(binding, handler, storage, Arc::clone(&stats), stop_rx);
     let publishers = Publishers {
-        log: setup.storage.log(&setup.source).context("the bench queue")?,
+        log: setup
+            .storage
+            .log(&setup.source)
+            .context("the bench queue")?,
         storage: Arc::clone(&setup.storage),
         source: setup.source.clone(),
         probe: Arc::clone(&probe),
         payload: vec![b'x'; args.payload_bytes],
+        headers: if args.effects {
+            vec![("forward-to".to_owned(), "out".to_owned())]
+        } else {
+            Vec::new()
+        },
         events,
         failed: AtomicBool::new(false),
         next: AtomicU64::new(0),
@@ -269,6 +289,21 @@ fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> 
         bail!("the plugin failed during the benchmark: {snapshot:?}");
     }
 
+    let mut m = analyse(args, &probe, &samples, began)?;
+    m.cpu_seconds = cpu;
+    m.fsyncs = fsyncs;
+    Ok(m)
+}
+
+/// Per event, from the probe and the samples of the durable count: latencies, and when the
+/// events were handled.
+fn analyse(
+    args: &E2eArgs,
+    probe: &Probe,
+    samples: &[(u64, u64)],
+    began: u64,
+) -> anyhow::Result<Measured> {
+    let events = probe.rank.len() as u64;
     // Per event: handled when the durable count first reached its rank.
     let handled_at = |rank: u64| {
         let i = samples.partition_point(|(_, count)| *count < rank);
@@ -289,9 +324,6 @@ fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> 
             at(&probe.returned, o),
         );
         last_handled = last_handled.max(done);
-        if std::env::var_os("E2E_DEBUG").is_some() && done.saturating_sub(ret) > 500_000_000 && o % 50 == 0 {
-            eprintln!("slow o={o} rank={} ret={:.3}s done={:.3}s", at(&probe.rank, o), ret as f64/1e9, done as f64/1e9);
-        }
         latency.push(done.saturating_sub(start));
         publish.push(acked.saturating_sub(start));
         to_handler.push(ret.saturating_sub(acked));
@@ -303,17 +335,46 @@ fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> 
     for v in [&mut latency, &mut publish, &mut to_handler, &mut to_durable] {
         v.sort_unstable();
     }
+    let zero = if args.backlog { began } else { first };
+    let step = events.div_ceil(5);
+    let timeline = (1..=5)
+        .map(|k| (k * step).min(events))
+        .filter_map(|mark| handled_at(mark).map(|t| (mark, t.saturating_sub(zero))))
+        .collect();
     Ok(Measured {
         events,
-        elapsed_ns: last_handled - if args.backlog { began } else { first },
+        timeline,
+        elapsed_ns: last_handled - zero,
         publish_span_ns: last_start - first,
         latency,
         publish,
         to_handler,
         to_durable,
-        cpu_seconds: cpu,
-        fsyncs,
+        cpu_seconds: None,
+        fsyncs: 0,
     })
+}
+
+/// The config of the run: one queue bound to the plugin with the asked guarantee.
+fn config(args: &E2eArgs) -> anyhow::Result<String> {
+    let plugin = std::path::absolute(args.plugin())?;
+    let (out, grant) = if args.effects {
+        ("[queues.out]\n", "publish = [\"out\"]\n")
+    } else {
+        ("", "")
+    };
+    let mut binding_extra = format!("guarantee = \"{}\"\n", args.guarantee);
+    if let Some(c) = args.concurrency {
+        binding_extra.push_str(&format!("concurrency = {c}\n"));
+    }
+    Ok(format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+         [broker]\nfsync = \"always\"\n\
+         [queues.bench]\n{out}\
+         [plugins.bench]\npath = {:?}\n{grant}\
+         [[bindings]]\nsource = \"bench\"\nplugin = \"bench\"\n{binding_extra}",
+        plugin.display().to_string()
+    ))
 }
 
 /// The store and the plugin, opened and loaded as [`crate::server::Runtime::start`] does, with
@@ -374,6 +435,7 @@ struct Publishers {
     source: DestinationName,
     probe: Arc<Probe>,
     payload: Vec<u8>,
+    headers: Vec<(String, String)>,
     events: u64,
     failed: AtomicBool,
     next: AtomicU64,
@@ -381,7 +443,11 @@ struct Publishers {
 
 impl Publishers {
     /// Publishes every event; returns when all are acknowledged.
-    fn run(self: &Arc<Self>, tokio: &tokio::runtime::Runtime, args: &E2eArgs) -> anyhow::Result<()> {
+    fn run(
+        self: &Arc<Self>,
+        tokio: &tokio::runtime::Runtime,
+        args: &E2eArgs,
+    ) -> anyhow::Result<()> {
         match (args.publish, args.rate) {
             (PublishMode::Blocking, rate) => std::thread::scope(|s| {
                 let threads: Vec<_> = (0..args.publishers)
@@ -398,8 +464,8 @@ impl Publishers {
                     .map(|_| {
                         let me = Arc::clone(self);
                         tokio::spawn(async move {
-                            while let Some(i) = me.take() {
-                                me.publish_async(i).await?;
+                            while me.take().is_some() {
+                                me.publish_async().await?;
                             }
                             Ok::<_, anyhow::Error>(())
                         })
@@ -416,7 +482,7 @@ impl Publishers {
                 while let Some(i) = self.take() {
                     self.wait_due(i, rate);
                     let me = Arc::clone(self);
-                    tasks.push(tokio.spawn(async move { me.publish_async(i).await }));
+                    tasks.push(tokio.spawn(async move { me.publish_async().await }));
                 }
                 tokio.block_on(async {
                     for t in tasks {
@@ -447,7 +513,7 @@ impl Publishers {
         Record {
             id: crate::ids::new_message_id(),
             key: None,
-            headers: Vec::new(),
+            headers: self.headers.clone(),
             payload: self.payload.clone(),
             timestamp_ms: crate::ids::now_ms(),
             reply_to: None,
@@ -470,7 +536,7 @@ impl Publishers {
     }
 
     /// One publish awaited: the same dedup append, its durable acknowledgement awaited.
-    async fn publish_async(&self, _i: u64) -> anyhow::Result<()> {
+    async fn publish_async(&self) -> anyhow::Result<()> {
         let start = self.probe.now();
         let record = self.record();
         let stored = self.log.append_dedup(std::slice::from_ref(&record)).await;
@@ -541,11 +607,16 @@ fn report(args: &E2eArgs, m: &Measured) -> anyhow::Result<()> {
     let cores = m.cpu_seconds.map(|c| super::round3(c / seconds));
     let mode = format!("{:?}", args.publish).to_lowercase();
     println!(
-        "events:       {} x {} payload bytes, guarantee {}, fsync = always, plugin {}",
+        "events:       {} x {} payload bytes, guarantee {}, fsync = always, plugin {}{}",
         m.events,
         args.payload_bytes,
         args.guarantee,
-        args.plugin.display()
+        args.plugin().display(),
+        if args.effects {
+            " (effects: a kv increment and a publish to `out` per event)"
+        } else {
+            ""
+        }
     );
     match (args.rate, args.backlog) {
         (Some(rate), _) => println!(
@@ -573,6 +644,12 @@ fn report(args: &E2eArgs, m: &Measured) -> anyhow::Result<()> {
             ms(v, 1.0)
         );
     };
+    let timeline: Vec<String> = m
+        .timeline
+        .iter()
+        .map(|(n, t)| format!("{n} at {:.2} s", *t as f64 / 1e9))
+        .collect();
+    println!("progress:     {}", timeline.join(", "));
     println!(
         "fsyncs:       {} ({:.1} events per fsync)",
         m.fsyncs,
@@ -612,10 +689,11 @@ fn report(args: &E2eArgs, m: &Measured) -> anyhow::Result<()> {
             "fsyncs": m.fsyncs,
             "seconds": super::round3(seconds),
             "cpu_cores_busy": cores,
-            "plugin": args.plugin.display().to_string(),
+            "plugin": args.plugin().display().to_string(),
+            "effects": args.effects,
+            "handled_at_seconds": m.timeline.iter().map(|(n, t)| serde_json::json!([n, super::round3(*t as f64 / 1e9)])).collect::<Vec<_>>(),
         });
         println!("{out}");
     }
     Ok(())
 }
-
