@@ -77,12 +77,10 @@ struct Effects {
 /// The inputs acknowledged so far: payload (identity) to key.
 type Inputs = Mutex<HashMap<String, String>>;
 
-/// A publisher's input that was sent and not yet acknowledged: sent again, same id, first thing
-/// after the restart.
-#[derive(Debug, Clone)]
-struct Pending {
-    seq: u64,
-}
+/// A publisher's state between runs: its next sequence number, and the sequence number of an
+/// input it sent without an acknowledgement (sent again, same id, first thing after the
+/// restart).
+type Publisher = (u64, Option<u64>);
 
 pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()> {
     if !args.plugin.is_file() {
@@ -113,7 +111,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         seed,
         ..Report::default()
     };
-    let mut publishers: Vec<(u64, Option<Pending>)> = vec![(0, None); args.publishers];
+    let mut publishers: Vec<Publisher> = vec![(0, None); args.publishers];
     println!(
         "chaos: store in {}, seed {seed}, guarantee {}, {} publishers, {} kills",
         dir.display(),
@@ -211,11 +209,11 @@ fn identity(publisher: usize, seq: u64) -> String {
 /// stops.
 fn spawn_publishers(
     url: &str,
-    state: &[(u64, Option<Pending>)],
+    state: &[Publisher],
     stop: &Arc<AtomicBool>,
     inputs: &Arc<Inputs>,
     only_pending: bool,
-) -> Vec<std::thread::JoinHandle<(u64, Option<Pending>)>> {
+) -> Vec<std::thread::JoinHandle<Publisher>> {
     state
         .iter()
         .cloned()
@@ -234,24 +232,23 @@ fn publish_until(
     url: &str,
     publisher: usize,
     mut next: u64,
-    mut pending: Option<Pending>,
+    mut pending: Option<u64>,
     stop: &AtomicBool,
     inputs: &Inputs,
     only_pending: bool,
-) -> (u64, Option<Pending>) {
+) -> Publisher {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
     loop {
-        let seq = match &pending {
-            Some(p) => p.seq,
+        let seq = match pending {
+            Some(seq) => seq,
             None if only_pending || stop.load(Ordering::Relaxed) => return (next, None),
             None => {
                 next += 1;
-                pending = Some(Pending { seq: next - 1 });
-                next - 1
+                *pending.insert(next - 1)
             }
         };
         if stop.load(Ordering::Relaxed) {

@@ -24,20 +24,24 @@
 //! event handled. Latency mode (`--rate R`): event `i` is published at `i / R` s, however many
 //! publishes are still waiting, and the per-event latencies are reported.
 
+mod probe;
+mod publishers;
+mod setup;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::config::{Config, Guarantee};
-use crate::delivery::{BindingStats, Handler};
-use crate::host::{Host, HostOptions, Invocation, Message, Outcome, Plugin, PluginSpec};
-use crate::names::{DestinationName, Offset, PluginName};
-use crate::storage::log::{Durability, FaultyIo, Log};
-use crate::storage::{EmbeddedOptions, EmbeddedStorage, Record, Storage};
+use crate::delivery::BindingStats;
+use crate::storage::Storage;
+use probe::{Probe, Timed, sample};
+use publishers::Publishers;
+use setup::{Setup, config};
 
 /// `weir bench e2e`.
 #[derive(Debug, Args)]
@@ -134,63 +138,6 @@ pub fn run(mut args: E2eArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let m = result?;
     report(&args, &m)
-}
-
-/// Per-event timestamps, in nanoseconds since the run's start, indexed by offset (the queue is
-/// new, so the `i`-th stored event has offset `i`).
-struct Probe {
-    started: Instant,
-    publish_start: Vec<AtomicU64>,
-    publish_acked: Vec<AtomicU64>,
-    returned: Vec<AtomicU64>,
-    /// `k` when the event's handler was the `k`-th to return (0: not yet).
-    rank: Vec<AtomicU64>,
-    returns: AtomicU64,
-}
-
-impl Probe {
-    fn new(events: u64) -> Probe {
-        let zeros = || (0..events).map(|_| AtomicU64::new(0)).collect();
-        Probe {
-            started: Instant::now(),
-            publish_start: zeros(),
-            publish_acked: zeros(),
-            returned: zeros(),
-            rank: zeros(),
-            returns: AtomicU64::new(0),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.started.elapsed().as_nanos() as u64
-    }
-}
-
-/// The plugin, noting when and in which order handlers return.
-struct Timed {
-    plugin: Arc<Plugin>,
-    probe: Arc<Probe>,
-}
-
-impl Handler for Timed {
-    fn plugin(&self) -> &PluginName {
-        self.plugin.name()
-    }
-
-    fn handle(&self, message: &Message, timeout: Duration) -> Invocation {
-        let invocation = Handler::handle(&*self.plugin, message, timeout);
-        // Only outcomes that commit an acknowledgement take a place in the commit order.
-        if matches!(invocation.result, Ok(Outcome::Ack | Outcome::Reply(_))) {
-            let p = &self.probe;
-            let at = p.now();
-            let k = p.returns.fetch_add(1, Relaxed) + 1;
-            if let Some(slot) = p.rank.get(message.offset() as usize) {
-                slot.store(k, Relaxed);
-                p.returned[message.offset() as usize].store(at, Relaxed);
-            }
-        }
-        invocation
-    }
 }
 
 /// What a run measured, in nanoseconds unless named otherwise.
@@ -353,239 +300,6 @@ fn analyse(
         cpu_seconds: None,
         fsyncs: 0,
     })
-}
-
-/// The config of the run: one queue bound to the plugin with the asked guarantee.
-fn config(args: &E2eArgs) -> anyhow::Result<String> {
-    let plugin = std::path::absolute(args.plugin())?;
-    let (out, grant) = if args.effects {
-        ("[queues.out]\n", "publish = [\"out\"]\n")
-    } else {
-        ("", "")
-    };
-    let mut binding_extra = format!("guarantee = \"{}\"\n", args.guarantee);
-    if let Some(c) = args.concurrency {
-        binding_extra.push_str(&format!("concurrency = {c}\n"));
-    }
-    Ok(format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
-         [broker]\nfsync = \"always\"\n\
-         [queues.bench]\n{out}\
-         [plugins.bench]\npath = {:?}\n{grant}\
-         [[bindings]]\nsource = \"bench\"\nplugin = \"bench\"\n{binding_extra}",
-        plugin.display().to_string()
-    ))
-}
-
-/// The store and the plugin, opened and loaded as [`crate::server::Runtime::start`] does, with
-/// a file system that counts fsyncs.
-struct Setup {
-    storage: Arc<EmbeddedStorage>,
-    io: FaultyIo,
-    source: DestinationName,
-    plugin: Arc<Plugin>,
-    _host: Arc<Host>,
-}
-
-impl Setup {
-    fn start(config: &Config) -> anyhow::Result<Setup> {
-        let io = FaultyIo::new();
-        let options = EmbeddedOptions {
-            durability: Durability::Always,
-            segment_bytes: config.server.segment_bytes,
-            io: Arc::new(io.clone()),
-            ..EmbeddedOptions::default()
-        };
-        let storage = Arc::new(EmbeddedStorage::open(
-            config.server.data_dir.join("store"),
-            options,
-        )?);
-        for name in config.destinations.keys() {
-            storage.open_log(name)?;
-        }
-        let host = Host::new(HostOptions::default())?;
-        let binding = &config.bindings[0];
-        let p = &config.plugins[&binding.plugin];
-        let spec = PluginSpec {
-            name: binding.plugin.clone(),
-            path: p.path.clone(),
-            limits: p.limits,
-            publish: p.publish.clone(),
-            max_message_size: config.server.max_message_size as usize,
-            instances: p.instances,
-        };
-        let plugin = host
-            .load(spec, Arc::clone(&storage) as Arc<dyn Storage>)
-            .context("loading the plugin")?;
-        Ok(Setup {
-            storage,
-            io,
-            source: binding.source.clone(),
-            plugin: Arc::new(plugin),
-            _host: host,
-        })
-    }
-}
-
-/// Publishes the events, each one record with a fresh id (as an HTTP publish without `weir-id`
-/// gets), appended with dedup like every external publish.
-struct Publishers {
-    log: Arc<Log>,
-    storage: Arc<EmbeddedStorage>,
-    source: DestinationName,
-    probe: Arc<Probe>,
-    payload: Vec<u8>,
-    headers: Vec<(String, String)>,
-    events: u64,
-    failed: AtomicBool,
-    next: AtomicU64,
-}
-
-impl Publishers {
-    /// Publishes every event; returns when all are acknowledged.
-    fn run(
-        self: &Arc<Self>,
-        tokio: &tokio::runtime::Runtime,
-        args: &E2eArgs,
-    ) -> anyhow::Result<()> {
-        match (args.publish, args.rate) {
-            (PublishMode::Blocking, rate) => std::thread::scope(|s| {
-                let threads: Vec<_> = (0..args.publishers)
-                    .map(|_| s.spawn(|| self.blocking(rate)))
-                    .collect();
-                let results: Vec<_> = threads
-                    .into_iter()
-                    .map(|t| t.join().expect("publisher thread"))
-                    .collect();
-                results.into_iter().collect()
-            }),
-            (PublishMode::Async, None) => tokio.block_on(async {
-                let tasks: Vec<_> = (0..args.publishers)
-                    .map(|_| {
-                        let me = Arc::clone(self);
-                        tokio::spawn(async move {
-                            while me.take().is_some() {
-                                me.publish_async().await?;
-                            }
-                            Ok::<_, anyhow::Error>(())
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await??;
-                }
-                Ok(())
-            }),
-            (PublishMode::Async, Some(rate)) => {
-                // One pacing thread starts each publish at its due time, however many wait.
-                let mut tasks = Vec::with_capacity(self.events as usize);
-                while let Some(i) = self.take() {
-                    self.wait_due(i, rate);
-                    let me = Arc::clone(self);
-                    tasks.push(tokio.spawn(async move { me.publish_async().await }));
-                }
-                tokio.block_on(async {
-                    for t in tasks {
-                        t.await??;
-                    }
-                    Ok(())
-                })
-            }
-        }
-    }
-
-    /// The next event to publish, if any is left and nothing failed.
-    fn take(&self) -> Option<u64> {
-        let i = self.next.fetch_add(1, Relaxed);
-        (i < self.events && !self.failed.load(Relaxed)).then_some(i)
-    }
-
-    /// Sleeps until event `i` is due at `rate` events per second.
-    fn wait_due(&self, i: u64, rate: u64) {
-        let due = (u128::from(i) * 1_000_000_000 / u128::from(rate)) as u64;
-        let now = self.probe.now();
-        if due > now {
-            std::thread::sleep(Duration::from_nanos(due - now));
-        }
-    }
-
-    fn record(&self) -> Record {
-        Record {
-            id: crate::ids::new_message_id(),
-            key: None,
-            headers: self.headers.clone(),
-            payload: self.payload.clone(),
-            timestamp_ms: crate::ids::now_ms(),
-            reply_to: None,
-            correlation_id: None,
-        }
-    }
-
-    /// One publisher thread: `Storage::append_dedup`, which blocks until the record is durable.
-    fn blocking(&self, rate: Option<u64>) -> anyhow::Result<()> {
-        while let Some(i) = self.take() {
-            if let Some(rate) = rate {
-                self.wait_due(i, rate);
-            }
-            let start = self.probe.now();
-            let stored = self.storage.append_dedup(&self.source, vec![self.record()]);
-            let stored = stored.inspect_err(|_| self.failed.store(true, Relaxed))?;
-            self.published(stored[0].0, start)?;
-        }
-        Ok(())
-    }
-
-    /// One publish awaited: the same dedup append, its durable acknowledgement awaited.
-    async fn publish_async(&self) -> anyhow::Result<()> {
-        let start = self.probe.now();
-        let record = self.record();
-        let stored = self.log.append_dedup(std::slice::from_ref(&record)).await;
-        let stored = stored.inspect_err(|_| self.failed.store(true, Relaxed))?;
-        self.published(stored[0].offset, start)
-    }
-
-    fn published(&self, offset: Offset, start: u64) -> anyhow::Result<()> {
-        let acked = self.probe.now();
-        let o = offset.0 as usize;
-        if o >= self.events as usize {
-            bail!("offset {o} is beyond the {} events published", self.events);
-        }
-        self.probe.publish_start[o].store(start, Relaxed);
-        self.probe.publish_acked[o].store(acked, Relaxed);
-        Ok(())
-    }
-}
-
-/// Samples the binding's durable count every `every` until all events are handled: (time,
-/// count) at each change. Fails if the count stops moving for 30 s.
-fn sample(
-    stats: &BindingStats,
-    probe: &Probe,
-    events: u64,
-    every: Duration,
-    failed: &AtomicBool,
-) -> anyhow::Result<Vec<(u64, u64)>> {
-    let mut samples = Vec::new();
-    let mut last = 0;
-    let mut moved = Instant::now();
-    loop {
-        let count = stats.acked.load(Relaxed);
-        if count != last {
-            samples.push((probe.now(), count));
-            last = count;
-            moved = Instant::now();
-        }
-        if count >= events {
-            return Ok(samples);
-        }
-        if failed.load(Relaxed) {
-            bail!("stopped: a publisher failed");
-        }
-        if moved.elapsed() > Duration::from_secs(30) {
-            bail!("no event was handled for 30 s ({count} of {events} handled)");
-        }
-        std::thread::sleep(every);
-    }
 }
 
 /// CPU time (user + system) this process used so far, from /proc (None elsewhere). Assumes the
