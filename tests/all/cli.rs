@@ -198,3 +198,77 @@ fn chaos_append_survives_sigkills() {
     assert!(last["acked"].as_u64().unwrap() > 0, "{last}");
     assert!(last["records_found"].as_u64().unwrap() >= last["acked"].as_u64().unwrap());
 }
+
+#[test]
+fn bench_e2e_prints_one_json_object_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let noop = plugin("noop").display().to_string();
+    let store = dir.path().display().to_string();
+    let base = ["bench", "e2e", "--plugin", &noop, "--dir", &store, "--json"];
+    // Throughput mode, then latency mode at a held rate.
+    for extra in [
+        &["--events", "3000"][..],
+        &["--events", "1000", "--rate", "5000"],
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, out, err) = weir(&args, dir.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(last["scenario"], "e2e");
+        assert_eq!(last["guarantee"], "at-least-once");
+        assert_eq!(last["payload_bytes"], 1024);
+        assert_eq!(last["fsync"], "always");
+        assert!(last["events_per_sec"].as_f64().unwrap() > 0.0, "{last}");
+        let (p50, p99) = (
+            last["p50_ms"].as_f64().unwrap(),
+            last["p99_ms"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{last}");
+        if extra.contains(&"--rate") {
+            assert_eq!(last["events"], 1000);
+            assert_eq!(last["rate"], 5000);
+        } else {
+            assert_eq!(last["events"], 3000);
+            assert!(last["rate"].is_null(), "{last}");
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "the store is removed: {leftovers:?}");
+}
+
+#[test]
+fn chaos_deliver_exactly_once_survives_sigkills() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("chaos").display().to_string();
+    let counter = plugin("counter").display().to_string();
+    let args = [
+        "chaos",
+        "--scenario",
+        "deliver",
+        "--guarantee",
+        "exactly-once",
+        "--kills",
+        "3",
+        "--max-run-ms",
+        "200",
+        "--plugin",
+        &counter,
+        "--dir",
+        &store,
+        "--json",
+    ];
+    let (code, out, err) = weir(&args, dir.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["guarantee"], "exactly-once");
+    assert_eq!(last["kills"], 3);
+    assert_eq!(last["lost"], 0, "{last}");
+    assert_eq!(last["duplicates"], 0, "{last}");
+    let published = last["published"].as_u64().unwrap();
+    assert!(published > 0, "{last}");
+    assert_eq!(last["handled_effects"]["counter"], published, "{last}");
+    assert_eq!(last["handled_effects"]["outputs"], published, "{last}");
+}

@@ -1,7 +1,10 @@
 //! `counter`: counts messages in kv under `count` and, for keyed messages, `count/<key>`
-//! (u64 little-endian); replies with the total as decimal text when header `reply` is present.
+//! (u64 little-endian); replies with the total as decimal text when header `reply` is present;
+//! when header `forward-to` is present, also publishes the payload (with the key) there, so
+//! every counted message leaves one output carrying its identity (`weir chaos --scenario
+//! deliver` checks the counter and the outputs against the inputs).
 
-use weir_sdk::{HandlerError, Message, Outcome, kv};
+use weir_sdk::{HandlerError, Message, Outcome, Outgoing, kv};
 
 /// Adds one to the u64 little-endian counter stored at `key` and returns the new value.
 fn increment(key: &str) -> Result<u64, HandlerError> {
@@ -26,6 +29,14 @@ fn handle(msg: Message) -> Result<Outcome, HandlerError> {
     let total = increment("count")?;
     if let Some(key) = &msg.key {
         increment(&format!("count/{key}"))?;
+    }
+    if let Some(destination) = msg.header("forward-to") {
+        let out = Outgoing {
+            key: msg.key.clone(),
+            headers: Vec::new(),
+            payload: msg.payload.clone(),
+        };
+        weir_sdk::publish(destination, out)?;
     }
     if msg.has_header("reply") {
         return Ok(Outcome::Reply(total.to_string().into_bytes()));

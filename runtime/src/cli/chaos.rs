@@ -4,6 +4,10 @@
 //! `--scenario append`: concurrent publishers with `fsync = "always"`; after every restart the
 //! whole log is read back and every acknowledged record must be there exactly once, at the offset
 //! it was acknowledged with, in each publisher's order, with its exact payload.
+//!
+//! `--scenario deliver --guarantee G`: a binding with guarantee `G` handles the published
+//! messages with a plugin that counts them and forwards each one; the counter and the outputs
+//! are checked against the inputs at the end (see `chaos_deliver.rs`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -16,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
+use crate::config::Guarantee;
+
 /// `weir chaos`.
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
@@ -24,28 +30,38 @@ pub struct ChaosArgs {
     scenario: Scenario,
     /// How many times to SIGKILL the server.
     #[arg(long, default_value_t = 50)]
-    kills: u32,
+    pub(super) kills: u32,
     /// Concurrent publishers.
     #[arg(long, default_value_t = 8)]
-    publishers: usize,
+    pub(super) publishers: usize,
     /// Longest run between a start and its kill, in milliseconds (each kill is uniform in 0..this).
     #[arg(long, default_value_t = 400)]
-    max_run_ms: u64,
+    pub(super) max_run_ms: u64,
     /// Seed of the kill schedule (default: from the clock; printed so a run can be repeated).
     #[arg(long)]
     seed: Option<u64>,
     /// Keep the store in this directory instead of a temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// `deliver`: the binding's guarantee (`exactly-once`, `at-least-once`, `at-most-once`).
+    #[arg(long, default_value = "exactly-once")]
+    pub(super) guarantee: Guarantee,
+    /// `deliver`: the counting plugin (the `counter` example, which forwards each message to
+    /// its header `forward-to`).
+    #[arg(long, default_value = "plugins/target/components/counter.wasm")]
+    pub(super) plugin: PathBuf,
     /// Print one JSON object as the last line.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Scenario {
     /// Publishes with fsync = "always" and checks acknowledged records after each crash.
     Append,
+    /// Publishes to a queue whose binding counts and forwards every message; checks the
+    /// binding's guarantee against the counter and the outputs after the crashes.
+    Deliver,
 }
 
 /// What the run found.
@@ -72,7 +88,6 @@ struct Acked {
 }
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
-    let Scenario::Append = args.scenario;
     if args.publishers == 0 {
         bail!("--publishers must be at least 1");
     }
@@ -87,13 +102,20 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             tmp.0.clone()
         }
     };
+    let seed = args
+        .seed
+        .unwrap_or_else(|| crate::ids::now_ms() ^ u64::from(std::process::id()));
+    match args.scenario {
+        Scenario::Append => append(&args, &dir, seed),
+        Scenario::Deliver => super::chaos_deliver::run(&args, &dir, seed),
+    }
+}
+
+fn append(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()> {
     std::fs::write(
         dir.join("weir.toml"),
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[broker]\nfsync = \"always\"\nsegment_size = \"1MiB\"\n[queues.chaos]\n",
     )?;
-    let seed = args
-        .seed
-        .unwrap_or_else(|| crate::ids::now_ms() ^ u64::from(std::process::id()));
     let mut rng = XorShift(seed | 1);
     let started = Instant::now();
     let acked: Arc<Mutex<HashMap<String, Acked>>> = Arc::default();
@@ -111,7 +133,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     );
 
     for round in 0..=args.kills {
-        let mut server = Server::start(&dir)?;
+        let mut server = Server::start(dir)?;
         check(&server.url, &acked.lock().expect("acked"), &mut report)?;
         if round == args.kills {
             server.stop();
@@ -304,13 +326,13 @@ fn verify(acked: &HashMap<String, Acked>, seen: &HashMap<String, Vec<(u64, Strin
 }
 
 /// A `weir run` child.
-struct Server {
+pub(super) struct Server {
     child: Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Server {
-    fn start(dir: &Path) -> anyhow::Result<Server> {
+    pub(super) fn start(dir: &Path) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("locating the weir binary")?;
         let mut child = Command::new(exe)
             .args(["run", "--config", "weir.toml"])
@@ -340,21 +362,35 @@ impl Server {
         Ok(Server { child, url })
     }
 
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }
 
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         self.kill();
+    }
+
+    /// Stops the server with SIGTERM (it finishes its in-flight work) and waits for it to exit.
+    pub(super) fn terminate(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+        if !status.success() {
+            bail!("could not send SIGTERM to weir run ({pid})");
+        }
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("weir run exited with {status} after SIGTERM");
+        }
+        Ok(())
     }
 }
 
 /// A small xorshift generator: the kill schedule needs spread, not cryptographic quality.
-struct XorShift(u64);
+pub(super) struct XorShift(pub(super) u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;

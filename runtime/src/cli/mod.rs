@@ -4,6 +4,7 @@
 
 mod bench;
 mod chaos;
+mod chaos_deliver;
 mod client;
 mod dlq;
 mod request;

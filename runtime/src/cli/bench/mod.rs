@@ -2,6 +2,7 @@
 //! last line. Run them from the repository root after `scripts/build-plugins`.
 
 mod append;
+mod e2e;
 mod invoke;
 
 use clap::Subcommand;
@@ -13,12 +14,15 @@ pub enum BenchCommand {
     Invoke(invoke::InvokeArgs),
     /// Durable appends from concurrent publishers, against the disk's own ceiling.
     Append(append::AppendArgs),
+    /// Events from publish to durably handled by a plugin, in one process over the real path.
+    E2e(e2e::E2eArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Invoke(args) => invoke::run(args),
         BenchCommand::Append(args) => append::run(args),
+        BenchCommand::E2e(args) => e2e::run(args),
     }
 }
 

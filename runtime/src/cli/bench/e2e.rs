@@ -1,0 +1,413 @@
+//! `weir bench e2e`: events from publish to durably handled, in one process over the real
+//! path. The store is opened and the plugin loaded as `weir run` does (the steps of
+//! [`crate::server::Runtime::start`], with a file system that counts fsyncs); each publisher
+//! appends one event at a time with the dedup append [`crate::server::Runtime::publish`] uses,
+//! under a fresh id as a publish without `weir-id` gets, and waits for its durable
+//! acknowledgement; [`crate::delivery::run_binding`] consumes the queue with the binding's
+//! guarantee. Left out: HTTP and request validation. Publishers await the acknowledgement
+//! (`--publish async`, the default) or block a thread on it (`--publish blocking`, as the HTTP
+//! API does today on its blocking pool).
+//!
+//! What is measured, per event: from the start of its publish call to the moment the delivery
+//! engine has seen its commit durable (the binding counts it `acked` and lets it leave its
+//! window; that can be later than the fsync itself, and the difference is part of what is
+//! measured). The engine reports no per-message moment, so the benchmark wraps the plugin in a
+//! [`Handler`] that notes the order in which handlers return, and samples the binding's `acked`
+//! counter: a handler's commit is submitted right after it returns, commits become durable in
+//! the order they were submitted (one state journal), and the engine counts them as it sees
+//! them durable, so the event whose handler returned `k`-th is handled once the counter reaches
+//! `k`. The counter is sampled every 100 µs in latency mode (every millisecond in throughput
+//! mode), which bounds the resolution.
+//!
+//! Throughput mode (no `--rate`): publishers publish as fast as they are acknowledged;
+//! `events_per_sec` is the events handled over the time from the first publish to the last
+//! event handled. Latency mode (`--rate R`): event `i` is published at `i / R` s, however many
+//! publishes are still waiting, and the per-event latencies are reported.
+
+mod probe;
+mod publishers;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::config::{Config, Guarantee};
+use crate::delivery::BindingStats;
+use crate::storage::Storage;
+use probe::{Probe, Timed, sample};
+use publishers::Publishers;
+use setup::{Setup, config};
+
+/// `weir bench e2e`.
+#[derive(Debug, Args)]
+pub struct E2eArgs {
+    /// The binding's guarantee: `at-least-once`, `exactly-once` or `at-most-once`.
+    #[arg(long, default_value = "at-least-once")]
+    guarantee: Guarantee,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Events to publish. Default: 500,000 without `--rate`, `rate × seconds` with it.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Publish at this held rate (events per second) and report per-event latency.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// With `--rate` and without `--events`: how long to hold the rate.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent publishers in throughput mode, each publishing one event and waiting for its
+    /// durable acknowledgement. (With `--rate`, every event is published at its due time,
+    /// however many are still waiting.)
+    #[arg(long, default_value_t = 256)]
+    publishers: usize,
+    /// How a publisher waits for the acknowledgement: `async` (a task awaiting the append, as
+    /// `weir bench append` does) or `blocking` (a thread blocked in `Storage::append_dedup`, as
+    /// the HTTP API's publishes do today on its blocking pool).
+    #[arg(long, value_enum, default_value = "async")]
+    publish: PublishMode,
+    /// Publish every event before the binding starts, so that only consumption is measured
+    /// (`events_per_sec` then counts from the binding's start).
+    #[arg(long)]
+    backlog: bool,
+    /// The plugin handling the events. Default: the trivial example plugin `noop`, or with
+    /// `--effects` the `counter` example.
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// Give every event effects: it carries header `forward-to: out`, and the plugin (by
+    /// default the `counter` example) increments a key-value counter and publishes the payload
+    /// to the queue `out`, the work `weir chaos --scenario deliver` checks. Without it the
+    /// plugin has no effects, so `exactly-once` and `at-least-once` commit the same records.
+    #[arg(long)]
+    effects: bool,
+    /// The binding's `concurrency` (default: the config default).
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Directory to work in (default: the current one, so the benchmark measures the disk the
+    /// project lives on); the store goes in `<dir>/.weir-bench-e2e-<pid>`, removed afterwards.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+impl E2eArgs {
+    fn plugin(&self) -> &Path {
+        self.plugin.as_deref().expect("set by run")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PublishMode {
+    Async,
+    Blocking,
+}
+
+pub fn run(mut args: E2eArgs) -> anyhow::Result<()> {
+    let plugin = args.plugin.get_or_insert_with(|| {
+        let name = if args.effects { "counter" } else { "noop" };
+        PathBuf::from(format!("plugins/target/components/{name}.wasm"))
+    });
+    if !plugin.is_file() {
+        bail!(
+            "plugin `{}` not found; build the example plugins with `scripts/build-plugins` (from the repository root) or pass --plugin",
+            plugin.display()
+        );
+    }
+    let events = match (args.events, args.rate) {
+        (Some(n), _) => n,
+        (None, None) => 500_000,
+        (None, Some(rate)) => rate.saturating_mul(args.seconds),
+    };
+    if events == 0 || args.publishers == 0 || args.rate == Some(0) {
+        bail!("--events, --rate, --seconds and --publishers must be at least 1");
+    }
+    let base = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    let dir = base.join(format!(".weir-bench-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(&args, events, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = result?;
+    report(&args, &m)
+}
+
+/// What a run measured, in nanoseconds unless named otherwise.
+struct Measured {
+    events: u64,
+    /// When a fifth, two fifths, ... of the events had been handled.
+    timeline: Vec<(u64, u64)>,
+    elapsed_ns: u64,
+    publish_span_ns: u64,
+    /// Publish start to handled durably, sorted.
+    latency: Vec<u64>,
+    /// Publish start to its durable acknowledgement, sorted.
+    publish: Vec<u64>,
+    /// Publish acknowledged to handler returned, sorted.
+    to_handler: Vec<u64>,
+    /// Handler returned to its commit observed durable, sorted.
+    to_durable: Vec<u64>,
+    cpu_seconds: Option<f64>,
+    /// Fsyncs of files during the measured part.
+    fsyncs: u64,
+}
+
+fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> {
+    let text = config(args)?;
+    let config_path = dir.join("weir.toml");
+    std::fs::write(&config_path, &text)?;
+    let config = Config::parse(&config_path, &text)?;
+    let setup = Setup::start(&config)?;
+    let binding = config.bindings[0].clone();
+    let stats = Arc::new(BindingStats::default());
+    let probe = Arc::new(Probe::new(events));
+    let handler = Arc::new(Timed {
+        plugin: Arc::clone(&setup.plugin),
+        probe: Arc::clone(&probe),
+    });
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let storage: Arc<dyn Storage> = setup.storage.clone();
+    let consume =
+        crate::delivery::run_binding(binding, handler, storage, Arc::clone(&stats), stop_rx);
+    let publishers = Publishers {
+        log: setup
+            .storage
+            .log(&setup.source)
+            .context("the bench queue")?,
+        storage: Arc::clone(&setup.storage),
+        source: setup.source.clone(),
+        probe: Arc::clone(&probe),
+        payload: vec![b'x'; args.payload_bytes],
+        headers: if args.effects {
+            vec![("forward-to".to_owned(), "out".to_owned())]
+        } else {
+            Vec::new()
+        },
+        events,
+        failed: AtomicBool::new(false),
+        next: AtomicU64::new(0),
+    };
+    let publishers = Arc::new(publishers);
+
+    if args.backlog {
+        publishers.run(&tokio, args)?;
+    }
+    let cpu_before = cpu_seconds();
+    let syncs_before = setup.io.syncs();
+    let began = probe.now();
+    let consumer = tokio.spawn(consume);
+    let every = if args.rate.is_some() {
+        Duration::from_micros(100)
+    } else {
+        Duration::from_millis(1)
+    };
+    let sampled = std::thread::scope(|s| {
+        let sampler = s.spawn(|| sample(&stats, &probe, events, every, &publishers.failed));
+        let published = if args.backlog {
+            Ok(())
+        } else {
+            publishers.run(&tokio, args)
+        };
+        if published.is_err() {
+            publishers.failed.store(true, Relaxed);
+        }
+        let sampled = sampler.join().expect("sampler thread");
+        published.and(sampled)
+    });
+    let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+    let fsyncs = setup.io.syncs() - syncs_before;
+    let _ = stop_tx.send(true);
+    let stopped = tokio.block_on(consumer);
+    let samples = sampled?;
+    stopped.context("binding task")??;
+    let snapshot = stats.snapshot();
+    if snapshot.failures.values().any(|n| *n > 0) || snapshot.dead_lettered > 0 {
+        bail!("the plugin failed during the benchmark: {snapshot:?}");
+    }
+
+    let mut m = analyse(args, &probe, &samples, began)?;
+    m.cpu_seconds = cpu;
+    m.fsyncs = fsyncs;
+    Ok(m)
+}
+
+/// Per event, from the probe and the samples of the durable count: latencies, and when the
+/// events were handled.
+fn analyse(
+    args: &E2eArgs,
+    probe: &Probe,
+    samples: &[(u64, u64)],
+    began: u64,
+) -> anyhow::Result<Measured> {
+    let events = probe.rank.len() as u64;
+    // Per event: handled when the durable count first reached its rank.
+    let handled_at = |rank: u64| {
+        let i = samples.partition_point(|(_, count)| *count < rank);
+        samples.get(i).map(|(t, _)| *t)
+    };
+    let at = |v: &[AtomicU64], o: usize| v[o].load(Relaxed);
+    let mut latency = Vec::with_capacity(events as usize);
+    let (mut publish, mut to_handler, mut to_durable) =
+        (latency.clone(), latency.clone(), latency.clone());
+    let mut last_handled = 0;
+    for o in 0..events as usize {
+        let Some(done) = handled_at(at(&probe.rank, o)) else {
+            bail!("event at offset {o} was never observed handled");
+        };
+        let (start, acked, ret) = (
+            at(&probe.publish_start, o),
+            at(&probe.publish_acked, o),
+            at(&probe.returned, o),
+        );
+        last_handled = last_handled.max(done);
+        latency.push(done.saturating_sub(start));
+        publish.push(acked.saturating_sub(start));
+        to_handler.push(ret.saturating_sub(acked));
+        to_durable.push(done.saturating_sub(ret));
+    }
+    let starts = || (0..events as usize).map(|o| at(&probe.publish_start, o));
+    let first = starts().min().unwrap_or(0);
+    let last_start = starts().max().unwrap_or(0);
+    for v in [&mut latency, &mut publish, &mut to_handler, &mut to_durable] {
+        v.sort_unstable();
+    }
+    let zero = if args.backlog { began } else { first };
+    let step = events.div_ceil(5);
+    let timeline = (1..=5)
+        .map(|k| (k * step).min(events))
+        .filter_map(|mark| handled_at(mark).map(|t| (mark, t.saturating_sub(zero))))
+        .collect();
+    Ok(Measured {
+        events,
+        timeline,
+        elapsed_ns: last_handled - zero,
+        publish_span_ns: last_start - first,
+        latency,
+        publish,
+        to_handler,
+        to_durable,
+        cpu_seconds: None,
+        fsyncs: 0,
+    })
+}
+
+/// CPU time (user + system) this process used so far, from /proc (None elsewhere). Assumes the
+/// usual 100 clock ticks per second.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn report(args: &E2eArgs, m: &Measured) -> anyhow::Result<()> {
+    let ms = |v: &[u64], p: f64| super::round3(super::percentile(v, p) as f64 / 1e6);
+    let seconds = m.elapsed_ns as f64 / 1e9;
+    let events_per_sec = m.events as f64 / seconds;
+    let rate_held = m.events as f64 / (m.publish_span_ns.max(1) as f64 / 1e9);
+    let cores = m.cpu_seconds.map(|c| super::round3(c / seconds));
+    let mode = format!("{:?}", args.publish).to_lowercase();
+    println!(
+        "events:       {} x {} payload bytes, guarantee {}, fsync = always, plugin {}{}",
+        m.events,
+        args.payload_bytes,
+        args.guarantee,
+        args.plugin().display(),
+        if args.effects {
+            " (effects: a kv increment and a publish to `out` per event)"
+        } else {
+            ""
+        }
+    );
+    match (args.rate, args.backlog) {
+        (Some(rate), _) => println!(
+            "publish:      {mode}, {rate} events/s asked, {rate_held:.0} held (publish starts)"
+        ),
+        (None, true) => println!(
+            "publish:      {mode}, {} publishers, all before the binding started (consumption measured alone)",
+            args.publishers
+        ),
+        (None, false) => println!(
+            "publish:      {mode}, {} publishers, each as fast as it is acknowledged",
+            args.publishers
+        ),
+    }
+    println!(
+        "handled:      {events_per_sec:.0} events/s ({seconds:.2} s from the first publish to the last event handled durably; {} CPU cores busy)",
+        cores.map_or("?".into(), |c| format!("{c:.2}"))
+    );
+    let line = |name: &str, v: &[u64]| {
+        println!(
+            "{name:<13} p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+            ms(v, 0.5),
+            ms(v, 0.99),
+            ms(v, 0.999),
+            ms(v, 1.0)
+        );
+    };
+    let timeline: Vec<String> = m
+        .timeline
+        .iter()
+        .map(|(n, t)| format!("{n} at {:.2} s", *t as f64 / 1e9))
+        .collect();
+    println!("progress:     {}", timeline.join(", "));
+    println!(
+        "fsyncs:       {} ({:.1} events per fsync)",
+        m.fsyncs,
+        m.events as f64 / m.fsyncs.max(1) as f64
+    );
+    line("latency:", &m.latency);
+    line("  publish:", &m.publish);
+    line("  to handler:", &m.to_handler);
+    line("  to durable:", &m.to_durable);
+    println!(
+        "latency is from the start of the publish call to the delivery engine observing the event's commit durable (publish: until the publish is acknowledged durably; to handler: until the handler returned; to durable: until the commit was seen durable, sampled every {} us)",
+        if args.rate.is_some() { 100 } else { 1000 }
+    );
+    if args.json {
+        let out = serde_json::json!({
+            "scenario": "e2e",
+            "guarantee": args.guarantee.to_string(),
+            "payload_bytes": args.payload_bytes,
+            "events": m.events,
+            "events_per_sec": events_per_sec.round(),
+            "p50_ms": ms(&m.latency, 0.5),
+            "p99_ms": ms(&m.latency, 0.99),
+            "p999_ms": ms(&m.latency, 0.999),
+            "max_ms": ms(&m.latency, 1.0),
+            "publish_p50_ms": ms(&m.publish, 0.5),
+            "publish_p99_ms": ms(&m.publish, 0.99),
+            "to_handler_p50_ms": ms(&m.to_handler, 0.5),
+            "to_handler_p99_ms": ms(&m.to_handler, 0.99),
+            "to_durable_p50_ms": ms(&m.to_durable, 0.5),
+            "to_durable_p99_ms": ms(&m.to_durable, 0.99),
+            "fsync": "always",
+            "rate": args.rate,
+            "rate_held": args.rate.map(|_| rate_held.round()),
+            "publishers": args.publishers,
+            "publish": mode,
+            "backlog": args.backlog,
+            "fsyncs": m.fsyncs,
+            "seconds": super::round3(seconds),
+            "cpu_cores_busy": cores,
+            "plugin": args.plugin().display().to_string(),
+            "effects": args.effects,
+            "handled_at_seconds": m.timeline.iter().map(|(n, t)| serde_json::json!([n, super::round3(*t as f64 / 1e9)])).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+    }
+    Ok(())
+}
