@@ -98,6 +98,13 @@ pub async fn run_binding(
             }
             return Ok(());
         }
+        // 0. Let go of messages whose commits became durable (without waiting).
+        while let Some(done) = commits.try_join_next() {
+            for (offset, finished) in done.expect("commit waits do not panic")? {
+                window.finish(offset);
+                ctx.stats.finished(finished);
+            }
+        }
         // 1. Read ahead, as far as the window has room.
         let end_now = *end.borrow_and_update();
         while next_read < end_now && window.len() < max_in_flight {
