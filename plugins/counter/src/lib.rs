@@ -1,8 +1,9 @@
 //! `counter`: counts messages in kv under `count` and, for keyed messages, `count/<key>`
 //! (u64 little-endian); replies with the total as decimal text when header `reply` is present;
-//! when header `forward-to` is present, also publishes the payload (with the key) there, so
-//! every counted message leaves one output carrying its identity (`weir chaos --scenario
-//! deliver` checks the counter and the outputs against the inputs).
+//! when header `forward-to` is present, also publishes the payload (with the key, and the new
+//! total in header `count`) there, so every counted message leaves one output carrying its
+//! identity and the state it saw (`weir chaos --scenario deliver` checks the counter and the
+//! outputs against the inputs).
 
 use weir_sdk::{HandlerError, Message, Outcome, Outgoing, kv};
 
@@ -33,7 +34,7 @@ fn handle(msg: Message) -> Result<Outcome, HandlerError> {
     if let Some(destination) = msg.header("forward-to") {
         let out = Outgoing {
             key: msg.key.clone(),
-            headers: Vec::new(),
+            headers: vec![("count".to_owned(), total.to_string())],
             payload: msg.payload.clone(),
         };
         weir_sdk::publish(destination, out)?;

@@ -10,6 +10,12 @@
 //! every acknowledged input must have had its effects (the counters, one output) exactly once
 //! (`exactly-once`), at least once (`at-least-once`), or at most once (`at-most-once`).
 //!
+//! Each output also carries, in header `count`, the total its handling saw. Under
+//! `exactly-once` an output must come from the same handling as the key-value writes that were
+//! kept, so the outputs carry 1, 2, ... up to the counter, each once; a total repeated or missing
+//! means an output survived from a handling whose key-value writes did not (reported as
+//! `count_repeats` and `count_gaps`, and a failure of `exactly-once`).
+//!
 //! The kills that matter most land between a handler's return and its commit becoming durable.
 //! There is no fault hook for that moment (the delivery engine has none); instead the
 //! publishers keep the binding busy, so that handled commits are in flight nearly all the time
@@ -62,6 +68,12 @@ struct Report {
     duplicate_outputs: u64,
     counter_lost: u64,
     counter_duplicates: u64,
+    /// Outputs whose `count` header (the total their handling saw) another output also carries:
+    /// under exactly-once, every handling sees the state of all handlings before it and no
+    /// other, so the outputs carry 1, 2, ... up to the counter, each once.
+    count_repeats: u64,
+    /// Totals in 1..=counter that no output carries.
+    count_gaps: u64,
     dead_lettered: u64,
     kills_with_work_in_flight: u32,
     seconds: f64,
@@ -168,13 +180,16 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
     server.stop();
 
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    // Under exactly-once an output must also come from the same handling as the key-value
+    // writes that were kept: the totals the outputs carry are then 1..=counter, each once.
+    let consistent = report.count_repeats == 0 && report.count_gaps == 0;
     let ok = match args.guarantee {
-        Guarantee::ExactlyOnce => report.lost == 0 && report.duplicates == 0,
+        Guarantee::ExactlyOnce => report.lost == 0 && report.duplicates == 0 && consistent,
         Guarantee::AtLeastOnce => report.lost == 0,
         Guarantee::AtMostOnce => report.duplicates == 0,
     };
     println!(
-        "chaos: {} kills ({} with handled work in flight), {} inputs: counter {}, outputs {}, lost {}, duplicates {}, dead-lettered {} ({})",
+        "chaos: {} kills ({} with handled work in flight), {} inputs: counter {}, outputs {}, lost {}, duplicates {}, dead-lettered {}; output totals repeated {}, missing {} ({})",
         report.kills,
         report.kills_with_work_in_flight,
         report.published,
@@ -183,14 +198,24 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         report.lost,
         report.duplicates,
         report.dead_lettered,
+        report.count_repeats,
+        report.count_gaps,
         if ok { "ok" } else { "FAILED" }
     );
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
     if !ok {
+        let inconsistent = if consistent {
+            String::new()
+        } else {
+            format!(
+                ", output totals repeated {} and missing {} (outputs kept from a handling whose key-value writes were not kept)",
+                report.count_repeats, report.count_gaps
+            )
+        };
         bail!(
-            "the {} guarantee was broken: lost {}, duplicates {}",
+            "the {} guarantee was broken: lost {}, duplicates {}{inconsistent}",
             args.guarantee,
             report.lost,
             report.duplicates
@@ -336,10 +361,19 @@ fn check(url: &str, inputs: &HashMap<String, String>, report: &mut Report) -> an
     report.published = inputs.len() as u64;
     report.inputs_stored = read_all("in")?.len() as u64;
     let mut outputs: HashMap<String, u64> = HashMap::new();
+    let mut totals: HashMap<u64, u64> = HashMap::new();
     for m in read_all("out")? {
         let payload = m["payload"].as_str().unwrap_or("<binary>").to_owned();
         *outputs.entry(payload).or_default() += 1;
         report.outputs += 1;
+        let total = m["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| h[0] == "count")
+            .and_then(|h| h[1].as_str()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *totals.entry(total).or_default() += 1;
     }
     for input in inputs.keys() {
         match outputs.get(input).copied().unwrap_or(0) {
@@ -360,6 +394,10 @@ fn check(url: &str, inputs: &HashMap<String, String>, report: &mut Report) -> an
         counters.insert(key, counter_value(e)?);
     }
     report.counter = counters.get("count").copied().unwrap_or(0);
+    report.count_repeats = totals.values().map(|n| n - 1).sum();
+    report.count_gaps = (1..=report.counter)
+        .filter(|t| !totals.contains_key(t))
+        .count() as u64;
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     for key in inputs.values() {
         *expected.entry(format!("count/{key}")).or_default() += 1;

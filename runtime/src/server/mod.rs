@@ -211,6 +211,9 @@ impl Runtime {
         correlation_id: Option<String>,
     ) -> Result<Published, PublishError> {
         let limit = self.config.server.max_message_size as usize;
+        // An id weir generates is new by construction: no dedup lookup (it costs a search of
+        // every sealed segment's id index).
+        let generated_id = request.id.is_none();
         let (dest, mut record) = publish::validate(destination, request, limit)?;
         if dest.is_reserved() {
             return Err(PublishError::Reserved(dest.to_string()));
@@ -225,7 +228,11 @@ impl Runtime {
         // Held until the record is stored: it counts towards the depth until then.
         let _admitted = self.backpressure.admit(&*self.storage, &dest)?;
         let id = record.id.clone();
-        let (offset, duplicate) = self.storage.append_dedup(&dest, vec![record])?[0];
+        let (offset, duplicate) = if generated_id {
+            (self.storage.append(&dest, vec![record])?[0], false)
+        } else {
+            self.storage.append_dedup(&dest, vec![record])?[0]
+        };
         Ok(publish::published(&dest, offset, id, duplicate))
     }
 
