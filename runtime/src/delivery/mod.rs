@@ -107,7 +107,13 @@ pub async fn run_binding(
         }
         // 1. Read ahead, as far as the window has room.
         let end_now = *end.borrow_and_update();
-        while next_read < end_now && window.len() < max_in_flight {
+        // While commits are draining the window, reads wait for room for a good batch: many
+        // reads of a few records each cost more than fewer larger ones.
+        let batch_room = (max_in_flight / 8).clamp(1, READ_BATCH);
+        while next_read < end_now
+            && window.len() < max_in_flight
+            && (commits.is_empty() || max_in_flight - window.len() >= batch_room)
+        {
             let want = (max_in_flight - window.len()).min(READ_BATCH);
             let read = ctx.storage.read(&ctx.binding.source, next_read, want)?;
             let Some(last) = read.last() else { break };
@@ -133,20 +139,12 @@ pub async fn run_binding(
                 })
                 .collect();
             let c = Arc::clone(&ctx);
-            let results = tokio::task::spawn_blocking(move || c.run_batch(jobs))
+            let (results, durable) = tokio::task::spawn_blocking(move || c.run_batch(jobs))
                 .await
                 .expect("invocations do not panic")?;
-            let mut durable = Vec::new();
             for r in results {
                 match r {
-                    Ran::Submitted {
-                        offset,
-                        ticket,
-                        finished,
-                    } => {
-                        window.set(offset, Phase::Committing);
-                        durable.push((offset, finished, ticket));
-                    }
+                    Ran::Handled { offset } => window.set(offset, Phase::Committing),
                     Ran::Retry {
                         offset,
                         delay,
@@ -167,10 +165,10 @@ pub async fn run_binding(
             }
             if !durable.is_empty() {
                 commits.spawn(async move {
-                    let mut done = Vec::with_capacity(durable.len());
-                    for (offset, finished, ticket) in durable {
-                        ticket.durable().await?;
-                        done.push((offset, finished));
+                    let mut done = Vec::new();
+                    for s in durable {
+                        s.ticket.durable().await?;
+                        done.extend(s.done);
                     }
                     Ok(done)
                 });
@@ -215,14 +213,24 @@ struct Job {
     failures: Vec<String>,
 }
 
+/// Commits submitted by a lane, with the messages each finishes.
+struct Submitted {
+    ticket: CommitTicket,
+    done: Vec<(Offset, Finished)>,
+}
+
+/// The commit a lane is gathering: handled messages that did not touch key-value state commit
+/// together (one journal record), flushed before any commit that did and at the lane's end.
+#[derive(Default)]
+struct Gather {
+    commit: Commit,
+    done: Vec<(Offset, Finished)>,
+}
+
 /// What running one message came to.
 enum Ran {
-    /// Handled or dead-lettered: its commit was submitted.
-    Submitted {
-        offset: Offset,
-        ticket: CommitTicket,
-        finished: Finished,
-    },
+    /// Handled or dead-lettered: its commit was submitted (see [`Submitted`]).
+    Handled { offset: Offset },
     /// Runs again after `delay`.
     Retry {
         offset: Offset,
@@ -249,7 +257,7 @@ impl Ctx {
     /// Runs a batch (on a blocking thread): records the deliveries, splits the batch into lanes
     /// that keep each key (or, under `fifo`, everything) in one lane and in order, and runs the
     /// lanes in parallel.
-    fn run_batch(&self, jobs: Vec<Job>) -> Result<Vec<Ran>, StorageError> {
+    fn run_batch(&self, jobs: Vec<Job>) -> Result<(Vec<Ran>, Vec<Submitted>), StorageError> {
         let offsets: Vec<Offset> = jobs.iter().map(|j| j.stored.offset).collect();
         let counts = match self.binding.guarantee {
             Guarantee::AtMostOnce => {
@@ -315,8 +323,11 @@ impl Ctx {
         let avg = self.invocation_ns.load(Relaxed);
         self.invocation_ns.store(avg - avg / 4 + per / 4, Relaxed);
         let mut all = Vec::new();
+        let mut submitted = Vec::new();
         for lane in out {
-            all.extend(lane?);
+            let (ran, subs) = lane?;
+            all.extend(ran);
+            submitted.extend(subs);
         }
         if self.binding.guarantee != Guarantee::AtMostOnce {
             let undo: Vec<(Offset, u32)> = all
@@ -328,14 +339,16 @@ impl Ctx {
                 .collect();
             self.storage.set_deliveries(&self.binding.name, &undo)?;
         }
-        Ok(all)
+        Ok((all, submitted))
     }
 
     /// Runs one lane's messages in order. A message that will be retried, or parks its key,
     /// holds its key (everything, under `fifo`) for the rest of the lane.
-    fn run_lane(&self, jobs: Vec<(Job, u32)>) -> Result<Vec<Ran>, StorageError> {
+    fn run_lane(&self, jobs: Vec<(Job, u32)>) -> Result<(Vec<Ran>, Vec<Submitted>), StorageError> {
         let b = &self.binding;
         let mut out = Vec::with_capacity(jobs.len());
+        let mut submitted = Vec::new();
+        let mut gather = Gather::default();
         let mut held_keys: HashSet<String> = HashSet::new();
         let mut all_held = false;
         let mut rng = Jitter::new();
@@ -362,32 +375,33 @@ impl Ctx {
                     count - 1
                 );
                 let attempts = Attempt::new(count - 1).unwrap_or(attempt);
-                out.push(self.dead_letter(&job, attempts, "interrupted", &reason)?);
+                self.dead_letter(&mut gather, &job, attempts, "interrupted", &reason);
+                out.push(Ran::Handled { offset });
                 continue;
             }
             let message = Message::new(&b.source, &job.stored, attempt);
             self.stats.invocations.fetch_add(1, Relaxed);
             let invocation = self.handler.handle(&message, b.timeout);
             let (class, reason, retry) = match invocation.result {
-                Ok(Outcome::Ack) => {
-                    let ticket = self.commit(offset, invocation.effects, None, true)?;
-                    drop(invocation.kv_guard); // after the submit: commits keep gate order
-                    out.push(Ran::Submitted {
-                        offset,
-                        ticket,
-                        finished: Finished::Acked,
-                    });
-                    continue;
-                }
-                Ok(Outcome::Reply(bytes)) => {
-                    let reply = self.reply(&job.stored, bytes);
-                    let ticket = self.commit(offset, invocation.effects, reply, true)?;
-                    drop(invocation.kv_guard);
-                    out.push(Ran::Submitted {
-                        offset,
-                        ticket,
-                        finished: Finished::Replied,
-                    });
+                Ok(outcome @ (Outcome::Ack | Outcome::Reply(_))) => {
+                    let (reply, finished) = match outcome {
+                        Outcome::Reply(bytes) => {
+                            (self.reply(&job.stored, bytes), Finished::Replied)
+                        }
+                        _ => (None, Finished::Acked),
+                    };
+                    if invocation.kv_guard.is_some() || !invocation.effects.kv.is_empty() {
+                        // In gate order: what was gathered first, then this commit alone, then
+                        // the gate goes.
+                        submitted.extend(self.flush(&mut gather)?);
+                        let mut own = Gather::default();
+                        self.stage(&mut own, offset, invocation.effects, reply, finished);
+                        submitted.extend(self.flush(&mut own)?);
+                        drop(invocation.kv_guard);
+                    } else {
+                        self.stage(&mut gather, offset, invocation.effects, reply, finished);
+                    }
+                    out.push(Ran::Handled { offset });
                     continue;
                 }
                 Ok(Outcome::DeadLetter(reason)) => ("dead-letter".to_owned(), reason, None),
@@ -435,21 +449,35 @@ impl Ctx {
                 _ => {
                     let mut job = job;
                     job.failures.push(failure);
-                    out.push(self.dead_letter(&job, attempt, &class, &reason)?);
+                    self.dead_letter(&mut gather, &job, attempt, &class, &reason);
+                    out.push(Ran::Handled { offset });
                 }
             }
         }
-        Ok(out)
+        submitted.extend(self.flush(&mut gather)?);
+        Ok((out, submitted))
     }
 
-    /// Submits one message's commit: its effects (and reply) with its acknowledgement.
-    fn commit(
+    /// Submits what a lane gathered, if anything.
+    fn flush(&self, gather: &mut Gather) -> Result<Option<Submitted>, StorageError> {
+        if gather.done.is_empty() {
+            return Ok(None);
+        }
+        let Gather { commit, done } = std::mem::take(gather);
+        let ticket = self.storage.submit(commit)?;
+        Ok(Some(Submitted { ticket, done }))
+    }
+
+    /// Adds one message's outcome to a commit: its effects (and reply or dead letter) with its
+    /// acknowledgement.
+    fn stage(
         &self,
+        gather: &mut Gather,
         offset: Offset,
         effects: crate::host::Effects,
         extra: Option<(DestinationName, Record)>,
-        ack: bool,
-    ) -> Result<CommitTicket, StorageError> {
+        finished: Finished,
+    ) {
         let b = &self.binding;
         let mut publishes = effects.publishes;
         publishes.extend(extra);
@@ -460,23 +488,19 @@ impl Ctx {
                 record.id = format!("{}@{}#{n}", b.name, offset);
             }
         }
-        let kv = (!effects.kv.is_empty()).then(|| {
-            (
-                self.handler.plugin().clone(),
-                effects.kv.into_iter().collect(),
-            )
-        });
-        let acks = if ack && b.guarantee != Guarantee::AtMostOnce {
-            vec![(b.name.clone(), offset)]
-        } else {
-            Vec::new()
-        };
-        self.storage.submit(Commit {
-            kv,
-            publishes,
-            dedup: exactly,
-            acks,
-        })
+        let c = &mut gather.commit;
+        c.publishes.extend(publishes);
+        c.dedup = exactly;
+        if !effects.kv.is_empty() {
+            let plugin = self.handler.plugin().clone();
+            c.kv.get_or_insert_with(|| (plugin, Vec::new()))
+                .1
+                .extend(effects.kv);
+        }
+        if b.guarantee != Guarantee::AtMostOnce {
+            c.acks.push((b.name.clone(), offset));
+        }
+        gather.done.push((offset, finished));
     }
 
     /// The reply record for a request, when the message names a reply destination that exists.
@@ -503,14 +527,15 @@ impl Ctx {
         ))
     }
 
-    /// Submits the move of a message to the dead-letter queue, with its history.
+    /// Adds the move of a message to the dead-letter queue, with its history, to a commit.
     fn dead_letter(
         &self,
+        gather: &mut Gather,
         job: &Job,
         attempts: Attempt,
         class: &str,
         reason: &str,
-    ) -> Result<Ran, StorageError> {
+    ) {
         let b = &self.binding;
         let stored = &job.stored;
         let mut record = (*stored.record).clone();
@@ -526,17 +551,13 @@ impl Ctx {
                 serde_json::to_string(&job.failures).unwrap_or_default(),
             ),
         ]);
-        let ticket = self.commit(
+        self.stage(
+            gather,
             stored.offset,
             crate::host::Effects::default(),
             Some((b.dead_letter.clone(), record)),
-            true,
-        )?;
-        Ok(Ran::Submitted {
-            offset: stored.offset,
-            ticket,
-            finished: Finished::DeadLettered,
-        })
+            Finished::DeadLettered,
+        );
     }
 }
 

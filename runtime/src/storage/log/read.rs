@@ -34,6 +34,8 @@ struct Place {
 }
 
 const CHUNK: u64 = 256 << 10;
+/// The first read of a walk.
+const FIRST_CHUNK: u64 = 16 << 10;
 
 impl Shared {
     /// Finds the segment holding `offset` and the indexed position at or before it, where the
@@ -198,16 +200,35 @@ fn corrupt(path: &std::path::Path, position: u64, e: DecodeError) -> LogError {
 /// `place.position` until it returns false or the segment's written bytes end.
 fn walk(
     place: &Place,
+    visit: impl FnMut(&[u8], FrameHeader, u64) -> Result<bool, LogError>,
+) -> Result<(), LogError> {
+    thread_local! {
+        /// The read buffer, kept per thread: a fresh one per walk was allocated, zeroed and
+        /// faulted in each time.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut buf) => walk_with(place, &mut buf, visit),
+        Err(_) => walk_with(place, &mut Vec::new(), visit), // a walk inside a walk
+    })
+}
+
+fn walk_with(
+    place: &Place,
+    buf: &mut Vec<u8>,
     mut visit: impl FnMut(&[u8], FrameHeader, u64) -> Result<bool, LogError>,
 ) -> Result<(), LogError> {
-    let mut buf = Vec::new();
     let mut pos = place.position;
+    // Reads start small and double: a reader that wants a few records (a consumer at the tail)
+    // does not copy a whole chunk each time.
+    let mut chunk = FIRST_CHUNK;
     while pos < place.limit {
-        let want = (place.limit - pos).min(CHUNK) as usize;
+        let want = (place.limit - pos).min(chunk) as usize;
+        chunk = (chunk * 2).min(CHUNK);
         buf.resize(want, 0);
         place
             .file
-            .read_exact_at(&mut buf, pos)
+            .read_exact_at(buf, pos)
             .map_err(|e| LogError::io(&place.path, e))?;
         let mut at = 0;
         while at < buf.len() {
@@ -227,7 +248,7 @@ fn walk(
                         buf.resize(expected, 0);
                         place
                             .file
-                            .read_exact_at(&mut buf, pos)
+                            .read_exact_at(buf, pos)
                             .map_err(|e| LogError::io(&place.path, e))?;
                         continue;
                     }
