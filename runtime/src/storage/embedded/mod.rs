@@ -232,6 +232,15 @@ impl EmbeddedStorage {
         Ok(ticket)
     }
 
+    /// Fail-stop for the whole store: once the state journal has stopped (a failed write or
+    /// fsync), nothing can be acknowledged any more, so no log takes writes either.
+    fn refuse_if_stopped(&self) -> Result<(), StorageError> {
+        match self.journal.stopped() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
     /// Writes a snapshot and trims the journal when it has grown past `snapshot_bytes`.
     fn maybe_snapshot(&self) {
         if self.journal.size_bytes() < self.options.snapshot_bytes
@@ -346,6 +355,7 @@ impl Storage for EmbeddedStorage {
         log: &DestinationName,
         records: Vec<Record>,
     ) -> Result<Vec<(Offset, bool)>, StorageError> {
+        self.refuse_if_stopped()?;
         let log = self.log_or_err(log)?;
         let deduped = log.append_dedup(&records).wait()?;
         Ok(deduped
@@ -554,6 +564,7 @@ impl Storage for EmbeddedStorage {
     }
 
     fn submit(&self, commit: Commit) -> Result<CommitTicket, StorageError> {
+        self.refuse_if_stopped()?;
         // 1. Published records, grouped per log in order (all logs resolved before anything is
         //    appended, so an unknown destination changes nothing).
         let mut groups: Vec<Group> = Vec::new();
