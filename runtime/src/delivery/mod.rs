@@ -100,10 +100,8 @@ pub async fn run_binding(
         }
         // 0. Let go of messages whose commits became durable (without waiting).
         while let Some(done) = commits.try_join_next() {
-            for (offset, finished) in done.expect("commit waits do not panic")? {
-                window.finish(offset);
-                ctx.stats.finished(finished);
-            }
+            let done = done.expect("commit waits do not panic")?;
+            finish(&mut window, &ctx.stats, done);
         }
         // 1. Read ahead, as far as the window has room.
         let end_now = *end.borrow_and_update();
@@ -186,14 +184,20 @@ pub async fn run_binding(
                 }
             }
             Some(done) = commits.join_next(), if !commits.is_empty() => {
-                for (offset, finished) in done.expect("commit waits do not panic")? {
-                    window.finish(offset);
-                    ctx.stats.finished(finished);
-                }
+                let done = done.expect("commit waits do not panic")?;
+                finish(&mut window, &ctx.stats, done);
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// Lets go of messages whose commits are durable, and counts them.
+fn finish(window: &mut Window, stats: &BindingStats, done: Vec<(Offset, Finished)>) {
+    for (offset, finished) in done {
+        window.finish(offset);
+        stats.finished(finished);
     }
 }
 

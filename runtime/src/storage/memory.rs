@@ -199,14 +199,7 @@ impl Storage for MemoryStorage {
     }
 
     fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError> {
-        let mut inner = self.lock();
-        let count = inner.state.deliveries(binding, offset) + 1;
-        inner.state.apply(Op::Delivered {
-            binding: binding.clone(),
-            offset,
-            count,
-        });
-        Ok(count)
+        Ok(self.begin_deliveries(binding, &[offset])?[0])
     }
 
     fn kv_get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>> {

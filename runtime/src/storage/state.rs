@@ -277,11 +277,7 @@ pub(crate) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
             CURSOR | ACK | DELIVERED => {
                 let binding = take_name(&mut bytes, 2, BindingName::from_stored)
                     .map_err(|e| format!("{e} at byte {at}"))?;
-                let (raw, rest) = bytes
-                    .split_first_chunk::<8>()
-                    .ok_or(format!("offset truncated at byte {at}"))?;
-                bytes = rest;
-                let offset = Offset(u64::from_le_bytes(*raw));
+                let offset = take_offset(&mut bytes, at)?;
                 match tag {
                     CURSOR => Op::Cursor { binding, offset },
                     ACK => Op::Ack { binding, offset },
@@ -301,13 +297,9 @@ pub(crate) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
             PUBLISHED => {
                 let log = take_name(&mut bytes, 2, DestinationName::new)
                     .map_err(|e| format!("{e} at byte {at}"))?;
-                let (raw, rest) = bytes
-                    .split_first_chunk::<8>()
-                    .ok_or(format!("offset truncated at byte {at}"))?;
-                bytes = rest;
                 Op::Published {
                     log,
-                    end: Offset(u64::from_le_bytes(*raw)),
+                    end: take_offset(&mut bytes, at)?,
                 }
             }
             other => return Err(format!("unknown state operation {other} at byte {at}")),
@@ -315,6 +307,15 @@ pub(crate) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
         ops.push(op);
     }
     Ok(ops)
+}
+
+/// Takes a little-endian u64 offset.
+fn take_offset(bytes: &mut &[u8], at: usize) -> Result<Offset, String> {
+    let (raw, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or(format!("offset truncated at byte {at}"))?;
+    *bytes = rest;
+    Ok(Offset(u64::from_le_bytes(*raw)))
 }
 
 /// Takes a length-prefixed field (`width` bytes of little-endian length).

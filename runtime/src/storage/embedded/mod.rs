@@ -232,6 +232,35 @@ impl EmbeddedStorage {
         Ok(ticket)
     }
 
+    /// Journals the delivery counts of `offsets` (the next count of each, or `set`) in one
+    /// record and applies them; returns the counts and the record's ticket, not waited for.
+    fn journal_deliveries(
+        &self,
+        binding: &BindingName,
+        offsets: &[Offset],
+        set: Option<&[u32]>,
+    ) -> Result<(Vec<u32>, super::log::AppendTicket), StorageError> {
+        let applied = self.lock_state();
+        let mut payload = Vec::new();
+        let mut ops = Vec::with_capacity(offsets.len());
+        let mut counts = Vec::with_capacity(offsets.len());
+        for (i, &offset) in offsets.iter().enumerate() {
+            let count = match set {
+                Some(set) => set[i],
+                None => applied.state.deliveries(binding, offset) + 1,
+            };
+            state::encode_delivered(&mut payload, binding, offset, count);
+            ops.push(Op::Delivered {
+                binding: binding.clone(),
+                offset,
+                count,
+            });
+            counts.push(count);
+        }
+        let ticket = self.journal_ops(applied, payload, ops)?;
+        Ok((counts, ticket))
+    }
+
     /// Fail-stop for the whole store: once the state journal has stopped (a failed write or
     /// fsync), nothing can be acknowledged any more, so no log takes writes either.
     fn refuse_if_stopped(&self) -> Result<(), StorageError> {
@@ -480,18 +509,10 @@ impl Storage for EmbeddedStorage {
     }
 
     fn begin_delivery(&self, binding: &BindingName, offset: Offset) -> Result<u32, StorageError> {
-        let applied = self.lock_state();
-        let count = applied.state.deliveries(binding, offset) + 1;
-        let mut payload = Vec::new();
-        state::encode_delivered(&mut payload, binding, offset, count);
-        let op = Op::Delivered {
-            binding: binding.clone(),
-            offset,
-            count,
-        };
-        self.journal_ops(applied, payload, vec![op])?.wait()?;
+        let (counts, ticket) = self.journal_deliveries(binding, &[offset], None)?;
+        ticket.wait()?;
         self.maybe_snapshot();
-        Ok(count)
+        Ok(counts[0])
     }
 
     fn begin_deliveries(
@@ -502,21 +523,8 @@ impl Storage for EmbeddedStorage {
         if offsets.is_empty() {
             return Ok(Vec::new());
         }
-        let applied = self.lock_state();
-        let mut payload = Vec::new();
-        let mut ops = Vec::with_capacity(offsets.len());
-        let mut counts = Vec::with_capacity(offsets.len());
-        for &offset in offsets {
-            let count = applied.state.deliveries(binding, offset) + 1;
-            state::encode_delivered(&mut payload, binding, offset, count);
-            ops.push(Op::Delivered {
-                binding: binding.clone(),
-                offset,
-                count,
-            });
-            counts.push(count);
-        }
-        self.journal_ops(applied, payload, ops)?.wait_written()?;
+        let (counts, ticket) = self.journal_deliveries(binding, offsets, None)?;
+        ticket.wait_written()?;
         self.maybe_snapshot();
         Ok(counts)
     }
@@ -529,19 +537,10 @@ impl Storage for EmbeddedStorage {
         if counts.is_empty() {
             return Ok(());
         }
-        let applied = self.lock_state();
-        let mut payload = Vec::new();
-        let mut ops = Vec::with_capacity(counts.len());
-        for &(offset, count) in counts {
-            state::encode_delivered(&mut payload, binding, offset, count);
-            ops.push(Op::Delivered {
-                binding: binding.clone(),
-                offset,
-                count,
-            });
-        }
+        let offsets: Vec<Offset> = counts.iter().map(|(o, _)| *o).collect();
+        let set: Vec<u32> = counts.iter().map(|(_, c)| *c).collect();
         // Not waited for: a lost correction leaves a count one too high, never too low.
-        let _ticket = self.journal_ops(applied, payload, ops)?;
+        let _ticket = self.journal_deliveries(binding, &offsets, Some(&set))?;
         Ok(())
     }
 

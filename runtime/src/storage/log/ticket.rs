@@ -70,58 +70,55 @@ impl AppendTicket {
     /// Blocks until the records are acknowledged (durable, for `Durability::Always`) or the log
     /// stopped before they were.
     pub fn wait(self) -> Result<Appended, LogError> {
+        self.block_until(Stage::Acknowledged)
+    }
+
+    /// Blocks until the records are written to the OS (they survive a crash of this process,
+    /// not yet one of the machine) or the log stopped before they were. Much sooner than
+    /// [`AppendTicket::wait`] under `Durability::Always`.
+    pub fn wait_written(self) -> Result<Appended, LogError> {
+        self.block_until(Stage::Written)
+    }
+
+    fn block_until(self, stage: Stage) -> Result<Appended, LogError> {
         let (shared, appended) = match self.inner {
             Inner::Ready(r) => return r,
             Inner::Waiting { shared, appended } => (shared, appended),
         };
+        let end = appended.end().0;
         let mut registered = false;
         loop {
             {
                 let mut progress = lock(&shared.progress);
-                if let Some(done) = outcome(&progress, appended) {
-                    return done;
+                let (reached, waiters) = match stage {
+                    Stage::Acknowledged => (progress.committed, &mut progress.waiters),
+                    Stage::Written => (progress.written, &mut progress.written_waiters),
+                };
+                if reached >= end {
+                    return Ok(appended);
                 }
                 if !registered {
-                    let me = Wake::Thread(std::thread::current());
-                    progress.waiters.push(appended.end().0, me);
+                    waiters.push(end, Wake::Thread(std::thread::current()));
                     registered = true;
                 }
+                if let Some(e) = &progress.stopped {
+                    return Err(e.clone());
+                }
             }
-            // Woken when the acknowledged end reaches ours or the log stops; a spurious
-            // wake-up just checks again.
+            // Woken when the end reaches ours or the log stops; a spurious wake-up just
+            // checks again.
             std::thread::park();
         }
     }
 }
 
-impl AppendTicket {
-    /// Blocks until the records are written to the OS (they survive a crash of this process,
-    /// not yet one of the machine) or the log stopped before they were. Much sooner than
-    /// [`AppendTicket::wait`] under `Durability::Always`.
-    pub fn wait_written(self) -> Result<Appended, LogError> {
-        let (shared, appended) = match self.inner {
-            Inner::Ready(r) => return r,
-            Inner::Waiting { shared, appended } => (shared, appended),
-        };
-        let mut registered = false;
-        loop {
-            {
-                let mut progress = lock(&shared.progress);
-                if progress.written >= appended.end().0 {
-                    return Ok(appended);
-                }
-                if let Some(e) = &progress.stopped {
-                    return Err(e.clone());
-                }
-                if !registered {
-                    let me = Wake::Thread(std::thread::current());
-                    progress.written_waiters.push(appended.end().0, me);
-                    registered = true;
-                }
-            }
-            std::thread::park();
-        }
-    }
+/// How far an append has to get for a blocking wait to return.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Acknowledged: durable under `Durability::Always`.
+    Acknowledged,
+    /// Handed to the OS.
+    Written,
 }
 
 fn outcome(progress: &Progress, appended: Appended) -> Option<Result<Appended, LogError>> {
