@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod deploy;
 pub mod host;
 pub mod ids;
 pub mod names;

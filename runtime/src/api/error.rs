@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::deploy::DeployError;
 use crate::server::{DlqError, PublishError, RETRY_AFTER_SECS, RequestError};
 
 /// An error answer: a status and `{"error": {"code", "message"}}`.
@@ -82,6 +83,20 @@ impl From<RequestError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> ApiError {
+        let status = match &e {
+            DeployError::UnknownPlugin(_) | DeployError::UnknownVersion { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            DeployError::Refused(..) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::NoPrevious(_) | DeployError::AlreadyActive { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.code(), e.to_string())
     }

@@ -10,12 +10,17 @@
 //! | `GET /v1/bindings/{name}/dlq/{offset}` | one dead letter, by its offset in the dead-letter queue |
 //! | `POST /v1/bindings/{name}/dlq/redrive?limit=` | send dead letters back to the binding's source |
 //! | `GET /v1/stats` | counters of destinations (with depth), bindings, plugins |
+//! | `GET /v1/plugins` | every plugin with its versions, the active one, counts and refused deploys |
+//! | `GET /v1/plugins/{name}` | one plugin, the same way |
+//! | `POST /v1/plugins/{name}/versions` | deploy: body = the component (`.wasm`); 201 when swapped in, 200 when already active, 422 `invalid_plugin` when refused |
+//! | `POST /v1/plugins/{name}/rollback?version=` | back to `version`, or to the version active before the current one |
 //! | `GET /v1/plugins/{name}/kv?prefix=&limit=` | a plugin's key-value state |
 //! | `GET /v1/health` | liveness |
 
 mod dlq;
 mod error;
 mod messages;
+mod plugins;
 mod requests;
 
 use std::sync::Arc;
@@ -45,6 +50,13 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             post(messages::publish).get(messages::read),
         )
         .route("/v1/destinations/{name}/requests", post(requests::request))
+        .route("/v1/plugins", get(plugins::list))
+        .route("/v1/plugins/{name}", get(plugins::show))
+        .route(
+            "/v1/plugins/{name}/versions",
+            post(plugins::deploy).layer(DefaultBodyLimit::max(plugins::MAX_COMPONENT_BYTES)),
+        )
+        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route("/v1/plugins/{name}/kv", get(kv))
         .route("/v1/bindings/{name}/dlq", get(dlq::list))
         .route("/v1/bindings/{name}/dlq/redrive", post(dlq::redrive))
@@ -99,7 +111,7 @@ async fn kv(
     let Query(q) = query.map_err(ApiError::bad_query)?;
     let plugin =
         PluginName::new(name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
-    if !rt.plugins.contains_key(&plugin) {
+    if !rt.plugins.contains(&plugin) {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "unknown_plugin",

@@ -1,5 +1,5 @@
 //! The `weir` command line: `run` a server, and client commands that talk to a running one over
-//! its HTTP API (`publish`, `request`, `tail`, `stats`, `kv`, `dlq`), plus `check`, `bench` and
+//! its HTTP API (`publish`, `request`, `tail`, `stats`, `kv`, `dlq`, `plugin`), plus `check`, `bench` and
 //! `chaos`.
 
 mod bench;
@@ -7,6 +7,7 @@ mod chaos;
 mod chaos_deliver;
 mod client;
 mod dlq;
+mod plugin;
 mod request;
 
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ enum Command {
     /// A binding's dead letters: list, show, redrive.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// A running server's plugin versions: list, deploy, rollback.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -127,6 +131,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Publish(args) => client::publish(args),
         Command::Request(args) => request::request(args),
         Command::Tail(args) => client::tail(args),
+        Command::Plugin(cmd) => plugin::run(cmd),
         Command::Stats(args) => client::stats(args),
         Command::Kv(args) => client::kv(args),
         Command::Dlq(cmd) => dlq::run(cmd),

@@ -182,6 +182,27 @@ pub(super) struct Plugin {
     /// Warm instances kept for reuse. Default: 4.
     #[serde(default = "default_instances")]
     pub instances: Spanned<u32>,
+    /// Reload the plugin when its component file changes. Default: true.
+    #[serde(default = "default_watch")]
+    pub watch: bool,
+    /// A new version is judged over its first this many invocations (0: never rolled back
+    /// automatically). Default: 20.
+    #[serde(default = "default_rollback_after")]
+    pub rollback_after: Spanned<u32>,
+    /// A new version is rolled back when more than this fraction of those invocations fail.
+    /// Default: 0.5.
+    #[serde(default = "default_rollback_failure_rate")]
+    pub rollback_failure_rate: Spanned<f64>,
+}
+
+fn default_watch() -> bool {
+    true
+}
+fn default_rollback_after() -> Spanned<u32> {
+    Spanned::new(0..0, 20)
+}
+fn default_rollback_failure_rate() -> Spanned<f64> {
+    Spanned::new(0..0, 0.5)
 }
 
 fn default_memory() -> Spanned<ByteSize> {

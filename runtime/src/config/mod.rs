@@ -104,6 +104,38 @@ pub struct PluginConfig {
     pub publish: BTreeSet<DestinationName>,
     /// Warm instances kept for reuse.
     pub instances: u32,
+    /// Reload when the component file changes.
+    pub watch: bool,
+    /// When a newly deployed version is rolled back automatically.
+    pub rollback: AutoRollback,
+}
+
+/// Automatic rollback of a newly deployed plugin version: it is judged over its first `after`
+/// invocations, and rolled back to the version before it as soon as more than
+/// `max_failure_rate` of them have failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AutoRollback {
+    /// Invocations a new version is judged over; 0 turns automatic rollback off.
+    pub after: u32,
+    /// Fraction of those invocations that may fail.
+    pub max_failure_rate: f64,
+}
+
+impl AutoRollback {
+    /// Failures among the first `after` invocations that roll the version back (the first
+    /// count above the allowed fraction); `None` when automatic rollback is off.
+    pub fn failures_to_roll_back(&self) -> Option<u32> {
+        (self.after > 0).then(|| (f64::from(self.after) * self.max_failure_rate).floor() as u32 + 1)
+    }
+}
+
+impl Default for AutoRollback {
+    fn default() -> Self {
+        AutoRollback {
+            after: 20,
+            max_failure_rate: 0.5,
+        }
+    }
 }
 
 /// Sandbox limits of a plugin, applied to each invocation.
@@ -479,6 +511,13 @@ impl Cx<'_> {
         for d in &p.publish {
             publish.insert(self.destination(d)?);
         }
+        let rate = *p.rollback_failure_rate.get_ref();
+        if !(0.0..1.0).contains(&rate) {
+            return Err(self.err(
+                p.rollback_failure_rate.span(),
+                format!("plugin `{name}`: `rollback_failure_rate` must be at least 0 and below 1 (the fraction of a new version's first invocations that may fail), found {rate}"),
+            ));
+        }
         Ok(PluginConfig {
             path,
             limits: Limits {
@@ -488,6 +527,11 @@ impl Cx<'_> {
             },
             publish,
             instances,
+            watch: p.watch,
+            rollback: AutoRollback {
+                after: *p.rollback_after.get_ref(),
+                max_failure_rate: rate,
+            },
         })
     }
 

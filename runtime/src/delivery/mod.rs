@@ -147,6 +147,7 @@ pub async fn run_binding(
                         offset,
                         delay,
                         failure,
+                        ..
                     } => {
                         ctx.stats.retried.fetch_add(1, Relaxed);
                         if let Some(f) = failure {
@@ -240,6 +241,9 @@ enum Ran {
         offset: Offset,
         delay: Duration,
         failure: Option<String>,
+        /// The delivery count to set back: the failure did not use up an attempt (the plugin
+        /// version that failed is on probation).
+        give_back: Option<u32>,
     },
     /// Failed for good; its key is parked.
     Park { offset: Offset, failure: String },
@@ -338,6 +342,11 @@ impl Ctx {
                 .iter()
                 .filter_map(|r| match r {
                     Ran::Skipped { offset, count } => Some((*offset, count - 1)),
+                    Ran::Retry {
+                        offset,
+                        give_back: Some(count),
+                        ..
+                    } => Some((*offset, *count)),
                     _ => None,
                 })
                 .collect();
@@ -430,6 +439,21 @@ impl Ctx {
                         binding = %b.name, plugin = %self.handler.plugin(), offset = %offset,
                         attempt = %attempt, class = %class, "invocation failed: {message}"
                     );
+                    if invocation.on_probation && b.guarantee != Guarantee::AtMostOnce {
+                        // The version that failed is being judged (and may be rolled back):
+                        // the message runs again, on whatever version is active then,
+                        // without having used up an attempt.
+                        hold();
+                        out.push(Ran::Retry {
+                            offset,
+                            delay: b.backoff.delay(1, rng.unit()),
+                            failure: Some(format!(
+                                "attempt {attempt}: {class}: {message} (a new plugin version on probation; the attempt does not count)"
+                            )),
+                            give_back: Some(count - 1),
+                        });
+                        continue;
+                    }
                     let delay = retryable.then(|| b.backoff.delay(count, rng.unit()));
                     (class.to_string(), message, delay)
                 }
@@ -443,6 +467,7 @@ impl Ctx {
                         offset,
                         delay,
                         failure,
+                        give_back: None,
                     });
                 }
                 _ if b.ordering == Ordering::Key && b.poison == Poison::Park && key.is_some() => {

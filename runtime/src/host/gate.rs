@@ -5,9 +5,10 @@
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-/// One plugin's gate, shared by its instances.
+/// One plugin's gate, shared by its instances and by all its versions (their state is the
+/// same).
 #[derive(Debug, Default)]
-pub(crate) struct KvGate {
+pub struct KvGate {
     held: Mutex<bool>,
     released: Condvar,
 }

@@ -158,6 +158,10 @@ pub struct Invocation {
     /// it until the effects are submitted to storage, so commits follow the order in which
     /// invocations read and wrote.
     pub kv_guard: Option<super::KvGuard>,
+    /// Ran by a plugin version still being judged after a deploy: a failure does not use up
+    /// one of the message's attempts (the version may be rolled back, and the message then
+    /// runs on the restored one).
+    pub on_probation: bool,
 }
 
 impl Invocation {
@@ -167,6 +171,7 @@ impl Invocation {
             result,
             effects,
             kv_guard: None,
+            on_probation: false,
         }
     }
 }
@@ -212,6 +217,7 @@ impl Plugin {
                     result: Ok(outcome),
                     effects,
                     kv_guard,
+                    on_probation: false,
                 }
             }
             Ok(Err(e)) => {

@@ -17,6 +17,6 @@ mod plugin;
 mod state;
 
 pub use engine::{Host, HostOptions};
-pub use gate::KvGuard;
+pub use gate::{KvGate, KvGuard};
 pub use invoke::{Effects, Failure, FailureClass, Invocation, Message, Outcome};
-pub use plugin::{LoadError, LoadedFrom, Plugin, PluginSpec};
+pub use plugin::{LoadError, LoadedFrom, Plugin, PluginSpec, content_hash};

@@ -13,6 +13,7 @@ use wasmtime::component::{Component, types::ComponentItem};
 
 use super::bindings::{MessageHandler as Handler, MessageHandlerPre as HandlerPre};
 use super::engine::{EngineSet, Host};
+use super::gate::KvGate;
 use super::state::{Grants, HostState};
 use crate::config::Limits;
 use crate::names::{DestinationName, PluginName};
@@ -156,23 +157,36 @@ impl Host {
         spec: PluginSpec,
         storage: Arc<dyn Storage>,
     ) -> Result<Plugin, LoadError> {
-        let started = Instant::now();
-        let name = spec.name.clone();
         let bytes = std::fs::read(&spec.path).map_err(|source| LoadError::Read {
-            plugin: name.clone(),
+            plugin: spec.name.clone(),
             path: spec.path.clone(),
             source,
         })?;
-        check_header(&bytes).map_err(|reason| LoadError::NotAComponent {
+        self.load_bytes(spec, &bytes, storage, Arc::default())
+    }
+
+    /// Loads and validates a plugin from the component's bytes (`spec.path` names them in
+    /// errors), sharing `kv_gate` with the plugin's other versions, and creates its first
+    /// instance.
+    pub fn load_bytes(
+        self: &Arc<Self>,
+        spec: PluginSpec,
+        bytes: &[u8],
+        storage: Arc<dyn Storage>,
+        kv_gate: Arc<KvGate>,
+    ) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        let name = spec.name.clone();
+        check_header(bytes).map_err(|reason| LoadError::NotAComponent {
             plugin: name.clone(),
             path: spec.path.clone(),
             reason,
         })?;
         let metered = spec.limits.fuel.is_some();
         let set: &EngineSet = if metered { &self.metered } else { &self.plain };
-        let hash = hex(&Sha256::digest(&bytes));
+        let hash = content_hash(bytes);
         let (component, loaded_from) =
-            self.compile(set, &hash, &bytes)
+            self.compile(set, &hash, bytes)
                 .map_err(|e| LoadError::Invalid {
                     plugin: name.clone(),
                     path: spec.path.clone(),
@@ -193,7 +207,7 @@ impl Host {
             publish: spec.publish.clone(),
             max_message_size: spec.max_message_size,
             storage,
-            kv_gate: Default::default(),
+            kv_gate,
         });
         let plugin = Plugin {
             deadline_ticks: self.deadline_ticks(spec.limits.timeout),
@@ -264,6 +278,11 @@ impl Plugin {
     /// The file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.spec.path
+    }
+
+    /// The plugin's key-value gate, shared by all its versions.
+    pub fn kv_gate(&self) -> &Arc<KvGate> {
+        &self.grants.kv_gate
     }
 
     /// Its sandbox limits.
@@ -348,6 +367,12 @@ fn check_imports(
         }
     }
     Ok(())
+}
+
+/// SHA-256 of a component's bytes, hex: its identity in the precompiled cache and among a
+/// plugin's versions.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 pub(super) fn hex(bytes: &[u8]) -> String {

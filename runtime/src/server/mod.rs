@@ -24,8 +24,9 @@ pub use request::{DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, Replied, Request
 use crate::config::FsyncPolicy;
 use crate::config::{Config, DestinationKind, Retention};
 use crate::delivery::{BindingSnapshot, BindingStats};
-use crate::host::{Host, HostOptions, LoadedFrom, Plugin, PluginSpec};
-use crate::names::{BindingName, DestinationName, PluginName};
+use crate::deploy::{Registry, Reloader};
+use crate::host::{Host, HostOptions, LoadedFrom};
+use crate::names::{BindingName, DestinationName};
 use crate::storage::log::{Durability, Recovery};
 use crate::storage::{EmbeddedOptions, EmbeddedStorage, Storage, StorageError};
 
@@ -36,8 +37,9 @@ pub struct Runtime {
     pub config: Config,
     /// The store.
     pub storage: Arc<dyn Storage>,
-    /// Loaded plugins by name.
-    pub plugins: BTreeMap<PluginName, Arc<Plugin>>,
+    /// The plugins: their active versions (in slots bindings invoke), stored versions and
+    /// deploys.
+    pub plugins: Arc<Registry>,
     /// Binding counters by name.
     pub bindings: BTreeMap<BindingName, Arc<BindingStats>>,
     inbox: inbox::Inbox,
@@ -105,6 +107,9 @@ pub struct BindingStatsView {
 /// What is known about a loaded plugin.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PluginInfo {
+    /// The active version (`weir plugin list` shows them all).
+    #[serde(default)]
+    pub version: u64,
     /// The component file.
     pub path: String,
     /// SHA-256 of the file.
@@ -146,31 +151,22 @@ impl Runtime {
         storage
             .open_log(inbox.name())
             .with_context(|| format!("cannot open the reply inbox `{}`", inbox.name()))?;
-        let instances: u32 = config.plugins.values().map(|p| p.instances + 2).sum();
+        // Room for each plugin's warm instances three times over: the active version, the
+        // one it replaced (finishing its invocations, or kept for an automatic rollback) and
+        // one being loaded.
+        let instances: u32 = config.plugins.values().map(|p| (p.instances + 2) * 3).sum();
         let mut options = HostOptions::default().max_instances(instances.max(16));
         if cache {
             options = options.cache_dir(config.server.data_dir.join("cache"));
         }
         let host = Host::new(options)?;
-        let mut plugins = BTreeMap::new();
-        for (name, p) in &config.plugins {
-            let spec = PluginSpec {
-                name: name.clone(),
-                path: p.path.clone(),
-                limits: p.limits,
-                publish: p.publish.clone(),
-                max_message_size: config.server.max_message_size as usize,
-                instances: p.instances,
-            };
-            let plugin = host.load(spec, Arc::clone(&storage))?;
-            let from = match plugin.loaded_from() {
-                LoadedFrom::Compiled => "compiled",
-                LoadedFrom::Cache => "cache",
-            };
-            let ms = plugin.load_time().as_secs_f64() * 1e3;
-            tracing::info!(plugin = %name, from, load_ms = format_args!("{ms:.1}"), "loaded plugin");
-            plugins.insert(name.clone(), Arc::new(plugin));
-        }
+        let data_dir = cache.then_some(config.server.data_dir.as_path());
+        let plugins = Arc::new(Registry::open(
+            &config,
+            Arc::clone(&host),
+            Arc::clone(&storage),
+            data_dir,
+        )?);
         let bindings = config
             .bindings
             .iter()
@@ -287,9 +283,12 @@ impl Runtime {
             .collect();
         let plugins = self
             .plugins
-            .iter()
-            .map(|(name, p)| {
+            .names()
+            .filter_map(|name| {
+                let slot = self.plugins.slot(name)?;
+                let p = slot.plugin();
                 let info = PluginInfo {
+                    version: slot.version(),
                     path: p.path().display().to_string(),
                     sha256: p.hash().to_owned(),
                     loaded_from: match p.loaded_from() {
@@ -299,7 +298,7 @@ impl Runtime {
                     .to_owned(),
                     load_ms: p.load_time().as_secs_f64() * 1e3,
                 };
-                (name.to_string(), info)
+                Some((name.to_string(), info))
             })
             .collect();
         StatsSnapshot {
@@ -396,7 +395,12 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for b in &runtime.config.bindings {
-        let plugin = Arc::clone(&runtime.plugins[&b.plugin]);
+        let plugin = Arc::clone(
+            runtime
+                .plugins
+                .slot(&b.plugin)
+                .expect("bindings name configured plugins"),
+        );
         let stats = Arc::clone(&runtime.bindings[&b.name]);
         let fut = crate::delivery::run_binding(
             b.clone(),
@@ -420,6 +424,9 @@ pub async fn run(
         ("reply inbox".to_owned(), done)
     });
 
+    // Deploys changed plugin files and records automatic rollbacks until the server stops.
+    let reloader = Reloader::start(Arc::clone(&runtime.plugins))?;
+
     println!("weir listening on http://{addr}");
     tracing::info!(%addr, "serving the HTTP API");
     let app = crate::api::router(Arc::clone(&runtime));
@@ -434,6 +441,7 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await?;
 
+    drop(reloader);
     let _ = stop_tx.send(true);
     while let Some(done) = tasks.join_next().await {
         let (name, result) = done?;

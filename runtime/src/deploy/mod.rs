@@ -1,0 +1,883 @@
+//! Plugin versions and hot deployment: every plugin runs behind a [`Slot`] that bindings invoke,
+//! and the [`Registry`] swaps what is in it.
+//!
+//! A deploy (the configured file changed, or an upload) loads and validates the new component
+//! off the hot path (compile or precompiled cache, import check, the handler world's types, a
+//! first instance); only then is it swapped in, atomically: invocations that start afterwards
+//! run the new version, invocations in flight finish on the old one (they hold it). A key's next
+//! message starts only after its previous one's commit was submitted (the delivery engine's
+//! ordering), so per-key order holds across a swap, and the delivery guarantees are untouched:
+//! which version handled a message is not part of them.
+//!
+//! A newly deployed version is on probation for its first `rollback_after` invocations: if more
+//! than `rollback_failure_rate` of them fail, the slot swaps the version before it back in at
+//! once (it was kept loaded for that), and the failures it caused did not use up the messages'
+//! attempts, so they are retried on the restored version. Versions are kept on disk
+//! ([`store`]) and survive restarts.
+
+mod store;
+mod watch;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+pub use store::{Origin, StoreError};
+pub use watch::Reloader;
+
+use crate::config::{Config, PluginConfig};
+use crate::delivery::Handler;
+use crate::host::{Host, Invocation, KvGate, LoadError, LoadedFrom, Message, Plugin, PluginSpec};
+use crate::ids::now_ms;
+use crate::names::PluginName;
+use crate::storage::Storage;
+use store::{VersionRecord, VersionStore};
+
+/// Refused deploys remembered per plugin (the newest).
+const KEEP_REFUSALS: usize = 8;
+
+/// What a binding invokes: the active version of one plugin, swappable while it runs.
+pub struct Slot {
+    name: PluginName,
+    live: ArcSwap<Live>,
+    /// Serializes swaps (deploys, rollbacks and probation verdicts).
+    swapping: Mutex<()>,
+    /// Tells the reloader about automatic rollbacks, which it records on disk.
+    events: mpsc::Sender<Work>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("name", &self.name)
+            .field("version", &self.live.load().version.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One activation of a version in a slot.
+struct Live {
+    plugin: Arc<Plugin>,
+    version: Arc<VersionStats>,
+    activation: Arc<Activation>,
+    probation: Option<Probation>,
+}
+
+/// When a version became active, and when it first ran after that.
+#[derive(Debug)]
+pub struct Activation {
+    /// The version.
+    pub version: u64,
+    /// When it was swapped in.
+    pub at: Instant,
+    /// When the first invocation after that started.
+    pub first_invocation: OnceLock<Instant>,
+}
+
+/// A new version being judged, with the version to restore if it fails.
+struct Probation {
+    previous: Arc<Live>,
+    after: u32,
+    failures_to_roll_back: u32,
+    ran: AtomicU32,
+    failed: AtomicU32,
+    decided: AtomicBool,
+}
+
+/// Counters of one version, since the server started.
+#[derive(Debug)]
+struct VersionStats {
+    seq: u64,
+    invocations: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl VersionStats {
+    fn new(seq: u64) -> Arc<VersionStats> {
+        Arc::new(VersionStats {
+            seq,
+            invocations: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        })
+    }
+}
+
+impl Handler for Slot {
+    fn plugin(&self) -> &PluginName {
+        &self.name
+    }
+
+    fn handle(&self, message: &Message, timeout: Duration) -> Invocation {
+        let live = self.live.load_full();
+        live.activation
+            .first_invocation
+            .get_or_init(Instant::now);
+        let mut invocation = live.plugin.invoke_within(message, timeout);
+        let failed = invocation.result.is_err();
+        live.version.invocations.fetch_add(1, Relaxed);
+        if failed {
+            live.version.failures.fetch_add(1, Relaxed);
+        }
+        if let Some(p) = &live.probation {
+            invocation.on_probation = failed;
+            self.judge(&live, p, failed);
+        }
+        invocation
+    }
+}
+
+impl Slot {
+    fn new(name: PluginName, live: Live, events: mpsc::Sender<Work>) -> Slot {
+        Slot {
+            name,
+            live: ArcSwap::from_pointee(live),
+            swapping: Mutex::new(()),
+            events,
+        }
+    }
+
+    /// The plugin version invocations start on now.
+    pub fn plugin(&self) -> Arc<Plugin> {
+        Arc::clone(&self.live.load().plugin)
+    }
+
+    /// The active version's number.
+    pub fn version(&self) -> u64 {
+        self.live.load().version.seq
+    }
+
+    /// The current activation (which version, since when, first invocation).
+    pub fn activation(&self) -> Arc<Activation> {
+        Arc::clone(&self.live.load().activation)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.swapping.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Swaps `live` in; returns what was active.
+    fn swap(&self, live: Live) -> Arc<Live> {
+        let _g = self.lock();
+        self.live.swap(Arc::new(live))
+    }
+
+    /// Counts an invocation of a version on probation, and decides when it is due: back to
+    /// the previous version when too many failed, kept when enough ran.
+    fn judge(&self, live: &Arc<Live>, p: &Probation, failed: bool) {
+        let ran = p.ran.fetch_add(1, Relaxed) + 1;
+        let failures = if failed {
+            p.failed.fetch_add(1, Relaxed) + 1
+        } else {
+            p.failed.load(Relaxed)
+        };
+        let roll_back = failures >= p.failures_to_roll_back;
+        if !roll_back && ran < p.after {
+            return;
+        }
+        if p.decided.swap(true, Relaxed) {
+            return;
+        }
+        let _g = self.lock();
+        if !Arc::ptr_eq(&self.live.load(), live) {
+            return; // replaced meanwhile (a deploy or a rollback)
+        }
+        if roll_back {
+            let prev = &p.previous;
+            let restored = Live {
+                plugin: Arc::clone(&prev.plugin),
+                version: Arc::clone(&prev.version),
+                activation: activation(prev.version.seq),
+                probation: None,
+            };
+            self.live.store(Arc::new(restored));
+            let reason = format!(
+                "automatic: {failures} of its first {ran} invocations failed (more than {:.0}% of {})",
+                100.0 * f64::from(p.failures_to_roll_back - 1) / f64::from(p.after),
+                p.after
+            );
+            tracing::error!(plugin = %self.name, from = live.version.seq, to = prev.version.seq, "rolled back: {reason}");
+            let _ = self.events.send(Work::RolledBack {
+                plugin: self.name.clone(),
+                from: live.version.seq,
+                to: prev.version.seq,
+                reason,
+            });
+        } else {
+            // Passed: the previous version is let go.
+            self.live.store(Arc::new(Live {
+                plugin: Arc::clone(&live.plugin),
+                version: Arc::clone(&live.version),
+                activation: Arc::clone(&live.activation),
+                probation: None,
+            }));
+            tracing::info!(plugin = %self.name, version = live.version.seq, failures, ran, "new version passed its probation");
+        }
+    }
+}
+
+fn activation(version: u64) -> Arc<Activation> {
+    Arc::new(Activation {
+        version,
+        at: Instant::now(),
+        first_invocation: OnceLock::new(),
+    })
+}
+
+/// Work for the reloader thread.
+enum Work {
+    /// A filesystem event from the watcher.
+    Fs(notify::Result<notify::Event>),
+    /// A slot rolled a version back on its own; record it.
+    RolledBack {
+        plugin: PluginName,
+        from: u64,
+        to: u64,
+        reason: String,
+    },
+    /// The reloader stops.
+    Stop,
+}
+
+/// Every plugin's slot, versions and deploy history.
+pub struct Registry {
+    host: Arc<Host>,
+    storage: Arc<dyn Storage>,
+    max_message_size: usize,
+    entries: BTreeMap<PluginName, Entry>,
+    events: Mutex<Option<mpsc::Receiver<Work>>>,
+    sender: mpsc::Sender<Work>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("plugins", &self.entries.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Entry {
+    slot: Arc<Slot>,
+    config: PluginConfig,
+    gate: Arc<KvGate>,
+    /// A change of the configured file is waiting for its writer to finish.
+    pending: AtomicBool,
+    state: Mutex<EntryState>,
+}
+
+struct EntryState {
+    store: VersionStore,
+    stats: BTreeMap<u64, Arc<VersionStats>>,
+    refusals: VecDeque<Refusal>,
+    swaps: u64,
+    rollbacks: u64,
+}
+
+/// A deploy that was refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refusal {
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// SHA-256 of the refused component.
+    pub sha256: String,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Why it was refused.
+    pub error: String,
+}
+
+/// A plugin, as `weir plugin list` and `GET /v1/plugins` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginView {
+    /// The plugin.
+    pub name: String,
+    /// Its configured component file.
+    pub path: String,
+    /// Whether changes of that file are deployed.
+    pub watch: bool,
+    /// The active version.
+    pub active: u64,
+    /// Whether the active version is still being judged (automatic rollback).
+    pub on_probation: bool,
+    /// A change of the file is waiting for its writer to finish.
+    pub pending_change: bool,
+    /// Versions swapped in since the server started (deploys and rollbacks).
+    pub swaps: u64,
+    /// Rollbacks since the server started (by command and automatic).
+    pub rollbacks: u64,
+    /// Every stored version, oldest first.
+    pub versions: Vec<VersionView>,
+    /// The latest refused deploys, oldest first.
+    pub refusals: Vec<Refusal>,
+}
+
+/// One version of a plugin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionView {
+    /// Its sequence number.
+    pub version: u64,
+    /// SHA-256 of its component.
+    pub sha256: String,
+    /// Component size in bytes.
+    pub size: u64,
+    /// `file` or `upload`.
+    pub origin: Origin,
+    /// `active`, `on-probation`, `rolled-back` or `standby`.
+    pub state: String,
+    /// When it was first stored (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// When it last became active.
+    pub activated_ms: Option<u64>,
+    /// What a rollback from it restores.
+    pub previous: Option<u64>,
+    /// Invocations since the server started.
+    pub invocations: u64,
+    /// Failed invocations since the server started.
+    pub failures: u64,
+    /// Why it was rolled back, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_reason: Option<String>,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployed {
+    /// The version active now.
+    pub version: VersionView,
+    /// False when that content was already active (nothing was swapped).
+    pub swapped: bool,
+    /// Time to load it (compile or precompiled cache, validate, first instance), in ms.
+    pub load_ms: f64,
+    /// `compiled` or `cache`.
+    pub loaded_from: String,
+}
+
+/// Why a deploy or rollback did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// No plugin of that name is configured.
+    #[error("no plugin named `{0}`")]
+    UnknownPlugin(String),
+    /// The component was refused; the running version stays.
+    #[error("{0}; version {1} keeps serving")]
+    Refused(LoadError, u64),
+    /// The version to roll back to is not stored.
+    #[error("plugin `{plugin}` has no version {version} (see `weir plugin list`)")]
+    UnknownVersion {
+        /// The plugin.
+        plugin: String,
+        /// The asked version.
+        version: u64,
+    },
+    /// Nothing to roll back to.
+    #[error("plugin `{0}` has no previous version to roll back to")]
+    NoPrevious(String),
+    /// The version is already active.
+    #[error("version {version} of plugin `{plugin}` is already active")]
+    AlreadyActive {
+        /// The plugin.
+        plugin: String,
+        /// The version.
+        version: u64,
+    },
+    /// The version store failed; the running version stays.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl DeployError {
+    /// A stable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeployError::UnknownPlugin(_) => "unknown_plugin",
+            DeployError::Refused(..) => "invalid_plugin",
+            DeployError::UnknownVersion { .. } => "unknown_version",
+            DeployError::NoPrevious(_) => "no_previous_version",
+            DeployError::AlreadyActive { .. } => "already_active",
+            DeployError::Store(_) => "storage_unavailable",
+        }
+    }
+}
+
+impl Registry {
+    /// Loads every configured plugin's active version: the stored one, unless the configured
+    /// file changed since it was last taken (then the file is deployed as a new version; if it
+    /// is refused and a stored version exists, that one serves and the refusal is logged).
+    /// `data_dir` `None` stores nothing (validating a config).
+    pub fn open(
+        config: &Config,
+        host: Arc<Host>,
+        storage: Arc<dyn Storage>,
+        data_dir: Option<&Path>,
+    ) -> anyhow::Result<Registry> {
+        let (sender, receiver) = mpsc::channel();
+        let mut registry = Registry {
+            host,
+            storage,
+            max_message_size: config.server.max_message_size as usize,
+            entries: BTreeMap::new(),
+            events: Mutex::new(Some(receiver)),
+            sender,
+        };
+        for (name, p) in &config.plugins {
+            let store = match data_dir {
+                Some(dir) => VersionStore::open(dir.join("plugins").join(name.as_str()))?,
+                None => VersionStore::ephemeral(),
+            };
+            let entry = registry.open_entry(name, p, store)?;
+            registry.entries.insert(name.clone(), entry);
+        }
+        Ok(registry)
+    }
+
+    fn open_entry(
+        &self,
+        name: &PluginName,
+        p: &PluginConfig,
+        mut store: VersionStore,
+    ) -> anyhow::Result<Entry> {
+        let gate = Arc::new(KvGate::default());
+        let file = std::fs::read(&p.path);
+        let file_hash = file.as_ref().ok().map(|b| crate::host::content_hash(b));
+        let mut refusals = VecDeque::new();
+        let taken = file_hash.is_some() && file_hash.as_deref() == store.file_sha256();
+        let stored = store.active().cloned();
+        let (plugin, seq) = match (file, stored) {
+            // The file is new to the store: it is deployed, unless it is refused.
+            (Ok(bytes), stored) if !taken || stored.is_none() => {
+                let hash = file_hash.clone().unwrap_or_default();
+                match (self.load(name, p, &p.path, &bytes, &gate), stored) {
+                    (Ok(plugin), _) => {
+                        let v = store.deploy(&bytes, &hash, Origin::File)?;
+                        (plugin, v.seq)
+                    }
+                    (Err(e), None) => return Err(e.into()),
+                    (Err(e), Some(stored)) => {
+                        tracing::error!(plugin = %name, "{e}; the stored version {} serves instead", stored.seq);
+                        refusals.push_back(Refusal {
+                            at_ms: now_ms(),
+                            sha256: hash.clone(),
+                            origin: Origin::File,
+                            error: e.to_string(),
+                        });
+                        store.saw_file(&hash)?;
+                        let plugin = self.load_stored(name, p, &store, &stored, &gate)?;
+                        (plugin, stored.seq)
+                    }
+                }
+            }
+            (_, Some(stored)) => (self.load_stored(name, p, &store, &stored, &gate)?, stored.seq),
+            (Ok(_), None) => unreachable!("a file with nothing stored is deployed above"),
+            (Err(e), None) => {
+                anyhow::bail!(
+                    "plugin `{name}`: cannot read `{}`: {e}, and no version of it is stored",
+                    p.path.display()
+                )
+            }
+        };
+        let from = match plugin.loaded_from() {
+            LoadedFrom::Compiled => "compiled",
+            LoadedFrom::Cache => "cache",
+        };
+        let ms = plugin.load_time().as_secs_f64() * 1e3;
+        tracing::info!(plugin = %name, version = seq, from, load_ms = format_args!("{ms:.1}"), "loaded plugin");
+        let stats = VersionStats::new(seq);
+        let live = Live {
+            plugin: Arc::new(plugin),
+            version: Arc::clone(&stats),
+            activation: activation(seq),
+            probation: None,
+        };
+        Ok(Entry {
+            slot: Arc::new(Slot::new(name.clone(), live, self.sender.clone())),
+            config: p.clone(),
+            gate,
+            pending: AtomicBool::new(false),
+            state: Mutex::new(EntryState {
+                store,
+                stats: BTreeMap::from([(seq, stats)]),
+                refusals,
+                swaps: 0,
+                rollbacks: 0,
+            }),
+        })
+    }
+
+    fn load(
+        &self,
+        name: &PluginName,
+        p: &PluginConfig,
+        path: &Path,
+        bytes: &[u8],
+        gate: &Arc<KvGate>,
+    ) -> Result<Plugin, LoadError> {
+        let spec = PluginSpec {
+            name: name.clone(),
+            path: path.to_owned(),
+            limits: p.limits,
+            publish: p.publish.clone(),
+            max_message_size: self.max_message_size,
+            instances: p.instances,
+        };
+        self.host
+            .load_bytes(spec, bytes, Arc::clone(&self.storage), Arc::clone(gate))
+    }
+
+    fn load_stored(
+        &self,
+        name: &PluginName,
+        p: &PluginConfig,
+        store: &VersionStore,
+        v: &VersionRecord,
+        gate: &Arc<KvGate>,
+    ) -> anyhow::Result<Plugin> {
+        let bytes = store.read_artifact(v)?;
+        let path = store.artifact(&v.sha256);
+        Ok(self.load(name, p, &path, &bytes, gate)?)
+    }
+
+    /// The plugins' names.
+    pub fn names(&self) -> impl Iterator<Item = &PluginName> {
+        self.entries.keys()
+    }
+
+    /// Whether a plugin of that name is configured.
+    pub fn contains(&self, name: &PluginName) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// How many plugins there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A plugin's slot, which bindings invoke.
+    pub fn slot(&self, name: &PluginName) -> Option<&Arc<Slot>> {
+        self.entries.get(name).map(|e| &e.slot)
+    }
+
+    fn entry(&self, name: &str) -> Result<(&PluginName, &Entry), DeployError> {
+        PluginName::new(name)
+            .ok()
+            .and_then(|n| self.entries.get_key_value(&n))
+            .ok_or_else(|| DeployError::UnknownPlugin(name.to_owned()))
+    }
+
+    /// Deploys a component as the plugin's active version: loads and validates it (compiled or
+    /// from the precompiled cache), swaps it in, then records it on disk. A refused component
+    /// changes nothing but the plugin's list of refusals.
+    pub fn deploy(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+        origin: Origin,
+    ) -> Result<Deployed, DeployError> {
+        self.deploy_inner(plugin, bytes, origin, true)
+    }
+
+    /// Deploys the plugin's configured file when its content is new. `Ok(None)`: nothing new.
+    /// A refusal is recorded only when `final_attempt` (the writer may not be done yet).
+    fn deploy_file(
+        &self,
+        plugin: &PluginName,
+        final_attempt: bool,
+    ) -> Result<Option<Deployed>, DeployError> {
+        let Some(entry) = self.entries.get(plugin) else {
+            return Ok(None);
+        };
+        let bytes = match std::fs::read(&entry.config.path) {
+            Ok(b) => b,
+            Err(e) => {
+                if final_attempt {
+                    tracing::warn!(plugin = %plugin, path = %entry.config.path.display(), "cannot read the plugin file ({e}); version {} keeps serving", entry.slot.version());
+                }
+                return Ok(None);
+            }
+        };
+        let hash = crate::host::content_hash(&bytes);
+        if entry.lock().store.file_sha256() == Some(hash.as_str()) {
+            return Ok(None);
+        }
+        self.deploy_inner(plugin.as_str(), &bytes, Origin::File, final_attempt)
+            .map(Some)
+    }
+
+    fn deploy_inner(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+        origin: Origin,
+        record_refusal: bool,
+    ) -> Result<Deployed, DeployError> {
+        let (name, entry) = self.entry(plugin)?;
+        let hash = crate::host::content_hash(bytes);
+        let mut st = entry.lock();
+        let current = entry.slot.live.load_full();
+        if st.store.get(current.version.seq).map(|v| v.sha256.as_str()) == Some(hash.as_str()) {
+            if origin == Origin::File {
+                st.store.saw_file(&hash)?;
+            }
+            return Ok(Deployed {
+                version: st.view(current.version.seq, &current),
+                swapped: false,
+                load_ms: 0.0,
+                loaded_from: "cache".to_owned(),
+            });
+        }
+        let path = match origin {
+            Origin::File => entry.config.path.clone(),
+            Origin::Upload => PathBuf::from("uploaded component"),
+        };
+        let plugin = match self.load(name, &entry.config, &path, bytes, &entry.gate) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                if record_refusal {
+                    tracing::error!(plugin = %name, "deploy refused: {e}; version {} keeps serving", current.version.seq);
+                    if st.refusals.len() == KEEP_REFUSALS {
+                        st.refusals.pop_front();
+                    }
+                    st.refusals.push_back(Refusal {
+                        at_ms: now_ms(),
+                        sha256: hash.clone(),
+                        origin,
+                        error: e.to_string(),
+                    });
+                    if origin == Origin::File {
+                        st.store.saw_file(&hash)?;
+                    }
+                }
+                return Err(DeployError::Refused(e, current.version.seq));
+            }
+        };
+        let (load_ms, loaded_from) = (plugin.load_time().as_secs_f64() * 1e3, plugin.loaded_from());
+        let seq = st.store.seq_for(&hash);
+        let stats = Arc::clone(st.stats.entry(seq).or_insert_with(|| VersionStats::new(seq)));
+        let probation = entry.config.rollback.failures_to_roll_back().map(|n| Probation {
+            previous: Arc::new(Live {
+                plugin: Arc::clone(&current.plugin),
+                version: Arc::clone(&current.version),
+                activation: Arc::clone(&current.activation),
+                probation: None,
+            }),
+            after: entry.config.rollback.after,
+            failures_to_roll_back: n,
+            ran: AtomicU32::new(0),
+            failed: AtomicU32::new(0),
+            decided: AtomicBool::new(false),
+        });
+        let before = entry.slot.swap(Live {
+            plugin,
+            version: stats,
+            activation: activation(seq),
+            probation,
+        });
+        match st.store.deploy(bytes, &hash, origin) {
+            Ok(v) => debug_assert_eq!(v.seq, seq),
+            Err(e) => {
+                // Not recorded, so not deployed: the version before comes back.
+                let _ = entry.slot.swap(Live {
+                    plugin: Arc::clone(&before.plugin),
+                    version: Arc::clone(&before.version),
+                    activation: activation(before.version.seq),
+                    probation: None,
+                });
+                tracing::error!(plugin = %name, "cannot record the new version ({e}); version {} keeps serving", before.version.seq);
+                return Err(e.into());
+            }
+        }
+        st.swaps += 1;
+        let from = match loaded_from {
+            LoadedFrom::Compiled => "compiled",
+            LoadedFrom::Cache => "cache",
+        };
+        tracing::info!(plugin = %name, version = seq, previous = before.version.seq, from, load_ms = format_args!("{load_ms:.1}"), ?origin, "deployed a new plugin version");
+        let live = entry.slot.live.load_full();
+        Ok(Deployed {
+            version: st.view(seq, &live),
+            swapped: true,
+            load_ms,
+            loaded_from: from.to_owned(),
+        })
+    }
+
+    /// Rolls a plugin back: to `to`, or to the version that was active before the current one.
+    pub fn rollback(&self, plugin: &str, to: Option<u64>) -> Result<Deployed, DeployError> {
+        let (name, entry) = self.entry(plugin)?;
+        let mut st = entry.lock();
+        let current = entry.slot.live.load_full();
+        let from = current.version.seq;
+        let target = match to {
+            Some(v) => v,
+            None => st
+                .store
+                .get(from)
+                .and_then(|v| v.previous)
+                .ok_or_else(|| DeployError::NoPrevious(name.to_string()))?,
+        };
+        if target == from {
+            return Err(DeployError::AlreadyActive {
+                plugin: name.to_string(),
+                version: target,
+            });
+        }
+        let record = st
+            .store
+            .get(target)
+            .cloned()
+            .ok_or_else(|| DeployError::UnknownVersion {
+                plugin: name.to_string(),
+                version: target,
+            })?;
+        let bytes = st.store.read_artifact(&record)?;
+        let path = st.store.artifact(&record.sha256);
+        let plugin = self
+            .load(name, &entry.config, &path, &bytes, &entry.gate)
+            .map_err(|e| DeployError::Refused(e, from))?;
+        let (load_ms, loaded_from) = (plugin.load_time().as_secs_f64() * 1e3, plugin.loaded_from());
+        let stats = Arc::clone(
+            st.stats
+                .entry(target)
+                .or_insert_with(|| VersionStats::new(target)),
+        );
+        let before = entry.slot.swap(Live {
+            plugin: Arc::new(plugin),
+            version: stats,
+            activation: activation(target),
+            probation: None,
+        });
+        if let Err(e) = st.store.roll_back(target, "rolled back by command") {
+            let _ = entry.slot.swap(Live {
+                plugin: Arc::clone(&before.plugin),
+                version: Arc::clone(&before.version),
+                activation: activation(before.version.seq),
+                probation: None,
+            });
+            return Err(e.into());
+        }
+        st.swaps += 1;
+        st.rollbacks += 1;
+        tracing::warn!(plugin = %name, from, to = target, "rolled back by command");
+        let live = entry.slot.live.load_full();
+        Ok(Deployed {
+            version: st.view(target, &live),
+            swapped: true,
+            load_ms,
+            loaded_from: match loaded_from {
+                LoadedFrom::Compiled => "compiled",
+                LoadedFrom::Cache => "cache",
+            }
+            .to_owned(),
+        })
+    }
+
+    /// Records an automatic rollback a slot made.
+    fn rolled_back(&self, plugin: &PluginName, from: u64, to: u64, reason: &str) {
+        let Some(entry) = self.entries.get(plugin) else {
+            return;
+        };
+        let mut st = entry.lock();
+        st.swaps += 1;
+        st.rollbacks += 1;
+        if st.store.active().map(|v| v.seq) == Some(from)
+            && let Err(e) = st.store.roll_back(to, reason)
+        {
+            tracing::error!(plugin = %plugin, "cannot record the automatic rollback: {e}");
+        }
+    }
+
+    /// Every plugin with its versions.
+    pub fn list(&self) -> Vec<PluginView> {
+        self.entries
+            .iter()
+            .map(|(name, e)| e.view(name))
+            .collect()
+    }
+
+    /// One plugin with its versions.
+    pub fn get(&self, plugin: &str) -> Result<PluginView, DeployError> {
+        let (name, e) = self.entry(plugin)?;
+        Ok(e.view(name))
+    }
+
+    fn take_events(&self) -> Option<mpsc::Receiver<Work>> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl Entry {
+    fn lock(&self) -> MutexGuard<'_, EntryState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn view(&self, name: &PluginName) -> PluginView {
+        let st = self.lock();
+        let live = self.slot.live.load_full();
+        PluginView {
+            name: name.to_string(),
+            path: self.config.path.display().to_string(),
+            watch: self.config.watch,
+            active: live.version.seq,
+            on_probation: live.probation.is_some(),
+            pending_change: self.pending.load(Relaxed),
+            swaps: st.swaps,
+            rollbacks: st.rollbacks,
+            versions: st
+                .store
+                .versions()
+                .iter()
+                .map(|v| st.view(v.seq, &live))
+                .collect(),
+            refusals: st.refusals.iter().cloned().collect(),
+        }
+    }
+}
+
+impl EntryState {
+    fn view(&self, seq: u64, live: &Live) -> VersionView {
+        let (invocations, failures) = self
+            .stats
+            .get(&seq)
+            .map(|s| (s.invocations.load(Relaxed), s.failures.load(Relaxed)))
+            .unwrap_or_default();
+        let record = self.store.get(seq);
+        let state = if live.version.seq == seq {
+            if live.probation.is_some() {
+                "on-probation"
+            } else {
+                "active"
+            }
+        } else if record.is_some_and(|r| r.rolled_back.is_some()) {
+            "rolled-back"
+        } else {
+            "standby"
+        };
+        VersionView {
+            version: seq,
+            sha256: record.map(|r| r.sha256.clone()).unwrap_or_default(),
+            size: record.map(|r| r.size).unwrap_or_default(),
+            origin: record.map(|r| r.origin).unwrap_or(Origin::File),
+            state: state.to_owned(),
+            created_ms: record.map(|r| r.created_ms).unwrap_or_default(),
+            activated_ms: record.and_then(|r| r.activated_ms),
+            previous: record.and_then(|r| r.previous),
+            invocations,
+            failures,
+            rolled_back_reason: record.and_then(|r| r.rolled_back.as_ref().map(|b| b.reason.clone())),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The reloader: one thread that deploys plugin files when they change (watched with `notify`)
+//! and records the automatic rollbacks slots make.
+//!
+//! A file is taken when it is complete. Writers finish in one of three ways, and each is a
+//! signal to take the file at once: closing a file written in place or truncated and rewritten
+//! (inotify's close-after-write), or renaming a finished file into place. Other changes (data
+//! written, the file created or removed) only start a quiet period ([`QUIET`]); when it passes
+//! without further events the file is taken too (for writers whose close is not seen). A file
+//! that does not load when its writer seems done is refused only after a quiet period, so a
+//! writer that closes and reopens does not produce a refusal; a content already taken (loaded
+//! or refused) is never taken again, so one write is one reload.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use super::{DeployError, Registry, Work};
+use crate::names::PluginName;
+
+/// How long a changed file must stay unchanged before it is taken without a completion signal,
+/// or refused.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// The running reloader; stops (and joins its thread) when dropped.
+pub struct Reloader {
+    thread: Option<JoinHandle<()>>,
+    stop: mpsc::Sender<Work>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// Starts watching the files of the plugins with `watch = true`, and the thread.
+    pub fn start(registry: Arc<Registry>) -> anyhow::Result<Reloader> {
+        let events = registry
+            .take_events()
+            .context("the reloader of this registry was already started")?;
+        let mut files: HashMap<PathBuf, PluginName> = HashMap::new();
+        let mut dirs = BTreeSet::new();
+        for (name, e) in &registry.entries {
+            if !e.config.watch {
+                continue;
+            }
+            let path = &e.config.path;
+            let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("plugin `{name}`: cannot watch {}", dir.display()))?;
+            files.insert(dir.join(file), name.clone());
+            dirs.insert(dir);
+        }
+        let watcher = if files.is_empty() {
+            None
+        } else {
+            let tx = registry.sender.clone();
+            let mut w = notify::recommended_watcher(move |event| {
+                let _ = tx.send(Work::Fs(event));
+            })
+            .context("cannot watch plugin files")?;
+            for d in &dirs {
+                w.watch(d, RecursiveMode::NonRecursive)
+                    .with_context(|| format!("cannot watch {}", d.display()))?;
+            }
+            tracing::info!(files = files.len(), "watching plugin files for changes");
+            Some(w)
+        };
+        let stop = registry.sender.clone();
+        let thread = std::thread::Builder::new()
+            .name("weir-reload".into())
+            .spawn(move || run(&registry, &events, &files))
+            .context("cannot start the reloader thread")?;
+        Ok(Reloader {
+            thread: Some(thread),
+            stop,
+            _watcher: watcher,
+        })
+    }
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        let _ = self.stop.send(Work::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(registry: &Registry, events: &mpsc::Receiver<Work>, files: &HashMap<PathBuf, PluginName>) {
+    // Plugins whose file changed without a completion signal yet, by deadline.
+    let mut pending: HashMap<PluginName, Instant> = HashMap::new();
+    loop {
+        let next = pending.values().min().copied();
+        let work = match next {
+            Some(at) => events.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match work {
+            Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                let due: Vec<PluginName> = pending
+                    .iter()
+                    .filter(|(_, at)| **at <= now)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for plugin in due {
+                    pending.remove(&plugin);
+                    set_pending(registry, &plugin, false);
+                    take(registry, &plugin, true);
+                }
+            }
+            Ok(Work::RolledBack {
+                plugin,
+                from,
+                to,
+                reason,
+            }) => registry.rolled_back(&plugin, from, to, &reason),
+            Ok(Work::Fs(Err(e))) => tracing::warn!("watching plugin files: {e}"),
+            Ok(Work::Fs(Ok(event))) => {
+                let complete = matches!(
+                    event.kind,
+                    EventKind::Access(AccessKind::Close(AccessMode::Write))
+                        | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+                );
+                // Opening or reading (our own reads too) changes nothing.
+                let ignored = matches!(event.kind, EventKind::Access(_)) && !complete;
+                if ignored {
+                    continue;
+                }
+                for path in &event.paths {
+                    let Some(plugin) = files.get(path) else {
+                        continue;
+                    };
+                    if complete && take(registry, plugin, false) {
+                        pending.remove(plugin);
+                        set_pending(registry, plugin, false);
+                    } else {
+                        pending.insert(plugin.clone(), Instant::now() + QUIET);
+                        set_pending(registry, plugin, true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes a plugin's file if its content is new. Returns false when it did not load and was not
+/// refused yet (not `final_attempt`): the caller waits for a quiet period and tries again.
+fn take(registry: &Registry, plugin: &PluginName, final_attempt: bool) -> bool {
+    match registry.deploy_file(plugin, final_attempt) {
+        Ok(_) => true,
+        Err(DeployError::Refused(..)) if !final_attempt => false,
+        Err(DeployError::Refused(..)) => true, // logged and listed by the registry
+        Err(e) => {
+            tracing::error!(plugin = %plugin, "deploying the changed file failed: {e}");
+            true
+        }
+    }
+}
+
+fn set_pending(registry: &Registry, plugin: &PluginName, pending: bool) {
+    if let Some(e) = registry.entries.get(plugin) {
+        e.pending.store(pending, Relaxed);
+    }
+}
