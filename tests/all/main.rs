@@ -8,5 +8,6 @@ mod delivery;
 mod dlq;
 mod host;
 mod http;
+mod reload;
 mod request;
 mod support;

@@ -20,6 +20,7 @@ pub fn plugin(name: &str) -> PathBuf {
         "fail" => env!("WEIR_PLUGIN_FAIL"),
         "sneaky" => env!("WEIR_PLUGIN_SNEAKY"),
         "c-tally" => env!("WEIR_PLUGIN_C_TALLY"),
+        "tagger" => env!("WEIR_PLUGIN_TAGGER"),
         other => panic!("no example plugin named {other}"),
     };
     PathBuf::from(path)

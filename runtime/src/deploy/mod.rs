@@ -640,7 +640,8 @@ impl Registry {
             Origin::File => entry.config.path.clone(),
             Origin::Upload => PathBuf::from("uploaded component"),
         };
-        let plugin = match self.load(name, &entry.config, &path, bytes, &entry.gate) {
+        let load = || self.load(name, &entry.config, &path, bytes, &entry.gate);
+        let plugin = match self.host.in_background(load) {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 if record_refusal {
@@ -742,8 +743,10 @@ impl Registry {
             })?;
         let bytes = st.store.read_artifact(&record)?;
         let path = st.store.artifact(&record.sha256);
+        let load = || self.load(name, &entry.config, &path, &bytes, &entry.gate);
         let plugin = self
-            .load(name, &entry.config, &path, &bytes, &entry.gate)
+            .host
+            .in_background(load)
             .map_err(|e| DeployError::Refused(e, from))?;
         let (load_ms, loaded_from) = (plugin.load_time().as_secs_f64() * 1e3, plugin.loaded_from());
         let stats = Arc::clone(

@@ -133,6 +133,7 @@ fn run(registry: &Registry, events: &mpsc::Receiver<Work>, files: &HashMap<PathB
             }) => registry.rolled_back(&plugin, from, to, &reason),
             Ok(Work::Fs(Err(e))) => tracing::warn!("watching plugin files: {e}"),
             Ok(Work::Fs(Ok(event))) => {
+                tracing::trace!(?event, "plugin directory event");
                 let complete = matches!(
                     event.kind,
                     EventKind::Access(AccessKind::Close(AccessMode::Write))

@@ -69,6 +69,8 @@ pub struct Host {
     pub(super) metered: EngineSet,
     pub(super) cache: Option<Cache>,
     pub(super) options: HostOptions,
+    /// Low-priority threads for compiling while traffic flows (made on first use).
+    background: std::sync::OnceLock<rayon::ThreadPool>,
     _ticker: Ticker,
 }
 
@@ -95,8 +97,29 @@ impl Host {
             metered,
             cache,
             options,
+            background: std::sync::OnceLock::new(),
             _ticker: ticker,
         }))
+    }
+
+    /// Runs `f` (a load that may compile) on the low-priority background pool, so a deploy
+    /// while traffic flows does not take the CPU from invocations. Falls back to the calling
+    /// thread if the pool cannot be made.
+    pub fn in_background<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let pool = match self.background.get() {
+            Some(p) => Some(p),
+            None => match super::background::pool() {
+                Ok(p) => Some(self.background.get_or_init(|| p)),
+                Err(e) => {
+                    tracing::warn!("no background compile threads ({e:#}); compiling at normal priority");
+                    None
+                }
+            },
+        };
+        match pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
     }
 
     /// Epoch ticks allowed for an invocation of `timeout`.

@@ -8,6 +8,7 @@
 //! **Invariant:** an instance that trapped (including timeouts, fuel and memory exhaustion) is
 //! dropped, never reused.
 
+mod background;
 mod bindings;
 mod cache;
 mod engine;

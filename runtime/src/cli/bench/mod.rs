@@ -4,6 +4,7 @@
 mod append;
 mod e2e;
 mod invoke;
+mod swap;
 
 use clap::Subcommand;
 
@@ -16,6 +17,8 @@ pub enum BenchCommand {
     Append(append::AppendArgs),
     /// Events from publish to durably handled by a plugin, in one process over the real path.
     E2e(e2e::E2eArgs),
+    /// Hot swaps of a plugin under steady load on an exactly-once, key-ordered binding.
+    Swap(swap::SwapArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -23,6 +26,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Invoke(args) => invoke::run(args),
         BenchCommand::Append(args) => append::run(args),
         BenchCommand::E2e(args) => e2e::run(args),
+        BenchCommand::Swap(args) => swap::run(args),
     }
 }
 
