@@ -161,7 +161,11 @@ fn invalid_truncated_and_wrong_world_files_are_refused_and_the_old_version_keeps
         ("truncated", truncated, "not a valid WebAssembly component"),
         ("wrong world", wrong_world, "does not export a compatible"),
         ("not wasm", not_wasm, "is not a WebAssembly file"),
-        ("forbidden import", forbidden_import, "which weir does not grant"),
+        (
+            "forbidden import",
+            forbidden_import,
+            "which weir does not grant",
+        ),
     ];
     for (i, (what, bytes, expected)) in cases.into_iter().enumerate() {
         let tmp = dir.path().join("next.wasm");
@@ -184,11 +188,20 @@ fn invalid_truncated_and_wrong_world_files_are_refused_and_the_old_version_keeps
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "invalid_plugin", "{body}");
     let v = plugin_view(&server);
-    assert_eq!((v["active"].as_u64(), v["versions"].as_array().unwrap().len()), (Some(1), 1));
+    assert_eq!(
+        (
+            v["active"].as_u64(),
+            v["versions"].as_array().unwrap().len()
+        ),
+        (Some(1), 1)
+    );
     // `weir plugin list` shows the refusals.
     let (code, out, err) = weir(&["plugin", "list", "--server", &server.url], dir.path());
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("refused") && out.contains("does not export a compatible"), "{out}");
+    assert!(
+        out.contains("refused") && out.contains("does not export a compatible"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -251,8 +264,7 @@ fn swaps_under_traffic_lose_nothing_double_nothing_and_keep_key_order() {
 }
 
 #[test]
-fn rollback_by_command_and_automatic_rollback_restore_the_previous_version_and_survive_a_restart()
-{
+fn rollback_by_command_and_automatic_rollback_restore_the_previous_version_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(
         dir.path(),
@@ -293,14 +305,23 @@ fn rollback_by_command_and_automatic_rollback_restore_the_previous_version_and_s
         (all.len() >= before + 30).then_some(all)
     });
     for out in &all[before..] {
-        assert!(out["payload"].as_str().unwrap().starts_with("bbbbbbbb|"), "{out}");
+        assert!(
+            out["payload"].as_str().unwrap().starts_with("bbbbbbbb|"),
+            "{out}"
+        );
     }
     let listed: Value =
         serde_json::from_str(&cli(&["plugin", "list", "p", "--json"])).expect("--json parses");
     assert_eq!(listed["active"], 2, "{listed}");
     let v3 = &listed["versions"][2];
     assert_eq!(v3["state"], "rolled-back", "{listed}");
-    assert!(v3["rolled_back_reason"].as_str().unwrap().contains("automatic"), "{listed}");
+    assert!(
+        v3["rolled_back_reason"]
+            .as_str()
+            .unwrap()
+            .contains("automatic"),
+        "{listed}"
+    );
     assert!(v3["failures"].as_u64().unwrap() >= 11, "{listed}");
     assert_eq!(listed["rollbacks"], 3, "{listed}");
     let stats = server.stats();
@@ -326,5 +347,8 @@ fn rollback_by_command_and_automatic_rollback_restore_the_previous_version_and_s
     let server = Server::start_existing(dir.path());
     let v = plugin_view(&server);
     assert_eq!(v["active"], 4, "{v}");
-    assert_eq!(tag_of_next_output(&server, "changed-while-down"), "eeeeeeee");
+    assert_eq!(
+        tag_of_next_output(&server, "changed-while-down"),
+        "eeeeeeee"
+    );
 }

@@ -48,14 +48,19 @@ pub(super) async fn deploy(
         ApiError::new(
             e.status(),
             "invalid_body",
-            format!("{} (components up to {MAX_COMPONENT_BYTES} bytes are accepted)", e.body_text()),
+            format!(
+                "{} (components up to {MAX_COMPONENT_BYTES} bytes are accepted)",
+                e.body_text()
+            ),
         )
     })?;
     // Compiles: on a blocking thread, not on an async worker.
     let deployed =
         tokio::task::spawn_blocking(move || rt.plugins.deploy(&name, &body, Origin::Upload))
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
     let status = if deployed.swapped {
         StatusCode::CREATED
     } else {
@@ -73,6 +78,8 @@ pub(super) async fn rollback(
     let Query(q) = query.map_err(ApiError::bad_query)?;
     let deployed = tokio::task::spawn_blocking(move || rt.plugins.rollback(&name, q.version))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
     Ok(Json(deployed))
 }

@@ -115,9 +115,7 @@ impl Handler for Slot {
 
     fn handle(&self, message: &Message, timeout: Duration) -> Invocation {
         let live = self.live.load_full();
-        live.activation
-            .first_invocation
-            .get_or_init(Instant::now);
+        live.activation.first_invocation.get_or_init(Instant::now);
         let mut invocation = live.plugin.invoke_within(message, timeout);
         let failed = invocation.result.is_err();
         live.version.invocations.fetch_add(1, Relaxed);
@@ -473,7 +471,10 @@ impl Registry {
                     }
                 }
             }
-            (_, Some(stored)) => (self.load_stored(name, p, &store, &stored, &gate)?, stored.seq),
+            (_, Some(stored)) => (
+                self.load_stored(name, p, &store, &stored, &gate)?,
+                stored.seq,
+            ),
             (Ok(_), None) => unreachable!("a file with nothing stored is deployed above"),
             (Err(e), None) => {
                 anyhow::bail!(
@@ -664,20 +665,28 @@ impl Registry {
         };
         let (load_ms, loaded_from) = (plugin.load_time().as_secs_f64() * 1e3, plugin.loaded_from());
         let seq = st.store.seq_for(&hash);
-        let stats = Arc::clone(st.stats.entry(seq).or_insert_with(|| VersionStats::new(seq)));
-        let probation = entry.config.rollback.failures_to_roll_back().map(|n| Probation {
-            previous: Arc::new(Live {
-                plugin: Arc::clone(&current.plugin),
-                version: Arc::clone(&current.version),
-                activation: Arc::clone(&current.activation),
-                probation: None,
-            }),
-            after: entry.config.rollback.after,
-            failures_to_roll_back: n,
-            ran: AtomicU32::new(0),
-            failed: AtomicU32::new(0),
-            decided: AtomicBool::new(false),
-        });
+        let stats = Arc::clone(
+            st.stats
+                .entry(seq)
+                .or_insert_with(|| VersionStats::new(seq)),
+        );
+        let probation = entry
+            .config
+            .rollback
+            .failures_to_roll_back()
+            .map(|n| Probation {
+                previous: Arc::new(Live {
+                    plugin: Arc::clone(&current.plugin),
+                    version: Arc::clone(&current.version),
+                    activation: Arc::clone(&current.activation),
+                    probation: None,
+                }),
+                after: entry.config.rollback.after,
+                failures_to_roll_back: n,
+                ran: AtomicU32::new(0),
+                failed: AtomicU32::new(0),
+                decided: AtomicBool::new(false),
+            });
         let before = entry.slot.swap(Live {
             plugin,
             version: stats,
@@ -802,10 +811,7 @@ impl Registry {
 
     /// Every plugin with its versions.
     pub fn list(&self) -> Vec<PluginView> {
-        self.entries
-            .iter()
-            .map(|(name, e)| e.view(name))
-            .collect()
+        self.entries.iter().map(|(name, e)| e.view(name)).collect()
     }
 
     /// One plugin with its versions.
@@ -880,7 +886,8 @@ impl EntryState {
             previous: record.and_then(|r| r.previous),
             invocations,
             failures,
-            rolled_back_reason: record.and_then(|r| r.rolled_back.as_ref().map(|b| b.reason.clone())),
+            rolled_back_reason: record
+                .and_then(|r| r.rolled_back.as_ref().map(|b| b.reason.clone())),
         }
     }
 }

@@ -113,10 +113,7 @@ impl VersionStore {
                 if m.format != FORMAT {
                     return Err(StoreError::Damaged {
                         path,
-                        reason: format!(
-                            "format {} is not the {FORMAT} this weir reads",
-                            m.format
-                        ),
+                        reason: format!("format {} is not the {FORMAT} this weir reads", m.format),
                     });
                 }
                 m

@@ -111,7 +111,9 @@ impl Host {
             None => match super::background::pool() {
                 Ok(p) => Some(self.background.get_or_init(|| p)),
                 Err(e) => {
-                    tracing::warn!("no background compile threads ({e:#}); compiling at normal priority");
+                    tracing::warn!(
+                        "no background compile threads ({e:#}); compiling at normal priority"
+                    );
                     None
                 }
             },

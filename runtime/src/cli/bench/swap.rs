@@ -146,7 +146,12 @@ fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::R
     let config = Config::parse(&config_path, text)?;
     let runtime = Arc::new(Runtime::start(config)?);
     let binding = runtime.config.bindings[0].clone();
-    let slot = Arc::clone(runtime.plugins.slot(&binding.plugin).context("the plugin")?);
+    let slot = Arc::clone(
+        runtime
+            .plugins
+            .slot(&binding.plugin)
+            .context("the plugin")?,
+    );
     let stats = Arc::clone(&runtime.bindings[&binding.name]);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -181,12 +186,21 @@ fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::R
                 let due = baseline + every * (j + 1);
                 std::thread::sleep(due.saturating_sub(started.elapsed()));
                 let tag: [u8; 8] = if j < args.swaps {
-                    if j % 2 == 0 { *b"bbbbbbbb" } else { *b"aaaaaaaa" }
+                    if j % 2 == 0 {
+                        *b"bbbbbbbb"
+                    } else {
+                        *b"aaaaaaaa"
+                    }
                 } else {
                     let t = format!("c{:07}", j);
                     t.as_bytes().try_into().expect("8 bytes")
                 };
-                out.push(swap_once(&slot, dir, &plugin_path, &tagged(original, at, &tag))?);
+                out.push(swap_once(
+                    &slot,
+                    dir,
+                    &plugin_path,
+                    &tagged(original, at, &tag),
+                )?);
             }
             anyhow::Ok(out)
         });
@@ -426,7 +440,10 @@ fn report(args: &SwapArgs, m: &Measured) -> anyhow::Result<()> {
         percentile(&during, 0.5) as f64 / 1000.0,
         p99_during
     );
-    println!("outputs {}: lost {lost}, duplicates {duplicates}, reordered {reordered}", o.seen);
+    println!(
+        "outputs {}: lost {lost}, duplicates {duplicates}, reordered {reordered}",
+        o.seen
+    );
     if args.json {
         let out = json!({
             "bench": "swap",
