@@ -214,7 +214,11 @@ fn plugin_errors() {
     );
     check_err(
         "[plugins.x]\npath = \"p.wasm\"\nthreads = 4\n",
-        "weir.toml:3:1: unknown field `threads`, expected one of `path`, `memory`, `timeout_ms`, `fuel`, `publish`, `instances`",
+        "weir.toml:3:1: unknown field `threads`, expected one of `path`, `memory`, `timeout_ms`, `fuel`, `publish`, `instances`, `watch`, `rollback_after`, `rollback_failure_rate`",
+    );
+    check_err(
+        "[plugins.x]\npath = \"p.wasm\"\nrollback_failure_rate = 1.5\n",
+        "weir.toml:3:25: plugin `x`: `rollback_failure_rate` must be at least 0 and below 1 (the fraction of a new version's first invocations that may fail), found 1.5",
     );
 }
 

@@ -21,6 +21,8 @@ struct Stand {
     plugin: PluginName,
     calls: Mutex<Vec<Call>>,
     decide: Decide,
+    /// Calls (the first this many) made as a plugin version on probation.
+    probation: usize,
 }
 
 impl Handler for Stand {
@@ -29,19 +31,25 @@ impl Handler for Stand {
     }
 
     fn handle(&self, message: &Message, _timeout: Duration) -> Invocation {
-        self.calls.lock().unwrap().push((
-            message.offset(),
-            message.key().map(str::to_owned),
-            message.attempt(),
-            Instant::now(),
-        ));
+        let on_probation = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push((
+                message.offset(),
+                message.key().map(str::to_owned),
+                message.attempt(),
+                Instant::now(),
+            ));
+            calls.len() <= self.probation
+        };
         let result = (self.decide)(message);
         let mut effects = Effects::default();
         if result.is_ok() {
             let n = String::from_utf8_lossy(message.payload()).into_owned();
             effects.kv.insert(format!("seen/{n}"), Some(vec![1]));
         }
-        Invocation::new(result, effects)
+        let mut invocation = Invocation::new(result, effects);
+        invocation.on_probation = on_probation && invocation.result.is_err();
+        invocation
     }
 }
 
@@ -52,6 +60,7 @@ fn stand(
         plugin: PluginName::new("p").unwrap(),
         calls: Mutex::new(Vec::new()),
         decide: Box::new(decide),
+        probation: 0,
     })
 }
 
@@ -194,6 +203,39 @@ async fn key_order_holds_under_concurrency_8_with_retries() {
         run.storage.cursor(&BindingName::new("q.p").unwrap()),
         Offset(800)
     );
+    run.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_on_a_version_on_probation_do_not_use_up_attempts() {
+    // The first 6 calls run on a new version on probation, and fail; the version is then
+    // rolled back and the calls succeed. With a single attempt allowed, nothing may be
+    // dead-lettered for what the rolled-back version did.
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let h = Arc::new(Stand {
+        plugin: PluginName::new("p").unwrap(),
+        calls: Mutex::new(Vec::new()),
+        decide: Box::new(move |_| {
+            if calls.fetch_add(1, Relaxed) < 6 {
+                Err(failure(FailureClass::Trap, true))
+            } else {
+                Ok(Outcome::Ack)
+            }
+        }),
+        probation: 6,
+    });
+    let mut b = binding(Ordering::Key, 4);
+    b.max_attempts = 1;
+    let messages: Vec<_> = (0..10)
+        .map(|i| (Some(["a", "b"][i % 2]), i.to_string()))
+        .collect();
+    let run = start(b, Arc::clone(&h), &messages);
+    run.until("all handled", |r| r.finished() == 10).await;
+    assert_eq!(run.stats.acked.load(Relaxed), 10);
+    assert_eq!(run.stats.dead_lettered.load(Relaxed), 0);
+    assert_eq!(run.stats.retried.load(Relaxed), 6);
+    // A forgiven failure gave its attempt back: every call saw attempt 1.
+    assert!(h.calls.lock().unwrap().iter().all(|c| c.2 == 1));
     run.stop().await;
 }
 
