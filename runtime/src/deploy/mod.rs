@@ -451,7 +451,7 @@ impl Registry {
             // The file is new to the store: it is deployed, unless it is refused.
             (Ok(bytes), stored) if !taken || stored.is_none() => {
                 let hash = file_hash.clone().unwrap_or_default();
-                match (self.load(name, p, &p.path, &bytes, &gate), stored) {
+                match (self.load(name, p, &p.path, &bytes, &gate, false), stored) {
                     (Ok(plugin), _) => {
                         let v = store.deploy(&bytes, &hash, Origin::File)?;
                         (plugin, v.seq)
@@ -518,6 +518,7 @@ impl Registry {
         path: &Path,
         bytes: &[u8],
         gate: &Arc<KvGate>,
+        background: bool,
     ) -> Result<Plugin, LoadError> {
         let spec = PluginSpec {
             name: name.clone(),
@@ -527,8 +528,13 @@ impl Registry {
             max_message_size: self.max_message_size,
             instances: p.instances,
         };
-        self.host
-            .load_bytes(spec, bytes, Arc::clone(&self.storage), Arc::clone(gate))
+        self.host.load_bytes(
+            spec,
+            bytes,
+            Arc::clone(&self.storage),
+            Arc::clone(gate),
+            background,
+        )
     }
 
     fn load_stored(
@@ -541,7 +547,7 @@ impl Registry {
     ) -> anyhow::Result<Plugin> {
         let bytes = store.read_artifact(v)?;
         let path = store.artifact(&v.sha256);
-        Ok(self.load(name, p, &path, &bytes, gate)?)
+        Ok(self.load(name, p, &path, &bytes, gate, false)?)
     }
 
     /// The plugins' names.
@@ -641,8 +647,7 @@ impl Registry {
             Origin::File => entry.config.path.clone(),
             Origin::Upload => PathBuf::from("uploaded component"),
         };
-        let load = || self.load(name, &entry.config, &path, bytes, &entry.gate);
-        let plugin = match self.host.in_background(load) {
+        let plugin = match self.load(name, &entry.config, &path, bytes, &entry.gate, true) {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 if record_refusal {
@@ -752,10 +757,8 @@ impl Registry {
             })?;
         let bytes = st.store.read_artifact(&record)?;
         let path = st.store.artifact(&record.sha256);
-        let load = || self.load(name, &entry.config, &path, &bytes, &entry.gate);
         let plugin = self
-            .host
-            .in_background(load)
+            .load(name, &entry.config, &path, &bytes, &entry.gate, true)
             .map_err(|e| DeployError::Refused(e, from))?;
         let (load_ms, loaded_from) = (plugin.load_time().as_secs_f64() * 1e3, plugin.loaded_from());
         let stats = Arc::clone(

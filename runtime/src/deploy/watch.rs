@@ -48,7 +48,7 @@ impl Reloader {
         let events = registry
             .take_events()
             .context("the reloader of this registry was already started")?;
-        let mut files: HashMap<PathBuf, PluginName> = HashMap::new();
+        let mut files: HashMap<PathBuf, Vec<PluginName>> = HashMap::new();
         let mut dirs = BTreeSet::new();
         for (name, e) in &registry.entries {
             if !e.config.watch {
@@ -61,7 +61,7 @@ impl Reloader {
             let dir = dir
                 .canonicalize()
                 .with_context(|| format!("plugin `{name}`: cannot watch {}", dir.display()))?;
-            files.insert(dir.join(file), name.clone());
+            files.entry(dir.join(file)).or_default().push(name.clone());
             dirs.insert(dir);
         }
         let watcher = if files.is_empty() {
@@ -101,7 +101,11 @@ impl Drop for Reloader {
     }
 }
 
-fn run(registry: &Registry, events: &mpsc::Receiver<Work>, files: &HashMap<PathBuf, PluginName>) {
+fn run(
+    registry: &Registry,
+    events: &mpsc::Receiver<Work>,
+    files: &HashMap<PathBuf, Vec<PluginName>>,
+) {
     // Plugins whose file changed without a completion signal yet, by deadline.
     let mut pending: HashMap<PluginName, Instant> = HashMap::new();
     loop {
@@ -144,10 +148,8 @@ fn run(registry: &Registry, events: &mpsc::Receiver<Work>, files: &HashMap<PathB
                 if ignored {
                     continue;
                 }
-                for path in &event.paths {
-                    let Some(plugin) = files.get(path) else {
-                        continue;
-                    };
+                let plugins = event.paths.iter().filter_map(|p| files.get(p)).flatten();
+                for plugin in plugins {
                     if complete && take(registry, plugin, false) {
                         pending.remove(plugin);
                         set_pending(registry, plugin, false);

@@ -162,18 +162,20 @@ impl Host {
             path: spec.path.clone(),
             source,
         })?;
-        self.load_bytes(spec, &bytes, storage, Arc::default())
+        self.load_bytes(spec, &bytes, storage, Arc::default(), false)
     }
 
     /// Loads and validates a plugin from the component's bytes (`spec.path` names them in
     /// errors), sharing `kv_gate` with the plugin's other versions, and creates its first
-    /// instance.
+    /// instance. With `background`, a compile (not a precompiled-cache load) runs on the
+    /// low-priority pool ([`Host::in_background`]), for deploys while traffic flows.
     pub fn load_bytes(
         self: &Arc<Self>,
         spec: PluginSpec,
         bytes: &[u8],
         storage: Arc<dyn Storage>,
         kv_gate: Arc<KvGate>,
+        background: bool,
     ) -> Result<Plugin, LoadError> {
         let started = Instant::now();
         let name = spec.name.clone();
@@ -186,7 +188,7 @@ impl Host {
         let set: &EngineSet = if metered { &self.metered } else { &self.plain };
         let hash = content_hash(bytes);
         let (component, loaded_from) =
-            self.compile(set, &hash, bytes)
+            self.compile(set, &hash, bytes, background)
                 .map_err(|e| LoadError::Invalid {
                     plugin: name.clone(),
                     path: spec.path.clone(),
@@ -234,6 +236,7 @@ impl Host {
         set: &EngineSet,
         hash: &str,
         bytes: &[u8],
+        background: bool,
     ) -> anyhow::Result<(Component, LoadedFrom)> {
         if let Some(c) = self
             .cache
@@ -242,7 +245,12 @@ impl Host {
         {
             return Ok((c, LoadedFrom::Cache));
         }
-        let component = Component::new(&set.engine, bytes)?;
+        let compile = || Component::new(&set.engine, bytes);
+        let component = if background {
+            self.in_background(compile)?
+        } else {
+            compile()?
+        };
         if let Some(Err(e)) = self
             .cache
             .as_ref()
