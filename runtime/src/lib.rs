@@ -9,6 +9,7 @@ pub mod config;
 pub mod delivery;
 pub mod host;
 pub mod ids;
+pub mod metrics;
 pub mod names;
 pub mod server;
 pub mod storage;

@@ -128,7 +128,9 @@ fn check_validates_configs_and_plugins() {
     let (code, _, err) = weir(&["check"], dir.path());
     assert_eq!(code, 1);
     assert!(
-        err.contains("weir.toml:7:1: unknown field `sorce`, expected one of `name`, `source`"),
+        err.contains(
+            "weir.toml:7:1: unknown key `sorce` in [[bindings]] #1; did you mean `source`?"
+        ),
         "{err}"
     );
 

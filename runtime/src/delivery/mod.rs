@@ -58,11 +58,19 @@ pub trait Handler: Send + Sync + 'static {
     fn plugin(&self) -> &PluginName;
     /// Handles one message within `timeout`.
     fn handle(&self, message: &Message, timeout: Duration) -> Invocation;
+    /// The version that handles messages, as named in traces and metrics.
+    fn version(&self) -> &str {
+        ""
+    }
 }
 
 impl Handler for Plugin {
     fn plugin(&self) -> &PluginName {
         self.name()
+    }
+
+    fn version(&self) -> &str {
+        crate::metrics::plugin_version(self.hash())
     }
 
     fn handle(&self, message: &Message, timeout: Duration) -> Invocation {
@@ -385,7 +393,21 @@ impl Ctx {
             }
             let message = Message::new(&b.source, &job.stored, attempt);
             self.stats.invocations.fetch_add(1, Relaxed);
+            // Disabled (the default filter is `info`), a span costs one check of its callsite.
+            let span = tracing::debug_span!(
+                "invocation",
+                message_id = %job.stored.record.id,
+                source = %b.source,
+                binding = %b.name,
+                plugin = %self.handler.plugin(),
+                version = self.handler.version(),
+                attempt = %attempt,
+                offset = %offset,
+            );
+            let _in_span = span.enter();
+            let started = std::time::Instant::now();
             let invocation = self.handler.handle(&message, b.timeout);
+            self.stats.handler.observe(started.elapsed());
             let (class, reason, retry) = match invocation.result {
                 Ok(outcome @ (Outcome::Ack | Outcome::Reply(_))) => {
                     let (reply, finished) = match outcome {

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use serde::Serialize;
 
 use crate::host::FailureClass;
+use crate::metrics::Histogram;
 
-const CLASSES: [FailureClass; 6] = [
+/// Every failure class, in the order counters are kept.
+pub const CLASSES: [FailureClass; 6] = [
     FailureClass::HandlerError,
     FailureClass::Trap,
     FailureClass::Timeout,
@@ -33,6 +35,8 @@ pub struct BindingStats {
     pub in_flight: AtomicU64,
     /// Keys parked right now.
     pub parked_keys: AtomicU64,
+    /// Time of each invocation (every attempt), as the engine saw it.
+    pub handler: Histogram,
     failures: [AtomicU64; CLASSES.len()],
 }
 
