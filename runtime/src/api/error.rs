@@ -4,7 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::server::{DlqError, PublishError, RETRY_AFTER_SECS, RequestError};
+use crate::server::{DlqError, PublishError, RETRY_AFTER_SECS, ReplayError, RequestError};
 
 /// An error answer: a status and `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -50,7 +50,9 @@ impl From<PublishError> for ApiError {
             PublishError::Reserved(_) => StatusCode::FORBIDDEN,
             PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PublishError::Backpressure { .. } => StatusCode::TOO_MANY_REQUESTS,
-            PublishError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PublishError::Storage(_) | PublishError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         let mut error = ApiError::new(status, e.code(), e.to_string());
@@ -66,6 +68,17 @@ impl From<DlqError> for ApiError {
         let status = match &e {
             DlqError::UnknownBinding(_) | DlqError::NotFound { .. } => StatusCode::NOT_FOUND,
             DlqError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<ReplayError> for ApiError {
+    fn from(e: ReplayError) -> ApiError {
+        let status = match &e {
+            ReplayError::UnknownBinding(_) => StatusCode::NOT_FOUND,
+            ReplayError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code(), e.to_string())

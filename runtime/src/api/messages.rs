@@ -17,6 +17,139 @@ use crate::storage::Stored;
 
 /// Prefix of HTTP headers that become message headers.
 const HEADER_PREFIX: &str = "weir-header-";
+/// Largest body of a batch publish.
+pub(super) const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Most messages in one batch publish.
+pub(super) const MAX_BATCH: usize = 1000;
+/// Longest long poll of a read.
+const MAX_WAIT_MS: u64 = 60_000;
+
+/// One message of a batch publish.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchMessage {
+    /// The payload as text.
+    #[serde(default)]
+    payload: Option<String>,
+    /// Or as hex, for binary payloads.
+    #[serde(default)]
+    payload_hex: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    messages: Vec<BatchMessage>,
+}
+
+pub(super) async fn publish_batch(
+    State(rt): State<Arc<Runtime>>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Path(name) = name.map_err(ApiError::bad_path)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("a batch body is at most {MAX_BATCH_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", e.body_text())
+        }
+    })?;
+    let json_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .map(|v| {
+            v.to_str()
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(true);
+    if !json_type {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a batch is JSON: send `Content-Type: application/json`",
+        ));
+    }
+    let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("expected {{\"messages\": [{{\"payload\": \"...\"}}, ...]}}: {e}"),
+        )
+    })?;
+    if batch.messages.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!(
+                "{} messages; a batch holds at most {MAX_BATCH}",
+                batch.messages.len()
+            ),
+        ));
+    }
+    let mut requests = Vec::with_capacity(batch.messages.len());
+    for (i, m) in batch.messages.into_iter().enumerate() {
+        let payload = match (m.payload, m.payload_hex) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(hex)) => unhex(&hex).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_json",
+                    format!("messages[{i}].payload_hex is not an even number of hex digits"),
+                )
+            })?,
+            (None, None) => Vec::new(),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_json",
+                    format!("messages[{i}] has both `payload` and `payload_hex`; give one"),
+                ));
+            }
+        };
+        requests.push(PublishRequest {
+            payload,
+            key: m.key,
+            id: m.id,
+            headers: m.headers.into_iter().collect(),
+        });
+    }
+    let dest = name.clone();
+    let published = tokio::task::spawn_blocking(move || rt.publish_batch(&dest, requests))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    let status = if published.iter().all(|p| p.duplicate) && !published.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({ "destination": name, "messages": published })),
+    ))
+}
+
+fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
+        return None;
+    }
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
 
 pub(super) async fn publish(
     State(rt): State<Arc<Runtime>>,
@@ -110,6 +243,9 @@ pub(super) struct ReadQuery {
     from_time_ms: Option<u64>,
     #[serde(default = "default_limit")]
     limit: usize,
+    /// When nothing is there yet, wait up to this long (ms) for a message (a long poll).
+    #[serde(default)]
+    wait_ms: u64,
 }
 
 fn default_limit() -> usize {
@@ -143,26 +279,52 @@ pub(super) async fn read(
         })?,
         None => Offset(q.from),
     };
-    let records = match &q.key {
-        Some(key) => rt.storage.read_key(&dest, key, from, limit),
-        None => rt.storage.read(&dest, from, limit),
-    };
-    let records = records.map_err(|e| {
+    if q.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`wait_ms` is at most {MAX_WAIT_MS}, found {}", q.wait_ms),
+        ));
+    }
+    let storage_error = |e: crate::storage::StorageError| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_error",
             e.to_string(),
         )
-    })?;
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(q.wait_ms);
+    let mut end_rx = rt.storage.watch_end(&dest).map_err(storage_error)?;
+    let records = loop {
+        // Marked seen before reading: an append after the read wakes the wait below.
+        end_rx.borrow_and_update();
+        let records = match &q.key {
+            Some(key) => rt.storage.read_key(&dest, key, from, limit),
+            None => rt.storage.read(&dest, from, limit),
+        }
+        .map_err(storage_error)?;
+        if !records.is_empty() || q.wait_ms == 0 || rt.is_closing() {
+            break records;
+        }
+        tokio::select! {
+            changed = end_rx.changed() => if changed.is_err() { break records },
+            () = tokio::time::sleep_until(deadline) => break records,
+            () = rt.closed() => break records,
+        }
+    };
     let end = rt
         .storage
         .watch_end(&dest)
         .map(|w| w.borrow().0)
         .unwrap_or_default();
+    // Where a follower reads next.
+    let next = records.last().map_or(from, |r| r.offset.next()).0;
     let messages: Vec<serde_json::Value> = records.iter().map(stored_json).collect();
-    Ok(Json(
-        serde_json::json!({ "destination": dest.as_str(), "end": end, "messages": messages }),
-    ))
+    Ok(Json(serde_json::json!({
+        "destination": dest.as_str(),
+        "end": end,
+        "next": next,
+        "messages": messages,
+    })))
 }
 
 /// A stored message as JSON: offset, id, key, headers, time, and the payload (see [`with_bytes`]).

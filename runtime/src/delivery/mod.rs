@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-pub use stats::{BindingSnapshot, BindingStats};
+pub use stats::{BindingSnapshot, BindingStats, CLASSES as FAILURE_CLASSES};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -215,6 +215,8 @@ enum Finished {
     Acked,
     Replied,
     DeadLettered,
+    /// Acknowledged without running: a replayed copy meant for another binding.
+    Skipped,
 }
 
 /// A message handed to a batch.
@@ -388,6 +390,13 @@ impl Ctx {
                 );
                 let attempts = Attempt::new(count - 1).unwrap_or(attempt);
                 self.dead_letter(&mut gather, &job, attempts, "interrupted", &reason);
+                out.push(Ran::Handled { offset });
+                continue;
+            }
+            if crate::server::replayed_for_another(&job.stored.record, &b.name) {
+                // A replay meant for another binding of this source: acknowledged unrun.
+                let effects = crate::host::Effects::default();
+                self.stage(&mut gather, offset, effects, None, Finished::Skipped);
                 out.push(Ran::Handled { offset });
                 continue;
             }

@@ -31,6 +31,8 @@ pub struct BindingStats {
     pub retried: AtomicU64,
     /// Messages moved to the dead-letter queue.
     pub dead_lettered: AtomicU64,
+    /// Replayed copies meant for another binding, acknowledged without running.
+    pub skipped: AtomicU64,
     /// Messages read and not finished (handled, waiting, retrying or committing) right now.
     pub in_flight: AtomicU64,
     /// Keys parked right now.
@@ -69,6 +71,9 @@ impl BindingStats {
             super::Finished::DeadLettered => {
                 self.dead_lettered.fetch_add(1, Relaxed);
             }
+            super::Finished::Skipped => {
+                self.skipped.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -80,6 +85,7 @@ impl BindingStats {
             replied: self.replied.load(Relaxed),
             retried: self.retried.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             parked_keys: self.parked_keys.load(Relaxed),
             failures: CLASSES
@@ -104,6 +110,9 @@ pub struct BindingSnapshot {
     pub retried: u64,
     /// Messages dead-lettered.
     pub dead_lettered: u64,
+    /// Replayed copies meant for another binding, acknowledged without running.
+    #[serde(default)]
+    pub skipped: u64,
     /// Messages read and not finished.
     #[serde(default)]
     pub in_flight: u64,
