@@ -8,5 +8,6 @@ mod delivery;
 mod dlq;
 mod host;
 mod http;
+mod ops_http;
 mod request;
 mod support;

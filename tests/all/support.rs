@@ -248,3 +248,58 @@ pub fn plugin_toml(name: &str, extra: &str) -> String {
         plugin(name).display().to_string()
     )
 }
+
+/// Any HTTP call: method, URL, headers and body; returns (status, response headers, body text).
+pub fn call(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, ureq::http::HeaderMap, String) {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body.to_vec()).expect("a valid request");
+    let mut resp = agent().run(req).expect("HTTP request");
+    let status = resp.status().as_u16();
+    let response_headers = resp.headers().clone();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, response_headers, text)
+}
+
+/// [`call`], with the body parsed as JSON.
+pub fn call_json(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+    let (status, _, text) = call(method, url, headers, body);
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("body is not JSON (status {status}): {text}"));
+    (status, body)
+}
+
+/// Runs `weir` with arguments, extra environment and stdin; returns (exit code, stdout, stderr).
+pub fn weir_with(
+    args: &[&str],
+    cwd: &Path,
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(weir_bin())
+        .args(args)
+        .current_dir(cwd)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running weir");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("writing stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("waiting for weir");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
