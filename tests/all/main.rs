@@ -8,6 +8,7 @@ mod delivery;
 mod dlq;
 mod host;
 mod http;
+mod metrics;
 mod ops_http;
 mod request;
 mod support;
