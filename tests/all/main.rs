@@ -6,6 +6,7 @@ mod binary;
 mod cli;
 mod delivery;
 mod dlq;
+mod fuzz_http;
 mod host;
 mod http;
 mod metrics;

@@ -184,6 +184,11 @@ impl Server {
         body
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
