@@ -12,4 +12,5 @@ mod http;
 mod metrics;
 mod ops_http;
 mod request;
+mod shutdown;
 mod support;

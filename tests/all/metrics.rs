@@ -111,7 +111,7 @@ fn sample(line: &str, at: &str) -> (String, BTreeMap<String, String>, f64) {
     let mut rest = &line[name_end..];
     if let Some(body) = rest.strip_prefix('{') {
         let mut chars = body.char_indices().peekable();
-        let mut end = None;
+        let end;
         loop {
             let (start, c) = chars.next().expect(at);
             if c == '}' {
