@@ -4,6 +4,7 @@
 mod backpressure;
 mod binary;
 mod cli;
+mod cli_e2e;
 mod delivery;
 mod dlq;
 mod fuzz_http;

@@ -92,6 +92,12 @@ impl Server {
 
     /// Starts a server on an existing `dir/weir.toml` with extra `weir run` arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(dir, extra, &[])
+    }
+
+    /// Starts a server on an existing `dir/weir.toml` with extra `weir run` arguments and
+    /// environment variables.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let stderr_path = dir.join("weir.stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(weir_bin())
@@ -99,6 +105,7 @@ impl Server {
             .args(extra)
             .current_dir(dir)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
