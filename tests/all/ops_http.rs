@@ -86,13 +86,16 @@ fn a_missing_or_wrong_token_gets_401_and_changes_nothing() {
     assert_eq!(stored(&server, "orders").len(), 1);
 }
 
+/// Method, URL, headers, body, expected status and code.
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+
 #[test]
 fn bad_input_gets_a_4xx_with_a_clear_code_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &config());
     let url = |p: &str| format!("{}{p}", server.url);
     let json_type = ("content-type", "application/json");
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", url("/v1/destinations/orders/messages/batch"), vec![json_type], b"{not json".to_vec(), 400, "invalid_json"),
         ("POST", url("/v1/destinations/orders/messages/batch"), vec![json_type], b"{\"messages\": [{\"payload\": 1}]}".to_vec(), 400, "invalid_json"),
         ("POST", url("/v1/destinations/orders/messages/batch"), vec![json_type], b"{\"messages\": [], \"extra\": 1}".to_vec(), 400, "invalid_json"),
