@@ -87,7 +87,14 @@ fn a_missing_or_wrong_token_gets_401_and_changes_nothing() {
 }
 
 /// Method, URL, headers, body, expected status and code.
-type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+type Case<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
 
 #[test]
 fn bad_input_gets_a_4xx_with_a_clear_code_and_changes_nothing() {
