@@ -366,6 +366,7 @@ impl Ctx {
         let mut held_keys: HashSet<String> = HashSet::new();
         let mut all_held = false;
         let mut rng = Jitter::new();
+        let mut handler_time = crate::metrics::LocalHistogram::default();
         for (job, count) in jobs {
             let offset = job.stored.offset;
             let key = job.stored.record.key.clone();
@@ -416,7 +417,7 @@ impl Ctx {
             let _in_span = span.enter();
             let started = std::time::Instant::now();
             let invocation = self.handler.handle(&message, b.timeout);
-            self.stats.handler.observe(started.elapsed());
+            handler_time.observe(started.elapsed());
             let (class, reason, retry) = match invocation.result {
                 Ok(outcome @ (Outcome::Ack | Outcome::Reply(_))) => {
                     let (reply, finished) = match outcome {
@@ -490,6 +491,7 @@ impl Ctx {
             }
         }
         submitted.extend(self.flush(&mut gather)?);
+        handler_time.flush_into(&self.stats.handler);
         Ok((out, submitted))
     }
 

@@ -83,6 +83,45 @@ impl Histogram {
     }
 }
 
+/// A histogram one thread fills without atomics and adds to a shared [`Histogram`] at once
+/// (a delivery lane flushes its batch's invocation times this way: no contended cache line per
+/// invocation).
+#[derive(Debug)]
+pub struct LocalHistogram {
+    buckets: [u64; BOUNDS_NS.len() + 1],
+    sum_ns: u64,
+}
+
+impl Default for LocalHistogram {
+    fn default() -> Self {
+        LocalHistogram {
+            buckets: [0; BOUNDS_NS.len() + 1],
+            sum_ns: 0,
+        }
+    }
+}
+
+impl LocalHistogram {
+    /// Records one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[BOUNDS_NS.partition_point(|&b| b < ns)] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+
+    /// Adds everything recorded to `shared` and starts over.
+    pub fn flush_into(&mut self, shared: &Histogram) {
+        for (local, shared) in self.buckets.iter_mut().zip(&shared.buckets) {
+            if *local > 0 {
+                shared.fetch_add(*local, Relaxed);
+                *local = 0;
+            }
+        }
+        shared.sum_ns.fetch_add(self.sum_ns, Relaxed);
+        self.sum_ns = 0;
+    }
+}
+
 /// What a scrape reads of a [`Histogram`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramSnapshot {
@@ -109,11 +148,15 @@ mod tests {
         h.observe_ns(1_000); // le 1µs
         h.observe_ns(1_001); // le 2.5µs
         h.observe(Duration::from_secs(60)); // +Inf
+        let mut local = LocalHistogram::default();
+        local.observe(Duration::from_nanos(999));
+        local.flush_into(&h);
+        local.flush_into(&h); // nothing twice
         let s = h.snapshot();
-        assert_eq!(s.cumulative[0], 1);
-        assert_eq!(s.cumulative[1], 2);
-        assert_eq!(s.cumulative[BOUNDS_NS.len() - 1], 2);
-        assert_eq!(s.count(), 3);
-        assert!((s.sum_seconds - 60.000_002_001).abs() < 1e-9);
+        assert_eq!(s.cumulative[0], 2);
+        assert_eq!(s.cumulative[1], 3);
+        assert_eq!(s.cumulative[BOUNDS_NS.len() - 1], 3);
+        assert_eq!(s.count(), 4);
+        assert!((s.sum_seconds - 60.000_003_000).abs() < 1e-9);
     }
 }

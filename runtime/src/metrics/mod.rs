@@ -25,7 +25,7 @@ mod text;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-pub use histogram::{BOUNDS_NS, Histogram, HistogramSnapshot};
+pub use histogram::{BOUNDS_NS, Histogram, HistogramSnapshot, LocalHistogram};
 pub use text::Encoder;
 
 /// A monotonic counter.
