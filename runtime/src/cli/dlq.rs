@@ -174,8 +174,9 @@ fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
     let start = cursor;
     let mut progress = Progress::new("redriven", 0);
     let mut redriven = 0;
-    let mut body = Value::Null;
-    while cursor < end && args.limit.is_none_or(|l| redriven < l) {
+    let mut body;
+    // At least one call, which also names the source.
+    loop {
         let chunk = args
             .limit
             .map_or(REDRIVE_CHUNK, |l| (l - redriven).min(REDRIVE_CHUNK));
@@ -185,10 +186,11 @@ fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
         let next = body["redrive_cursor"].as_u64().unwrap_or(cursor);
         redriven += n;
         progress.set(redriven);
-        if next == cursor {
+        let moved = next != cursor;
+        cursor = next;
+        if !moved || cursor >= end || args.limit.is_some_and(|l| redriven >= l) {
             break;
         }
-        cursor = next;
     }
     progress.finish();
     let source = body["source"].as_str().map(str::to_owned);
@@ -209,7 +211,7 @@ fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
         "redrove {redriven} dead letter{} of `{}` to `{}`",
         if redriven == 1 { "" } else { "s" },
         args.binding,
-        source.as_deref().unwrap_or("its source")
+        source.as_deref().unwrap_or("?")
     );
     Ok(())
 }
