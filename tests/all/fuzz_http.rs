@@ -182,7 +182,18 @@ fn send(
     // A server may answer (413) and close before reading a large body: a write error is fine.
     let _ = stream.write_all(&request);
     let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
+    let mut chunk = [0u8; 4096];
+    // The head first: an event stream (a follow) is not read to its end, which may never come.
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    if !head.contains("content-type: text/event-stream") {
+        let _ = stream.read_to_end(&mut response);
+    }
     let text = String::from_utf8_lossy(&response);
     let status = text
         .strip_prefix("HTTP/1.1 ")

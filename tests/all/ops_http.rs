@@ -250,6 +250,76 @@ fn a_long_poll_answers_as_soon_as_a_message_is_stored() {
 }
 
 #[test]
+fn a_follower_gets_server_sent_events_and_resumes_after_the_last_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config());
+    let publish = format!("{}/v1/destinations/events/messages", server.url);
+    call_json("POST", &publish, &[AUTH, ("weir-key", "a")], b"one");
+    let stream = format!("{}/v1/destinations/events/messages/stream", server.url);
+    let follower = {
+        let url = format!("{stream}?from=0&limit=3");
+        std::thread::spawn(move || call("GET", &url, &[AUTH], b""))
+    };
+    call_json("POST", &publish, &[AUTH], b"two");
+    call_json("POST", &publish, &[AUTH, ("weir-key", "a")], b"three");
+    let (status, headers, text) = follower.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let events = sse(&text);
+    let payloads: Vec<(&str, &Value)> = events
+        .iter()
+        .map(|(id, data)| (id.as_str(), &data["payload"]))
+        .collect();
+    assert_eq!(
+        payloads,
+        [
+            ("0", &json!("one")),
+            ("1", &json!("two")),
+            ("2", &json!("three"))
+        ]
+    );
+    // Reconnecting after event 0, only key `a`: the third.
+    let (status, _, text) = call(
+        "GET",
+        &format!("{stream}?key=a&limit=1"),
+        &[AUTH, ("last-event-id", "0")],
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(sse(&text)[0].1["payload"], "three");
+    let (status, body) = call_json(
+        "GET",
+        &format!("{stream}?limit=1"),
+        &[AUTH, ("last-event-id", "x")],
+        b"",
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_header"))
+    );
+}
+
+/// The events of a server-sent event stream: (id, data as JSON).
+fn sse(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| e.contains("data:"))
+        .map(|e| {
+            let field = |name: &str| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+                    .unwrap_or_default()
+            };
+            assert_eq!(field("event:"), "message", "{e}");
+            (field("id:"), serde_json::from_str(&field("data:")).unwrap())
+        })
+        .collect()
+}
+
+#[test]
 fn the_openapi_document_lists_exactly_the_routes_served() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &config());
@@ -293,9 +363,11 @@ fn the_openapi_document_lists_exactly_the_routes_served() {
             })
             .collect::<Vec<_>>()
             .join("/");
-        // A request waits for its reply: not long.
+        // A request waits for its reply, a follow for new messages: not long.
         let query = if path.ends_with("/requests") {
             "?timeout_ms=1"
+        } else if path.ends_with("/stream") {
+            "?limit=0"
         } else {
             ""
         };

@@ -20,6 +20,7 @@
 mod auth;
 mod dlq;
 mod error;
+mod follow;
 mod messages;
 mod openapi;
 mod replay;
@@ -120,6 +121,18 @@ pub fn routes() -> Vec<Route> {
             ("wait_ms", "when there is none yet, wait up to this long for one (at most 60000)"),
         ])
         .to(get(messages::read)),
+        Route::new(
+            M::GET,
+            "/v1/destinations/{name}/messages/stream",
+            "follow with server-sent events: each message (from an offset, a time, or after `Last-Event-ID`) as an event `message` with `id` = its offset and JSON `data`",
+        )
+        .query(&[
+            ("from", "first offset (default 0)"),
+            ("from_time_ms", "start at the first message stored at or after this time"),
+            ("key", "only messages with this key"),
+            ("limit", "end after this many messages (default: follow until the server stops)"),
+        ])
+        .to(get(follow::follow)),
         Route::new(
             M::POST,
             "/v1/destinations/{name}/requests",
