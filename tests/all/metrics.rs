@@ -316,4 +316,13 @@ fn metrics_are_valid_exposition_and_move_as_messages_are_handled() {
         .sum();
     assert_eq!(failures, 2.0);
     assert_eq!(value(&after, "weir_binding_dlq_messages", &bad), 1.0);
+    let published = [
+        ("route", "/v1/destinations/{name}/messages"),
+        ("method", "POST"),
+        ("status", "201"),
+    ];
+    assert_eq!(
+        value(&after, "weir_http_requests_total", &published),
+        n + 1.0
+    );
 }

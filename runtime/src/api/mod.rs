@@ -1,19 +1,8 @@
 //! The HTTP API, versioned under `/v1`. Every failure answers with a 4xx/5xx status and a JSON
 //! body `{"error": {"code": "...", "message": "..."}}` whose `code` is stable.
 //!
-//! | route | what |
-//! |---|---|
-//! | `POST /v1/destinations/{name}/messages` | publish; body = payload; headers `weir-key`, `weir-id`, `weir-header-<name>` |
-//! | `GET /v1/destinations/{name}/messages?from=&from_time_ms=&limit=&key=` | read stored messages (from an offset or a time; of one key) |
-//! | `POST /v1/destinations/{name}/requests?timeout_ms=` | publish a request and answer with its reply (504 `request_timeout` when none comes in time); same body and headers as publishing |
-//! | `GET /v1/bindings/{name}/dlq?from=&limit=` | dead letters of a binding not yet redriven |
-//! | `GET /v1/bindings/{name}/dlq/{offset}` | one dead letter, by its offset in the dead-letter queue |
-//! | `POST /v1/bindings/{name}/dlq/redrive?limit=` | send dead letters back to the binding's source |
-//! | `GET /v1/stats` | counters of destinations (with depth), bindings, plugins |
-//! | `GET /v1/plugins/{name}/kv?prefix=&limit=` | a plugin's key-value state |
-//! | `GET /v1/health` | liveness |
-//!
-//! The full list, with query parameters, is [`routes`] (served as `GET /v1/openapi.json`).
+//! Every route, with its query parameters, is in [`routes`] (served as `GET
+//! /v1/openapi.json`).
 //! With `server.api_token` set, every route but `/v1/health` needs `Authorization: Bearer
 //! <token>` (401 `unauthorized` otherwise).
 
@@ -202,6 +191,10 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         router = router.route(route.path, handler);
     }
     router
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&runtime),
+            count_request,
+        ))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -222,6 +215,30 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             auth::check,
         ))
         .with_state(runtime)
+}
+
+/// Counts answered requests by route, method and status (`weir_http_requests_total`).
+async fn count_request(
+    State(rt): State<AppState>,
+    route: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    rt.metrics
+        .counter(
+            "weir_http_requests_total",
+            "HTTP requests answered, by route, method and status.",
+            &[
+                ("route", route),
+                ("method", method.as_str()),
+                ("status", response.status().as_str()),
+            ],
+        )
+        .inc();
+    response
 }
 
 async fn metrics(State(rt): State<AppState>) -> impl axum::response::IntoResponse {
