@@ -130,3 +130,47 @@ fn sigterm_under_load_exits_0_in_time_and_loses_nothing_acknowledged() {
     let stderr = server.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_handler_that_outlives_the_grace_period_does_not_hold_shutdown_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[queues.slow]\n{}\
+         [[bindings]]\nsource = \"slow\"\nplugin = \"spin\"\n",
+        plugin_toml("spin", "timeout_ms = 60000")
+    );
+    let server = Server::start(dir.path(), &config);
+    server.publish("slow", "forever", &[]);
+    server.wait_binding("slow.spin", "invocations", 1);
+    let signalled = Instant::now();
+    let code = server.stop();
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(0));
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "exited after {took:?}: at the grace period, not at the plugin's 60 s limit"
+    );
+    let log = std::fs::read_to_string(dir.path().join("weir.stderr")).unwrap();
+    assert!(log.contains("shutdown grace period over"), "{log}");
+    // Not acknowledged: a restart delivers it again.
+    let server = Server::start_existing(dir.path());
+    let stats = server.wait_binding("slow.spin", "invocations", 1);
+    assert_eq!(stats["bindings"]["slow.spin"]["cursor"], 0, "{stats}");
+}
+
+#[test]
+fn ctrl_c_stops_like_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[queues.work]\n{}[[bindings]]\nsource = \"work\"\nplugin = \"counter\"\n",
+        plugin_toml("counter", "")
+    );
+    let server = Server::start(dir.path(), &config);
+    let published = server.publish("work", "x", &[]);
+    server.wait_binding("work.counter", "acked", 1);
+    assert_eq!(server.signal("INT"), Some(0));
+    let server = Server::start_existing(dir.path());
+    let (_, read) = server.get("/v1/destinations/work/messages");
+    assert_eq!(read["messages"][0]["id"], published["id"]);
+    assert_eq!(server.stats()["bindings"]["work.counter"]["cursor"], 1);
+}

@@ -221,9 +221,16 @@ impl Server {
     }
 
     /// Stops the server with SIGTERM and returns its exit code.
-    pub fn stop(mut self) -> Option<i32> {
+    pub fn stop(self) -> Option<i32> {
+        self.signal("TERM")
+    }
+
+    /// Sends a signal (`TERM`, `INT`) and returns the exit code once the process is gone.
+    pub fn signal(mut self, signal: &str) -> Option<i32> {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill")
+            .args([format!("-{signal}").as_str(), &pid])
+            .status();
         let status = self.child.wait().ok()?;
         status.code()
     }
