@@ -7,6 +7,7 @@
 //! <token>` (401 `unauthorized` otherwise).
 
 mod auth;
+mod batch;
 mod dlq;
 mod error;
 mod follow;
@@ -96,7 +97,7 @@ pub fn routes() -> Vec<Route> {
             "/v1/destinations/{name}/messages/batch",
             "publish messages in order: JSON `{\"messages\": [{\"payload\" or \"payload_hex\", \"key\", \"id\", \"headers\"}]}`; all or none are accepted",
         )
-        .to(post(messages::publish_batch)),
+        .to(post(batch::publish)),
         Route::new(
             M::GET,
             "/v1/destinations/{name}/messages",
@@ -184,7 +185,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         let handler = if route.path.ends_with("/batch") {
             route
                 .handler
-                .layer(DefaultBodyLimit::max(messages::MAX_BATCH_BYTES))
+                .layer(DefaultBodyLimit::max(batch::MAX_BATCH_BYTES))
         } else {
             route.handler
         };
