@@ -33,7 +33,6 @@ impl Progress {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_message(what);
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar
         });
         Progress {
