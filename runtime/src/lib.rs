@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod deploy;
 pub mod host;
 pub mod ids;
+pub mod metrics;
 pub mod names;
 pub mod server;
 pub mod storage;

@@ -52,7 +52,7 @@ fn publish_and_tail_from_a_second_terminal() {
         serde_json::json!(["trace", "abc"])
     );
 
-    let (code, out, _) = weir(&["stats", "--server", url], dir.path());
+    let (code, out, _) = weir(&["stats", "--json", "--server", url], dir.path());
     assert_eq!(code, 0);
     let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(stats["destinations"]["orders"]["messages"], 2);
@@ -128,7 +128,9 @@ fn check_validates_configs_and_plugins() {
     let (code, _, err) = weir(&["check"], dir.path());
     assert_eq!(code, 1);
     assert!(
-        err.contains("weir.toml:7:1: unknown field `sorce`, expected one of `name`, `source`"),
+        err.contains(
+            "weir.toml:7:1: unknown key `sorce` in [[bindings]] #1; did you mean `source`?"
+        ),
         "{err}"
     );
 

@@ -4,10 +4,15 @@
 mod backpressure;
 mod binary;
 mod cli;
+mod cli_e2e;
 mod delivery;
 mod dlq;
+mod fuzz_http;
 mod host;
 mod http;
+mod metrics;
+mod ops_http;
 mod reload;
 mod request;
+mod shutdown;
 mod support;

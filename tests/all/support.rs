@@ -93,6 +93,12 @@ impl Server {
 
     /// Starts a server on an existing `dir/weir.toml` with extra `weir run` arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(dir, extra, &[])
+    }
+
+    /// Starts a server on an existing `dir/weir.toml` with extra `weir run` arguments and
+    /// environment variables.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let stderr_path = dir.join("weir.stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(weir_bin())
@@ -100,6 +106,7 @@ impl Server {
             .args(extra)
             .current_dir(dir)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -185,6 +192,11 @@ impl Server {
         body
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -210,9 +222,16 @@ impl Server {
     }
 
     /// Stops the server with SIGTERM and returns its exit code.
-    pub fn stop(mut self) -> Option<i32> {
+    pub fn stop(self) -> Option<i32> {
+        self.signal("TERM")
+    }
+
+    /// Sends a signal (`TERM`, `INT`) and returns the exit code once the process is gone.
+    pub fn signal(mut self, signal: &str) -> Option<i32> {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill")
+            .args([format!("-{signal}").as_str(), &pid])
+            .status();
         let status = self.child.wait().ok()?;
         status.code()
     }
@@ -247,5 +266,60 @@ pub fn plugin_toml(name: &str, extra: &str) -> String {
     format!(
         "[plugins.{name}]\npath = {:?}\n{extra}\n",
         plugin(name).display().to_string()
+    )
+}
+
+/// Any HTTP call: method, URL, headers and body; returns (status, response headers, body text).
+pub fn call(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, ureq::http::HeaderMap, String) {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body.to_vec()).expect("a valid request");
+    let mut resp = agent().run(req).expect("HTTP request");
+    let status = resp.status().as_u16();
+    let response_headers = resp.headers().clone();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, response_headers, text)
+}
+
+/// [`call`], with the body parsed as JSON.
+pub fn call_json(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+    let (status, _, text) = call(method, url, headers, body);
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("body is not JSON (status {status}): {text}"));
+    (status, body)
+}
+
+/// Runs `weir` with arguments, extra environment and stdin; returns (exit code, stdout, stderr).
+pub fn weir_with(
+    args: &[&str],
+    cwd: &Path,
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(weir_bin())
+        .args(args)
+        .current_dir(cwd)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running weir");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("writing stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("waiting for weir");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

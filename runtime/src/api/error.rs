@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::deploy::DeployError;
-use crate::server::{DlqError, PublishError, RETRY_AFTER_SECS, RequestError};
+use crate::server::{DlqError, PublishError, RETRY_AFTER_SECS, ReplayError, RequestError};
 
 /// An error answer: a status and `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -51,7 +51,9 @@ impl From<PublishError> for ApiError {
             PublishError::Reserved(_) => StatusCode::FORBIDDEN,
             PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PublishError::Backpressure { .. } => StatusCode::TOO_MANY_REQUESTS,
-            PublishError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PublishError::Storage(_) | PublishError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         let mut error = ApiError::new(status, e.code(), e.to_string());
@@ -67,6 +69,17 @@ impl From<DlqError> for ApiError {
         let status = match &e {
             DlqError::UnknownBinding(_) | DlqError::NotFound { .. } => StatusCode::NOT_FOUND,
             DlqError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<ReplayError> for ApiError {
+    fn from(e: ReplayError) -> ApiError {
+        let status = match &e {
+            ReplayError::UnknownBinding(_) => StatusCode::NOT_FOUND,
+            ReplayError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code(), e.to_string())

@@ -17,6 +17,8 @@ use crate::storage::Stored;
 
 /// Prefix of HTTP headers that become message headers.
 const HEADER_PREFIX: &str = "weir-header-";
+/// Longest long poll of a read.
+const MAX_WAIT_MS: u64 = 60_000;
 
 pub(super) async fn publish(
     State(rt): State<Arc<Runtime>>,
@@ -110,6 +112,9 @@ pub(super) struct ReadQuery {
     from_time_ms: Option<u64>,
     #[serde(default = "default_limit")]
     limit: usize,
+    /// When nothing is there yet, wait up to this long (ms) for a message (a long poll).
+    #[serde(default)]
+    wait_ms: u64,
 }
 
 fn default_limit() -> usize {
@@ -143,26 +148,52 @@ pub(super) async fn read(
         })?,
         None => Offset(q.from),
     };
-    let records = match &q.key {
-        Some(key) => rt.storage.read_key(&dest, key, from, limit),
-        None => rt.storage.read(&dest, from, limit),
-    };
-    let records = records.map_err(|e| {
+    if q.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`wait_ms` is at most {MAX_WAIT_MS}, found {}", q.wait_ms),
+        ));
+    }
+    let storage_error = |e: crate::storage::StorageError| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_error",
             e.to_string(),
         )
-    })?;
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(q.wait_ms);
+    let mut end_rx = rt.storage.watch_end(&dest).map_err(storage_error)?;
+    let records = loop {
+        // Marked seen before reading: an append after the read wakes the wait below.
+        end_rx.borrow_and_update();
+        let records = match &q.key {
+            Some(key) => rt.storage.read_key(&dest, key, from, limit),
+            None => rt.storage.read(&dest, from, limit),
+        }
+        .map_err(storage_error)?;
+        if !records.is_empty() || q.wait_ms == 0 || rt.is_closing() {
+            break records;
+        }
+        tokio::select! {
+            changed = end_rx.changed() => if changed.is_err() { break records },
+            () = tokio::time::sleep_until(deadline) => break records,
+            () = rt.closed() => break records,
+        }
+    };
     let end = rt
         .storage
         .watch_end(&dest)
         .map(|w| w.borrow().0)
         .unwrap_or_default();
+    // Where a follower reads next.
+    let next = records.last().map_or(from, |r| r.offset.next()).0;
     let messages: Vec<serde_json::Value> = records.iter().map(stored_json).collect();
-    Ok(Json(
-        serde_json::json!({ "destination": dest.as_str(), "end": end, "messages": messages }),
-    ))
+    Ok(Json(serde_json::json!({
+        "destination": dest.as_str(),
+        "end": end,
+        "next": next,
+        "messages": messages,
+    })))
 }
 
 /// A stored message as JSON: offset, id, key, headers, time, and the payload (see [`with_bytes`]).

@@ -1,26 +1,20 @@
 //! The HTTP API, versioned under `/v1`. Every failure answers with a 4xx/5xx status and a JSON
 //! body `{"error": {"code": "...", "message": "..."}}` whose `code` is stable.
 //!
-//! | route | what |
-//! |---|---|
-//! | `POST /v1/destinations/{name}/messages` | publish; body = payload; headers `weir-key`, `weir-id`, `weir-header-<name>` |
-//! | `GET /v1/destinations/{name}/messages?from=&from_time_ms=&limit=&key=` | read stored messages (from an offset or a time; of one key) |
-//! | `POST /v1/destinations/{name}/requests?timeout_ms=` | publish a request and answer with its reply (504 `request_timeout` when none comes in time); same body and headers as publishing |
-//! | `GET /v1/bindings/{name}/dlq?from=&limit=` | dead letters of a binding not yet redriven |
-//! | `GET /v1/bindings/{name}/dlq/{offset}` | one dead letter, by its offset in the dead-letter queue |
-//! | `POST /v1/bindings/{name}/dlq/redrive?limit=` | send dead letters back to the binding's source |
-//! | `GET /v1/stats` | counters of destinations (with depth), bindings, plugins |
-//! | `GET /v1/plugins` | every plugin with its versions, the active one, counts and refused deploys |
-//! | `GET /v1/plugins/{name}` | one plugin, the same way |
-//! | `POST /v1/plugins/{name}/versions` | deploy: body = the component (`.wasm`); 201 when swapped in, 200 when already active, 422 `invalid_plugin` when refused |
-//! | `POST /v1/plugins/{name}/rollback?version=` | back to `version`, or to the version active before the current one |
-//! | `GET /v1/plugins/{name}/kv?prefix=&limit=` | a plugin's key-value state |
-//! | `GET /v1/health` | liveness |
+//! Every route, with its query parameters, is in [`routes`] (served as `GET
+//! /v1/openapi.json`).
+//! With `server.api_token` set, every route but `/v1/health` needs `Authorization: Bearer
+//! <token>` (401 `unauthorized` otherwise).
 
+mod auth;
+mod batch;
 mod dlq;
 mod error;
+mod follow;
 mod messages;
+mod openapi;
 mod plugins;
+mod replay;
 mod requests;
 
 use std::sync::Arc;
@@ -29,54 +23,258 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::routing::{get, post};
+use axum::http::{Method, StatusCode};
+use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
 
 use crate::names::PluginName;
 use crate::server::Runtime;
 pub use error::ApiError;
+pub use openapi::openapi;
 
 type AppState = Arc<Runtime>;
+
+/// One route of the API: what the router serves and the OpenAPI document lists, from one
+/// table ([`routes`]).
+pub struct Route {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, with `{param}` segments.
+    pub path: &'static str,
+    /// One line saying what it does.
+    pub summary: &'static str,
+    /// Query parameters: name and meaning.
+    pub query: &'static [(&'static str, &'static str)],
+    /// Whether it answers without the API token.
+    pub public: bool,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    fn new(method: Method, path: &'static str, summary: &'static str) -> Route {
+        let handler = MethodRouter::new();
+        Route {
+            method,
+            path,
+            summary,
+            query: &[],
+            public: false,
+            handler,
+        }
+    }
+
+    fn query(mut self, query: &'static [(&'static str, &'static str)]) -> Route {
+        self.query = query;
+        self
+    }
+
+    fn to(mut self, handler: MethodRouter<AppState>) -> Route {
+        self.handler = handler;
+        self
+    }
+}
+
+/// Every route of the API. The router and the OpenAPI document (`GET /v1/openapi.json`) are
+/// both built from this table; a route added here is served and documented.
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    vec![
+        Route {
+            public: true,
+            ..Route::new(M::GET, "/v1/health", "liveness").to(get(health))
+        },
+        Route::new(M::GET, "/v1/openapi.json", "this API's OpenAPI document").to(get(openapi::serve)),
+        Route::new(M::GET, "/metrics", "metrics in the Prometheus text format").to(get(metrics)),
+        Route::new(M::GET, "/v1/stats", "counters of destinations (with depth), bindings, plugins")
+            .to(get(stats)),
+        Route::new(
+            M::POST,
+            "/v1/destinations/{name}/messages",
+            "publish one message; body = payload; headers `weir-key`, `weir-id`, `weir-header-<name>`",
+        )
+        .to(post(messages::publish)),
+        Route::new(
+            M::POST,
+            "/v1/destinations/{name}/messages/batch",
+            "publish messages in order: JSON `{\"messages\": [{\"payload\" or \"payload_hex\", \"key\", \"id\", \"headers\"}]}`; all or none are accepted",
+        )
+        .to(post(batch::publish)),
+        Route::new(
+            M::GET,
+            "/v1/destinations/{name}/messages",
+            "read stored messages from an offset or a time; with `wait_ms`, wait (long poll) until one is there",
+        )
+        .query(&[
+            ("from", "first offset (default 0)"),
+            ("from_time_ms", "start at the first message stored at or after this time (ms since the epoch)"),
+            ("key", "only messages with this key"),
+            ("limit", "most messages (default 100, at most 1000)"),
+            ("wait_ms", "when there is none yet, wait up to this long for one (at most 60000)"),
+        ])
+        .to(get(messages::read)),
+        Route::new(
+            M::GET,
+            "/v1/destinations/{name}/messages/stream",
+            "follow with server-sent events: each message (from an offset, a time, or after `Last-Event-ID`) as an event `message` with `id` = its offset and JSON `data`",
+        )
+        .query(&[
+            ("from", "first offset (default 0)"),
+            ("from_time_ms", "start at the first message stored at or after this time"),
+            ("key", "only messages with this key"),
+            ("limit", "end after this many messages (default: follow until the server stops)"),
+        ])
+        .to(get(follow::follow)),
+        Route::new(
+            M::POST,
+            "/v1/destinations/{name}/requests",
+            "publish a request and answer with its reply (504 `request_timeout` when none comes in time)",
+        )
+        .query(&[("timeout_ms", "how long to wait for the reply (default 5000, at most 300000)")])
+        .to(post(requests::request)),
+        Route::new(
+            M::GET,
+            "/v1/plugins",
+            "every plugin with its versions, the active one, invocation and failure counts, refused deploys",
+        )
+        .to(get(plugins::list)),
+        Route::new(M::GET, "/v1/plugins/{name}", "one plugin with its versions").to(get(plugins::show)),
+        Route::new(
+            M::POST,
+            "/v1/plugins/{name}/versions",
+            "deploy: body = the component (`.wasm`, up to 256 MiB); 201 when swapped in, 200 when that content is already active, 422 `invalid_plugin` when refused (the running version stays)",
+        )
+        .to(post(plugins::deploy)),
+        Route::new(
+            M::POST,
+            "/v1/plugins/{name}/rollback",
+            "go back to an earlier version (default: the one active before the current one)",
+        )
+        .query(&[("version", "the version to go back to")])
+        .to(post(plugins::rollback)),
+        Route::new(M::GET, "/v1/plugins/{name}/kv", "a plugin's key-value state")
+            .query(&[
+                ("prefix", "only keys starting with this"),
+                ("start_after", "keys after this one"),
+                ("limit", "most entries (default 100, at most 1000)"),
+            ])
+            .to(get(kv)),
+        Route::new(M::GET, "/v1/bindings/{name}/dlq", "dead letters of a binding not yet redriven")
+            .query(&[
+                ("from", "offset of the dead-letter queue to list from"),
+                ("limit", "most dead letters (default 100, at most 1000)"),
+            ])
+            .to(get(dlq::list)),
+        Route::new(
+            M::GET,
+            "/v1/bindings/{name}/dlq/{offset}",
+            "one dead letter, by its offset in the dead-letter queue",
+        )
+        .to(get(dlq::show)),
+        Route::new(
+            M::POST,
+            "/v1/bindings/{name}/dlq/redrive",
+            "send dead letters back to the binding's source",
+        )
+        .query(&[("limit", "most dead letters to redrive (default all)")])
+        .to(post(dlq::redrive)),
+        Route::new(
+            M::POST,
+            "/v1/bindings/{name}/replay",
+            "re-deliver a range of the binding's source to this binding alone",
+        )
+        .query(&[
+            ("from", "first offset (default 0)"),
+            ("from_time_ms", "start at the first message stored at or after this time"),
+            ("to", "end of the range, exclusive (default: the source's end now)"),
+            ("limit", "most records this call (default and at most 10000); continue from `next`"),
+            ("run", "the replay's id: calls with the same run store each copy once"),
+        ])
+        .to(post(replay::replay)),
+    ]
+}
 
 /// The router of the whole API.
 pub fn router(runtime: Arc<Runtime>) -> Router {
     // Room for the largest payload plus framing; larger bodies get 413 before being buffered.
     let body_limit = runtime.config.server.max_message_size as usize + 1;
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/stats", get(stats))
-        .route(
-            "/v1/destinations/{name}/messages",
-            post(messages::publish).get(messages::read),
-        )
-        .route("/v1/destinations/{name}/requests", post(requests::request))
-        .route("/v1/plugins", get(plugins::list))
-        .route("/v1/plugins/{name}", get(plugins::show))
-        .route(
-            "/v1/plugins/{name}/versions",
-            post(plugins::deploy).layer(DefaultBodyLimit::max(plugins::MAX_COMPONENT_BYTES)),
-        )
-        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
-        .route("/v1/plugins/{name}/kv", get(kv))
-        .route("/v1/bindings/{name}/dlq", get(dlq::list))
-        .route("/v1/bindings/{name}/dlq/redrive", post(dlq::redrive))
-        .route("/v1/bindings/{name}/dlq/{offset}", get(dlq::show))
+    let mut router = Router::new();
+    let mut public = Vec::new();
+    for route in routes() {
+        if route.public {
+            public.push(route.path);
+        }
+        let handler = if route.path.ends_with("/batch") {
+            route
+                .handler
+                .layer(DefaultBodyLimit::max(batch::MAX_BATCH_BYTES))
+        } else if route.path.ends_with("/versions") {
+            route
+                .handler
+                .layer(DefaultBodyLimit::max(plugins::MAX_COMPONENT_BYTES))
+        } else {
+            route.handler
+        };
+        router = router.route(route.path, handler);
+    }
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&runtime),
+            count_request,
+        ))
         .fallback(|| async {
             ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
+                StatusCode::NOT_FOUND,
                 "not_found",
-                "no such route; see /v1/...",
+                "no such route; GET /v1/openapi.json lists them",
             )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "method not allowed on this route",
+                "method not allowed on this route; GET /v1/openapi.json lists them",
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            auth::Auth::new(&runtime, public),
+            auth::check,
+        ))
         .with_state(runtime)
+}
+
+/// Counts answered requests by route, method and status (`weir_http_requests_total`).
+async fn count_request(
+    State(rt): State<AppState>,
+    route: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    rt.metrics
+        .counter(
+            "weir_http_requests_total",
+            "HTTP requests answered, by route, method and status.",
+            &[
+                ("route", route),
+                ("method", method.as_str()),
+                ("status", response.status().as_str()),
+            ],
+        )
+        .inc();
+    response
+}
+
+async fn metrics(State(rt): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        rt.render_metrics(),
+    )
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -113,7 +311,7 @@ async fn kv(
         PluginName::new(name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
     if !rt.plugins.contains(&plugin) {
         return Err(ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND,
             "unknown_plugin",
             format!("no plugin named `{plugin}`"),
         ));

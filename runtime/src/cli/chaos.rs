@@ -132,6 +132,7 @@ fn append(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()> {
         args.kills
     );
 
+    let mut progress = super::progress::Progress::bar_only("kills", u64::from(args.kills));
     for round in 0..=args.kills {
         let mut server = Server::start(dir)?;
         check(&server.url, &acked.lock().expect("acked"), &mut report)?;
@@ -159,7 +160,8 @@ fn append(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()> {
             next_seq[p] = t.join().expect("publisher thread");
         }
         report.kills += 1;
-        if !args.json || round % 10 == 9 {
+        progress.set(u64::from(round) + 1);
+        if !progress.is_bar() && (!args.json || round % 10 == 9) {
             println!(
                 "chaos: kill {}/{}: {} acknowledged so far, lost {}, duplicates {}, reordered {}, corrupt {}",
                 round + 1,
@@ -172,6 +174,7 @@ fn append(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()> {
             );
         }
     }
+    progress.finish();
     report.acked = acked.lock().expect("acked").len() as u64;
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     let ok =

@@ -134,6 +134,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         args.kills
     );
 
+    let mut progress = super::progress::Progress::bar_only("kills", u64::from(args.kills));
     for round in 0..args.kills {
         let mut server = Server::start(dir)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -153,7 +154,8 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
             publishers[p] = t.join().expect("publisher thread");
         }
         report.kills += 1;
-        if !args.json || round % 10 == 9 {
+        progress.set(u64::from(round) + 1);
+        if !progress.is_bar() && (!args.json || round % 10 == 9) {
             println!(
                 "chaos: kill {}/{}: {} inputs acknowledged so far",
                 round + 1,
@@ -163,6 +165,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         }
     }
 
+    progress.finish();
     // After the last kill: send what was interrupted, let the binding drain, stop gracefully,
     // and read the durable state from a fresh process.
     let server = Server::start(dir)?;

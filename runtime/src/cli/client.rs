@@ -1,6 +1,6 @@
 //! Client commands: talk to a running server over its HTTP API.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use anyhow::Context;
 use clap::Args;
@@ -13,13 +13,20 @@ pub struct ServerArgs {
     pub(super) server: String,
 }
 
+/// The API token client commands send (`--token` or `WEIR_API_TOKEN`), set once by `main`.
+pub(super) static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// `weir publish`.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// The queue or topic.
     destination: String,
-    /// The payload; `-` reads it from stdin.
-    payload: String,
+    /// The payload; `-` reads it from stdin. Omit it with `--file`.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    payload: Option<String>,
+    /// Read the payload from this file (bytes as they are).
+    #[arg(long, short = 'f')]
+    file: Option<std::path::PathBuf>,
     /// Ordering key.
     #[arg(long)]
     key: Option<String>,
@@ -42,11 +49,18 @@ pub struct TailArgs {
     /// The queue or topic.
     destination: String,
     /// First offset to print.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "since")]
     from: u64,
-    /// Most messages to print.
-    #[arg(long, default_value_t = 100)]
-    limit: usize,
+    /// Start at the first message stored at most this long ago (`10m`, `2h`, `1d`) or at this
+    /// time in milliseconds since the Unix epoch.
+    #[arg(long, value_parser = parse_since)]
+    since: Option<u64>,
+    /// Most messages to print (without `--follow`; with it, no limit unless given).
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Keep printing messages as they are stored, until Ctrl-C (or `--limit`).
+    #[arg(long, short = 'F')]
+    follow: bool,
     /// Only messages with this key (an aggregate's events, read without scanning other keys).
     #[arg(long)]
     key: Option<String>,
@@ -79,17 +93,41 @@ pub(super) fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
+/// `--since`: a duration ago, or milliseconds since the Unix epoch.
+fn parse_since(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let ago = crate::config::Span::parse(s)?;
+    Ok(crate::ids::now_ms().saturating_sub(ago.0.as_millis() as u64))
+}
+
 pub(super) fn agent() -> ureq::Agent {
     agent_waiting(std::time::Duration::from_secs(30))
 }
 
-/// A client that gives up on a call after `timeout`.
+/// A client that gives up on a call after `timeout`, and sends the API token if there is one.
 pub(super) fn agent_waiting(timeout: std::time::Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
+        .timeout_global(Some(timeout));
+    let config = match TOKEN.get() {
+        Some(token) => {
+            let bearer = format!("Bearer {token}");
+            config.middleware(
+                move |mut req: ureq::http::Request<ureq::SendBody>,
+                      next: ureq::middleware::MiddlewareNext| {
+                    if let Ok(v) = ureq::http::HeaderValue::from_str(&bearer) {
+                        req.headers_mut()
+                            .insert(ureq::http::header::AUTHORIZATION, v);
+                    }
+                    next.handle(req)
+                },
+            )
+        }
+        None => config,
+    };
+    config.build().into()
 }
 
 /// An error answer of the server: `{"error": {"code", "message"}}` with its status and,
@@ -147,7 +185,12 @@ pub(super) fn url(server: &str, path: &str) -> String {
 }
 
 pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let payload = payload(args.payload)?;
+    let payload = match (&args.file, args.payload) {
+        (Some(file), _) => std::fs::read(file)
+            .with_context(|| format!("reading the payload from {}", file.display()))?,
+        (None, Some(p)) => payload(p)?,
+        (None, None) => anyhow::bail!("give a payload, `-` for stdin, or --file"),
+    };
     let server = &args.server.server;
     let mut req = agent().post(url(
         server,
@@ -196,42 +239,112 @@ pub(super) fn payload(arg: String) -> anyhow::Result<Vec<u8>> {
 
 pub fn tail(args: TailArgs) -> anyhow::Result<()> {
     let server = &args.server.server;
-    let path = format!(
-        "/v1/destinations/{}/messages?from={}&limit={}",
-        encode(&args.destination),
-        args.from,
-        args.limit
-    );
-    let path = match &args.key {
-        Some(key) => format!("{path}&key={}", encode(key)),
-        None => path,
-    };
-    let body = answer(server, agent().get(url(server, &path)).call())?;
+    let mut from = args.from;
+    let mut since = args.since;
+    let mut left = args
+        .limit
+        .unwrap_or(if args.follow { u64::MAX } else { 100 });
+    // A long poll waits up to this long on the server, then asks again.
+    let wait_ms = if args.follow { 10_000 } else { 0 };
+    let agent = agent_waiting(std::time::Duration::from_millis(wait_ms + 30_000));
+    let mut out = std::io::stdout().lock();
+    loop {
+        let start = match since.take() {
+            Some(t) => format!("from_time_ms={t}"),
+            None => format!("from={from}"),
+        };
+        let mut path = format!(
+            "/v1/destinations/{}/messages?{start}&limit={}&wait_ms={wait_ms}",
+            encode(&args.destination),
+            left.min(1000)
+        );
+        if let Some(key) = &args.key {
+            path.push_str(&format!("&key={}", encode(key)));
+        }
+        let body = answer(server, agent.get(url(server, &path)).call())?;
+        let messages = body["messages"].as_array().cloned().unwrap_or_default();
+        if args.json && !args.follow {
+            writeln!(out, "{body}")?;
+            return Ok(());
+        }
+        for m in &messages {
+            if args.json {
+                // One JSON object per line: a follower's output is a stream of them.
+                writeln!(out, "{m}")?;
+            } else {
+                let payload = m["payload"].as_str().map_or_else(
+                    || format!("<hex {}>", m["payload_hex"].as_str().unwrap_or("")),
+                    str::to_owned,
+                );
+                let key = m["key"]
+                    .as_str()
+                    .map(|k| format!(" key={k}"))
+                    .unwrap_or_default();
+                writeln!(out, "{}{key} {payload}", m["offset"])?;
+            }
+        }
+        out.flush()?;
+        left = left.saturating_sub(messages.len() as u64);
+        from = body["next"].as_u64().unwrap_or(from);
+        if !args.follow || left == 0 {
+            return Ok(());
+        }
+    }
+}
+
+pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let server = &args.server.server;
+    let body = answer(server, agent().get(url(server, "/v1/stats")).call())?;
     if args.json {
-        println!("{body}");
+        println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    for m in body["messages"].as_array().into_iter().flatten() {
-        let payload = m["payload"].as_str().map_or_else(
-            || format!("<hex {}>", m["payload_hex"].as_str().unwrap_or("")),
-            str::to_owned,
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    println!(
+        "{:<32} {:<6} {:>12} {:>10} {:>14}",
+        "DESTINATION", "KIND", "MESSAGES", "DEPTH", "BYTES"
+    );
+    for (name, d) in body["destinations"].as_object().into_iter().flatten() {
+        println!(
+            "{name:<32} {:<6} {:>12} {:>10} {:>14}",
+            d["kind"].as_str().unwrap_or("?"),
+            n(&d["messages"]),
+            n(&d["depth"]),
+            n(&d["bytes"])
         );
-        let key = m["key"]
-            .as_str()
-            .map(|k| format!(" key={k}"))
-            .unwrap_or_default();
-        println!("{}{key} {payload}", m["offset"]);
+    }
+    println!();
+    println!(
+        "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "BINDING", "LAG", "ACKED", "RETRIED", "DLQ", "FAILED", "INFLIGHT"
+    );
+    for (name, b) in body["bindings"].as_object().into_iter().flatten() {
+        let failed: u64 = b["failures"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, v)| n(v))
+            .sum();
+        println!(
+            "{name:<32} {:>10} {:>10} {:>8} {:>8} {failed:>8} {:>8}",
+            n(&b["lag"]),
+            n(&b["acked"]),
+            n(&b["retried"]),
+            n(&b["dead_lettered"]),
+            n(&b["in_flight"])
+        );
     }
     Ok(())
 }
 
-pub fn stats(args: ServerArgs) -> anyhow::Result<()> {
-    let body = answer(
-        &args.server,
-        agent().get(url(&args.server, "/v1/stats")).call(),
-    )?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
-    Ok(())
+/// `weir stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print the server's JSON document instead of tables.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 /// Percent-encodes a path segment (names are validated by the server; this only keeps the URL

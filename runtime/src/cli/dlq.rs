@@ -4,6 +4,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::client::{ServerArgs, agent, answer, encode, url};
+use super::progress::Progress;
 
 /// `weir dlq`.
 #[derive(Debug, Subcommand)]
@@ -159,24 +160,64 @@ fn show(args: ShowArgs) -> anyhow::Result<()> {
 
 fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
     let server = &args.server.server;
-    let mut path = format!("/v1/bindings/{}/dlq/redrive", encode(&args.binding));
-    if let Some(limit) = args.limit {
-        path.push_str(&format!("?limit={limit}"));
+    let binding = encode(&args.binding);
+    // Up to the dead-letter queue's end now: letters dead-lettered again meanwhile wait for the
+    // next redrive.
+    let page = answer(
+        server,
+        agent()
+            .get(url(server, &format!("/v1/bindings/{binding}/dlq?limit=1")))
+            .call(),
+    )?;
+    let end = page["end"].as_u64().unwrap_or(0);
+    let mut cursor = page["redrive_cursor"].as_u64().unwrap_or(0);
+    let start = cursor;
+    let mut progress = Progress::new("redriven", 0);
+    let mut redriven = 0;
+    let mut body;
+    // At least one call, which also names the source.
+    loop {
+        let chunk = args
+            .limit
+            .map_or(REDRIVE_CHUNK, |l| (l - redriven).min(REDRIVE_CHUNK));
+        let path = format!("/v1/bindings/{binding}/dlq/redrive?limit={chunk}");
+        body = answer(server, agent().post(url(server, &path)).send_empty())?;
+        let n = body["redriven"].as_u64().unwrap_or(0);
+        let next = body["redrive_cursor"].as_u64().unwrap_or(cursor);
+        redriven += n;
+        progress.set(redriven);
+        let moved = next != cursor;
+        cursor = next;
+        if !moved || cursor >= end || args.limit.is_some_and(|l| redriven >= l) {
+            break;
+        }
     }
-    let body = answer(server, agent().post(url(server, &path)).send_empty())?;
+    progress.finish();
+    let source = body["source"].as_str().map(str::to_owned);
     if args.json {
-        println!("{body}");
+        println!(
+            "{}",
+            serde_json::json!({
+                "binding": args.binding,
+                "source": source,
+                "redriven": redriven,
+                "redrive_cursor": cursor,
+                "from": start,
+            })
+        );
         return Ok(());
     }
-    let n = body["redriven"].as_u64().unwrap_or(0);
     println!(
-        "redrove {n} dead letter{} of `{}` to `{}`",
-        if n == 1 { "" } else { "s" },
+        "redrove {redriven} dead letter{} of `{}` to `{}`",
+        if redriven == 1 { "" } else { "s" },
         args.binding,
-        body["source"].as_str().unwrap_or("?")
+        source.as_deref().unwrap_or("?")
     );
     Ok(())
 }
+
+/// Dead letters redriven per call.
+const REDRIVE_CHUNK: u64 = 1000;
 
 /// At most [`PREVIEW`] characters on one line.
 fn preview(s: &str) -> String {

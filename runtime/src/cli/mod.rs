@@ -1,6 +1,6 @@
 //! The `weir` command line: `run` a server, and client commands that talk to a running one over
-//! its HTTP API (`publish`, `request`, `tail`, `stats`, `kv`, `dlq`, `plugin`), plus `check`, `bench` and
-//! `chaos`.
+//! its HTTP API (`publish`, `request`, `tail`, `replay`, `stats`, `kv`, `dlq`, `plugin`), plus `check`,
+//! `bench` and `chaos`. Client commands send `--token` / `WEIR_API_TOKEN` as a bearer token.
 
 mod bench;
 mod chaos;
@@ -8,12 +8,13 @@ mod chaos_deliver;
 mod client;
 mod dlq;
 mod plugin;
+mod progress;
+mod replay;
 mod request;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
@@ -24,6 +25,30 @@ use crate::config::Config;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Bearer token for the server's API (client commands); `weir run` reads the same
+    /// variable as an override of `server.api_token`.
+    #[arg(long, global = true, env = "WEIR_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Log format on stderr: `pretty` for people, `json` (one object per line) for log
+    /// pipelines. Filter with `RUST_LOG` (default `info`), e.g. `RUST_LOG=weir=debug` to see a
+    /// span per invocation.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "pretty",
+        env = "WEIR_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, with the fields of every span it is in.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,20 +66,27 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Validates a config file and loads (type-checks) its plugins without serving.
+    /// Validates a config file and loads (type-checks) its plugins without serving; exits 1
+    /// on any problem.
     Check {
         /// The config file.
         #[arg(long, short, default_value = "weir.toml")]
         config: PathBuf,
+        /// Print the verdict as JSON (`{"ok": true, ...}` or `{"ok": false, "error": {...}}`).
+        #[arg(long)]
+        json: bool,
     },
     /// Publishes one message to a queue or topic of a running server.
     Publish(client::PublishArgs),
     /// Publishes a request and prints its handler's reply; exits 3 when none comes in time.
     Request(request::RequestArgs),
-    /// Prints stored messages of a queue or topic.
+    /// Prints stored messages of a queue or topic, from an offset or a time; `--follow` keeps
+    /// printing new ones.
     Tail(client::TailArgs),
-    /// Prints a running server's counters as JSON.
-    Stats(client::ServerArgs),
+    /// Re-delivers a range of a binding's source to that binding alone.
+    Replay(replay::ReplayArgs),
+    /// Prints a running server's counters (`--json`: the whole document).
+    Stats(client::StatsArgs),
     /// Prints a plugin's key-value state.
     Kv(client::KvArgs),
     /// A binding's dead letters: list, show, redrive.
@@ -74,7 +106,10 @@ enum Command {
 /// 3 when `weir request` got no reply in time).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
+    if let Some(token) = cli.token.filter(|t| !t.is_empty()) {
+        let _ = client::TOKEN.set(token);
+    }
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -88,15 +123,23 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -107,6 +150,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             repair,
         } => {
             let mut config = Config::load(&config)?;
+            config.apply_env()?;
             config.server.repair = repair;
             if let Some(listen) = listen {
                 config.server.listen = listen;
@@ -114,29 +158,73 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(crate::server::run(config, shutdown_signal()))
+            let done = rt.block_on(crate::server::run(config, shutdown_signal()));
+            // Plugin calls still running after the grace period are not waited for.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            done
         }
-        Command::Check { config } => {
-            let config = Config::load(&config)?;
-            let rt = crate::server::Runtime::check(config)
-                .context("config is valid but a plugin failed to load")?;
-            println!(
-                "ok: {} destinations, {} plugins, {} bindings",
-                rt.config.destinations.len(),
-                rt.plugins.len(),
-                rt.config.bindings.len()
-            );
-            Ok(())
-        }
+        Command::Check { config, json } => check(&config, json),
         Command::Publish(args) => client::publish(args),
         Command::Request(args) => request::request(args),
         Command::Tail(args) => client::tail(args),
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Replay(args) => replay::run(args),
         Command::Stats(args) => client::stats(args),
         Command::Kv(args) => client::kv(args),
         Command::Dlq(cmd) => dlq::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Chaos(args) => chaos::run(args),
+    }
+}
+
+/// `weir check`: the config, the environment overrides, and every plugin loaded.
+fn check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let checked = Config::load(path)
+        .and_then(|mut c| c.apply_env().map(|()| c))
+        .map_err(|e| {
+            let position = e
+                .position
+                .map(|(line, column)| serde_json::json!({"line": line, "column": column}));
+            let detail = serde_json::json!({
+                "file": e.file.display().to_string(),
+                "position": position,
+                "message": e.message,
+            });
+            (anyhow::Error::new(e), detail)
+        })
+        .and_then(|config| {
+            crate::server::Runtime::check(config).map_err(|e| {
+                let e = e.context("config is valid but a plugin failed to load");
+                let detail = serde_json::json!({
+                    "file": path.display().to_string(),
+                    "message": format!("{e:#}"),
+                });
+                (e, detail)
+            })
+        });
+    match checked {
+        Ok(rt) => {
+            let (d, p, b) = (
+                rt.config.destinations.len(),
+                rt.plugins.len(),
+                rt.config.bindings.len(),
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "destinations": d, "plugins": p, "bindings": b})
+                );
+            } else {
+                println!("ok: {d} destinations, {p} plugins, {b} bindings");
+            }
+            Ok(())
+        }
+        Err((e, detail)) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "error": detail}));
+            }
+            Err(e)
+        }
     }
 }
 

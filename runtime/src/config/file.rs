@@ -48,6 +48,20 @@ pub(super) struct Server {
     /// Largest message payload accepted, in bytes or with a unit. Default: `1MiB`.
     #[serde(default = "default_max_message")]
     pub max_message_size: Spanned<ByteSize>,
+    /// Bearer token every API request must carry (`Authorization: Bearer <token>`), except
+    /// `GET /v1/health`. The environment variable `WEIR_API_TOKEN` overrides it, so the secret
+    /// need not be in the file. Default: none (no authentication; listen on loopback only).
+    #[serde(default)]
+    pub api_token: Option<Spanned<String>>,
+    /// On SIGTERM or Ctrl-C, how long in-flight requests and invocations get to finish before
+    /// weir exits anyway (what did not finish is delivered again after a restart). Default:
+    /// `"30s"`.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Spanned<Span>,
+}
+
+fn default_shutdown_grace() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_secs(30)))
 }
 
 fn default_listen() -> Spanned<String> {
@@ -66,6 +80,8 @@ impl Default for Server {
             listen: default_listen(),
             data_dir: default_data_dir(),
             max_message_size: default_max_message(),
+            api_token: None,
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }

@@ -5,6 +5,7 @@ mod binding;
 mod duration;
 mod file;
 mod size;
+mod suggest;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -58,6 +59,11 @@ pub struct ServerConfig {
     /// Open damaged logs by keeping everything before the damage (`weir run --repair`) instead
     /// of refusing to start.
     pub repair: bool,
+    /// Bearer token the HTTP API requires, when set (`server.api_token`, or `WEIR_API_TOKEN`
+    /// through [`Config::apply_env`]).
+    pub api_token: Option<String>,
+    /// How long a graceful shutdown may take before weir exits anyway.
+    pub shutdown_grace: Duration,
 }
 
 /// How much of a log is kept. Records go by whole segments, oldest first; the segment being
@@ -237,7 +243,8 @@ impl Config {
         let cx = Cx { file: path, text };
         let raw: file::File = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            cx.err(span, e.message().to_owned())
+            let message = suggest::explain(text, &span, e.message());
+            cx.err(span, message)
         })?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let base = if base.as_os_str().is_empty() {
@@ -248,6 +255,57 @@ impl Config {
         let base = std::path::absolute(&base).unwrap_or(base);
         cx.validate(raw, &base)
     }
+}
+
+/// The environment variable that overrides `server.api_token`.
+pub const API_TOKEN_ENV: &str = "WEIR_API_TOKEN";
+
+impl Config {
+    /// Applies overrides from the environment: `WEIR_API_TOKEN` (when set and not empty)
+    /// replaces `server.api_token`. The binary calls this; the library never reads the
+    /// environment on its own.
+    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        if let Some(token) = std::env::var_os(API_TOKEN_ENV).filter(|t| !t.is_empty()) {
+            let token = token
+                .into_string()
+                .map_err(|_| "it is not UTF-8".to_owned())
+                .and_then(|t| api_token(&t));
+            self.server.api_token = Some(token.map_err(|e| ConfigError {
+                file: self.file.clone(),
+                position: None,
+                message: format!("environment variable {API_TOKEN_ENV}: {e}"),
+            })?);
+        }
+        Ok(())
+    }
+}
+
+/// ` (did you mean `x`? declared: `a`, `b`)`, or ` (none is declared)`.
+fn declared_hint<'a>(name: &str, declared: impl Iterator<Item = &'a str>) -> String {
+    let declared: Vec<&str> = declared.collect();
+    if declared.is_empty() {
+        return " (none is declared)".to_owned();
+    }
+    let list = declared
+        .iter()
+        .map(|d| format!("`{d}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match suggest::nearest(name, &declared) {
+        Some(near) => format!(" (did you mean `{near}`? declared: {list})"),
+        None => format!(" (declared: {list})"),
+    }
+}
+
+/// Checks an API token: visible ASCII (it travels in an HTTP header), 16 to 4096 bytes.
+fn api_token(t: &str) -> Result<String, String> {
+    if !(16..=4096).contains(&t.len()) || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "`server.api_token` must be 16 to 4096 visible ASCII characters (no spaces), found {} bytes",
+            t.len()
+        ));
+    }
+    Ok(t.to_owned())
 }
 
 struct Cx<'a> {
@@ -349,6 +407,23 @@ impl Cx<'_> {
                 .max(Duration::from_millis(10)),
             reply_retention: raw.broker.reply_retention.get_ref().0,
             repair: false,
+            api_token: match &raw.server.api_token {
+                Some(t) => Some(api_token(t.get_ref()).map_err(|e| self.err(t.span(), e))?),
+                None => None,
+            },
+            shutdown_grace: {
+                let grace = raw.server.shutdown_grace.get_ref().0;
+                if grace > Duration::from_secs(3600) {
+                    return Err(self.err(
+                        raw.server.shutdown_grace.span(),
+                        format!(
+                            "`server.shutdown_grace` must be at most 1h, found {} s",
+                            grace.as_secs()
+                        ),
+                    ));
+                }
+                grace
+            },
         };
 
         let mut destinations = BTreeMap::new();
@@ -468,7 +543,7 @@ impl Cx<'_> {
             return Err(self.err(
                 p.path.span(),
                 format!(
-                    "plugin `{name}`: component file `{}` does not exist (build the example plugins with `scripts/build-plugins`)",
+                    "plugin `{name}`: component file `{}` does not exist; fix `path` (relative to the config file's directory) or build the plugin (`scripts/build-plugins` builds the examples)",
                     path.display()
                 ),
             ));
@@ -545,7 +620,10 @@ impl Cx<'_> {
         if !destinations.contains_key(&source) {
             return Err(self.err(
                 b.source.span(),
-                format!("binding source `{source}` is not a declared queue or topic; declare it as [queues.{source}] or [topics.{source}]"),
+                format!(
+                    "binding source `{source}` is not a declared queue or topic{}; declare it as [queues.{source}] or [topics.{source}]",
+                    declared_hint(source.as_str(), destinations.keys().map(DestinationName::as_str))
+                ),
             ));
         }
         let plugin = self.name(&b.plugin, PluginName::new)?;
@@ -553,7 +631,8 @@ impl Cx<'_> {
             return Err(self.err(
                 b.plugin.span(),
                 format!(
-                    "binding plugin `{plugin}` is not declared; declare it as [plugins.{plugin}]"
+                    "binding plugin `{plugin}` is not declared{}; declare it as [plugins.{plugin}]",
+                    declared_hint(plugin.as_str(), plugins.keys().map(PluginName::as_str))
                 ),
             ));
         }

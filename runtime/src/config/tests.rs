@@ -133,7 +133,7 @@ fn retention_settings() {
     );
     check_err(
         "[topics.t]\nretention_max_age = \"7 weeks\"\n",
-        "weir.toml:2:21: unknown duration unit \"weeks\" in \"7 weeks\"; use ms, s, m, h or d",
+        "weir.toml:2:21: `topics.t.retention_max_age`: unknown duration unit \"weeks\" in \"7 weeks\"; use ms, s, m, h or d",
     );
 }
 
@@ -150,11 +150,11 @@ fn max_depth_settings() {
     );
     check_err(
         "[topics.t]\nmax_depth = -3\n",
-        "weir.toml:2:13: invalid value: integer `-3`, expected u64",
+        "weir.toml:2:13: `topics.t.max_depth`: invalid value: integer `-3`, expected u64",
     );
     check_err(
         "[topics.t]\nmax_depth = \"5\"\n",
-        "weir.toml:2:13: invalid type: string \"5\", expected u64",
+        "weir.toml:2:13: `topics.t.max_depth`: invalid type: string \"5\", expected u64",
     );
 }
 
@@ -162,11 +162,11 @@ fn max_depth_settings() {
 fn errors_name_file_line_and_key() {
     check_err(
         "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
-        "weir.toml:3:1: unknown field `lisen`, expected one of `listen`, `data_dir`, `max_message_size`",
+        "weir.toml:3:1: unknown key `lisen` in [server]; did you mean `listen`? (valid keys: `listen`, `data_dir`, `max_message_size`, `api_token`, `shutdown_grace`)",
     );
     check_err(
         "[queue.orders]\n",
-        "weir.toml:1:2: unknown field `queue`, expected one of `server`, `broker`, `queues`, `topics`, `plugins`, `bindings`",
+        "weir.toml:1:2: unknown key `queue` at the top level; did you mean `queues`? (valid keys: `server`, `broker`, `queues`, `topics`, `plugins`, `bindings`)",
     );
     check_err(
         "[server]\nlisten = \"nowhere\"\n",
@@ -182,11 +182,11 @@ fn errors_name_file_line_and_key() {
     );
     check_err(
         "[broker]\nkind = \"kafka\"\n",
-        "weir.toml:2:8: unknown variant `kafka`, expected `embedded`",
+        "weir.toml:2:8: `broker.kind`: unknown variant `kafka`, expected `embedded`",
     );
     check_err(
         "[server]\nlisten = 7070\n",
-        "weir.toml:2:10: invalid type: integer `7070`, expected a string",
+        "weir.toml:2:10: `server.listen`: invalid type: integer `7070`, expected a string",
     );
 }
 
@@ -198,7 +198,7 @@ fn plugin_errors() {
     );
     check_err(
         "[plugins.x]\npath = \"p.wasm\"\nmemory = \"12 parsecs\"\n",
-        "weir.toml:3:10: unknown size unit \"parsecs\" in \"12 parsecs\"; use B, KiB, MiB or GiB",
+        "weir.toml:3:10: `plugins.x.memory`: unknown size unit \"parsecs\" in \"12 parsecs\"; use B, KiB, MiB or GiB",
     );
     check_err(
         "[plugins.x]\npath = \"p.wasm\"\ntimeout_ms = 0\n",
@@ -214,7 +214,7 @@ fn plugin_errors() {
     );
     check_err(
         "[plugins.x]\npath = \"p.wasm\"\nthreads = 4\n",
-        "weir.toml:3:1: unknown field `threads`, expected one of `path`, `memory`, `timeout_ms`, `fuel`, `publish`, `instances`, `watch`, `rollback_after`, `rollback_failure_rate`",
+        "weir.toml:3:1: unknown key `threads` in [plugins.x] (valid keys: `path`, `memory`, `timeout_ms`, `fuel`, `publish`, `instances`, `watch`, `rollback_after`, `rollback_failure_rate`)",
     );
     check_err(
         "[plugins.x]\npath = \"p.wasm\"\nrollback_failure_rate = 1.5\n",
@@ -235,11 +235,11 @@ fn binding_errors() {
     let base = "[queues.q]\n[plugins.p]\npath = \"p.wasm\"\n";
     check_err(
         &format!("{base}[[bindings]]\nsource = \"nope\"\nplugin = \"p\"\n"),
-        "weir.toml:5:10: binding source `nope` is not a declared queue or topic; declare it as [queues.nope] or [topics.nope]",
+        "weir.toml:5:10: binding source `nope` is not a declared queue or topic (declared: `q`); declare it as [queues.nope] or [topics.nope]",
     );
     check_err(
         &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"nope\"\n"),
-        "weir.toml:6:10: binding plugin `nope` is not declared; declare it as [plugins.nope]",
+        "weir.toml:6:10: binding plugin `nope` is not declared (declared: `p`); declare it as [plugins.nope]",
     );
     check_err(
         &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\nmax_attempts = 0\n"),
@@ -257,7 +257,7 @@ fn binding_errors() {
     );
     check_err(
         &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\nretries = 3\n"),
-        "weir.toml:7:1: unknown field `retries`, expected one of `name`, `source`, `plugin`, `guarantee`, `ordering`, `concurrency`, `timeout`, `max_attempts`, `backoff`, `dead_letter`, `poison`, `max_in_flight`",
+        "weir.toml:7:1: unknown key `retries` in [[bindings]] #1 (valid keys: `name`, `source`, `plugin`, `guarantee`, `ordering`, `concurrency`, `timeout`, `max_attempts`, `backoff`, `dead_letter`, `poison`, `max_in_flight`)",
     );
     let binding = format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"p\"\n");
     check_err(
@@ -337,5 +337,40 @@ fn binding_delivery_settings() {
             multiplier: 3.0,
             jitter: 0.0
         }
+    );
+}
+
+#[test]
+fn api_token_and_shutdown_grace() {
+    let c = parse("").unwrap();
+    assert_eq!(c.server.api_token, None);
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+    let c = parse("[server]\napi_token = \"0123456789abcdef\"\nshutdown_grace = \"5s\"\n").unwrap();
+    assert_eq!(c.server.api_token.as_deref(), Some("0123456789abcdef"));
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+    check_err(
+        "[server]\napi_token = \"short\"\n",
+        "weir.toml:2:13: `server.api_token` must be 16 to 4096 visible ASCII characters (no spaces), found 5 bytes",
+    );
+    check_err(
+        "[server]\nshutdown_grace = 30\n",
+        "weir.toml:2:18: `server.shutdown_grace`: invalid type: integer `30`, expected a duration such as \"7d\", \"12h\" or \"30s\"",
+    );
+}
+
+#[test]
+fn mistakes_of_a_new_user_say_where_and_what_to_do() {
+    let text = "[queues.orders]\n[plugins.p]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"order\"\nplugin = \"p\"\n";
+    check_err(
+        text,
+        "weir.toml:5:10: binding source `order` is not a declared queue or topic (did you mean `orders`? declared: `orders`); declare it as [queues.order] or [topics.order]",
+    );
+    check_err(
+        "[queues.q]\n[plugins.p]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"q\"\nplugin = \"p\"\nmax_attempts = \"3\"\n",
+        "weir.toml:7:16: `max_attempts` in `[[bindings]] #1`: invalid type: string \"3\", expected u32",
+    );
+    check_err(
+        "[server]\nmax_mesage_size = \"2MiB\"\n",
+        "weir.toml:2:1: unknown key `max_mesage_size` in [server]; did you mean `max_message_size`? (valid keys: `listen`, `data_dir`, `max_message_size`, `api_token`, `shutdown_grace`)",
     );
 }

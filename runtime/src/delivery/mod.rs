@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-pub use stats::{BindingSnapshot, BindingStats};
+pub use stats::{BindingSnapshot, BindingStats, CLASSES as FAILURE_CLASSES};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -58,11 +58,20 @@ pub trait Handler: Send + Sync + 'static {
     fn plugin(&self) -> &PluginName;
     /// Handles one message within `timeout`.
     fn handle(&self, message: &Message, timeout: Duration) -> Invocation;
+    /// The version that handles messages now, as named in traces and metrics (computed only
+    /// when a trace is recorded).
+    fn version(&self) -> String {
+        String::new()
+    }
 }
 
 impl Handler for Plugin {
     fn plugin(&self) -> &PluginName {
         self.name()
+    }
+
+    fn version(&self) -> String {
+        crate::metrics::plugin_version(self.hash()).to_owned()
     }
 
     fn handle(&self, message: &Message, timeout: Duration) -> Invocation {
@@ -208,6 +217,8 @@ enum Finished {
     Acked,
     Replied,
     DeadLettered,
+    /// Acknowledged without running: a replayed copy meant for another binding.
+    Skipped,
 }
 
 /// A message handed to a batch.
@@ -365,6 +376,7 @@ impl Ctx {
         let mut held_keys: HashSet<String> = HashSet::new();
         let mut all_held = false;
         let mut rng = Jitter::new();
+        let mut handler_time = crate::metrics::LocalHistogram::default();
         for (job, count) in jobs {
             let offset = job.stored.offset;
             let key = job.stored.record.key.clone();
@@ -392,9 +404,30 @@ impl Ctx {
                 out.push(Ran::Handled { offset });
                 continue;
             }
+            if crate::server::replayed_for_another(&job.stored.record, &b.name) {
+                // A replay meant for another binding of this source: acknowledged unrun.
+                let effects = crate::host::Effects::default();
+                self.stage(&mut gather, offset, effects, None, Finished::Skipped);
+                out.push(Ran::Handled { offset });
+                continue;
+            }
             let message = Message::new(&b.source, &job.stored, attempt);
             self.stats.invocations.fetch_add(1, Relaxed);
+            // Disabled (the default filter is `info`), a span costs one check of its callsite.
+            let span = tracing::debug_span!(
+                "invocation",
+                message_id = %job.stored.record.id,
+                source = %b.source,
+                binding = %b.name,
+                plugin = %self.handler.plugin(),
+                version = self.handler.version(),
+                attempt = %attempt,
+                offset = %offset,
+            );
+            let _in_span = span.enter();
+            let started = std::time::Instant::now();
             let invocation = self.handler.handle(&message, b.timeout);
+            handler_time.observe(started.elapsed());
             let (class, reason, retry) = match invocation.result {
                 Ok(outcome @ (Outcome::Ack | Outcome::Reply(_))) => {
                     let (reply, finished) = match outcome {
@@ -484,6 +517,7 @@ impl Ctx {
             }
         }
         submitted.extend(self.flush(&mut gather)?);
+        handler_time.flush_into(&self.stats.handler);
         Ok((out, submitted))
     }
 

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use serde::Serialize;
 
 use crate::host::FailureClass;
+use crate::metrics::Histogram;
 
-const CLASSES: [FailureClass; 6] = [
+/// Every failure class, in the order counters are kept.
+pub const CLASSES: [FailureClass; 6] = [
     FailureClass::HandlerError,
     FailureClass::Trap,
     FailureClass::Timeout,
@@ -29,10 +31,14 @@ pub struct BindingStats {
     pub retried: AtomicU64,
     /// Messages moved to the dead-letter queue.
     pub dead_lettered: AtomicU64,
+    /// Replayed copies meant for another binding, acknowledged without running.
+    pub skipped: AtomicU64,
     /// Messages read and not finished (handled, waiting, retrying or committing) right now.
     pub in_flight: AtomicU64,
     /// Keys parked right now.
     pub parked_keys: AtomicU64,
+    /// Time of each invocation (every attempt), as the engine saw it.
+    pub handler: Histogram,
     failures: [AtomicU64; CLASSES.len()],
 }
 
@@ -65,6 +71,9 @@ impl BindingStats {
             super::Finished::DeadLettered => {
                 self.dead_lettered.fetch_add(1, Relaxed);
             }
+            super::Finished::Skipped => {
+                self.skipped.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -76,6 +85,7 @@ impl BindingStats {
             replied: self.replied.load(Relaxed),
             retried: self.retried.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             parked_keys: self.parked_keys.load(Relaxed),
             failures: CLASSES
@@ -100,6 +110,9 @@ pub struct BindingSnapshot {
     pub retried: u64,
     /// Messages dead-lettered.
     pub dead_lettered: u64,
+    /// Replayed copies meant for another binding, acknowledged without running.
+    #[serde(default)]
+    pub skipped: u64,
     /// Messages read and not finished.
     #[serde(default)]
     pub in_flight: u64,

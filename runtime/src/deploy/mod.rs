@@ -113,6 +113,10 @@ impl Handler for Slot {
         &self.name
     }
 
+    fn version(&self) -> String {
+        self.version().to_string()
+    }
+
     fn handle(&self, message: &Message, timeout: Duration) -> Invocation {
         let live = self.live.load_full();
         live.activation.first_invocation.get_or_init(Instant::now);

@@ -4,7 +4,9 @@
 mod backpressure;
 mod dlq;
 mod inbox;
+mod metrics;
 mod publish;
+mod replay;
 mod request;
 
 use std::collections::BTreeMap;
@@ -19,6 +21,9 @@ use tokio::sync::watch;
 pub use backpressure::RETRY_AFTER_SECS;
 pub use dlq::{DeadLetter, DeadLetterPage, DlqError, REDRIVEN_FROM, Redriven};
 pub use publish::{PublishError, PublishRequest, Published};
+pub use replay::{
+    MAX_REPLAY_CHUNK, REPLAY_FOR, REPLAYED_FROM, ReplayError, Replayed, replayed_for_another,
+};
 pub use request::{DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, Replied, RequestError};
 
 use crate::config::FsyncPolicy;
@@ -47,6 +52,10 @@ pub struct Runtime {
     backpressure: backpressure::Limits,
     /// Held by a binding's dead-letter redrive: one at a time per binding.
     redrives: BTreeMap<BindingName, std::sync::Mutex<()>>,
+    /// Metrics other modules register (rendered by `GET /metrics` with the server's own).
+    pub metrics: Arc<crate::metrics::Registry>,
+    /// Turns true when shutdown starts: intake stops, followers (long polls) answer.
+    closing: watch::Sender<bool>,
     _host: Arc<Host>,
 }
 
@@ -185,6 +194,8 @@ impl Runtime {
             bindings,
             inbox,
             redrives,
+            metrics: Arc::default(),
+            closing: watch::Sender::new(false),
             _host: host,
         })
     }
@@ -198,6 +209,61 @@ impl Runtime {
         self.append(destination, request, None)
     }
 
+    /// Publishes messages to one queue or topic, in order. All are validated before any is
+    /// stored: one bad message refuses the whole batch. With any caller-given id, every message
+    /// is appended with dedup (see [`Published::duplicate`]).
+    pub fn publish_batch(
+        &self,
+        destination: &str,
+        requests: Vec<PublishRequest>,
+    ) -> Result<Vec<Published>, PublishError> {
+        if self.is_closing() {
+            return Err(PublishError::ShuttingDown);
+        }
+        let started = std::time::Instant::now();
+        let limit = self.config.server.max_message_size as usize;
+        let dedup = requests.iter().any(|r| r.id.is_some());
+        let mut records = Vec::with_capacity(requests.len());
+        let mut dest = None;
+        for request in requests {
+            let (d, record) = publish::validate(destination, request, limit)?;
+            dest = Some(d);
+            records.push(record);
+        }
+        let dest = match dest {
+            Some(d) => d,
+            None => DestinationName::new(destination)?,
+        };
+        if dest.is_reserved() {
+            return Err(PublishError::Reserved(dest.to_string()));
+        }
+        if !self.config.destinations.contains_key(&dest) {
+            return Err(PublishError::UnknownDestination(dest.to_string()));
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each message counts towards the depth until the batch is stored.
+        let mut admitted = Vec::with_capacity(records.len());
+        for _ in &records {
+            admitted.push(self.backpressure.admit(&*self.storage, &dest)?);
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let stored: Vec<(crate::names::Offset, bool)> = if dedup {
+            self.storage.append_dedup(&dest, records)?
+        } else {
+            let offsets = self.storage.append(&dest, records)?;
+            offsets.into_iter().map(|o| (o, false)).collect()
+        };
+        drop(admitted);
+        crate::metrics::STORAGE.append.observe(started.elapsed());
+        Ok(stored
+            .into_iter()
+            .zip(ids)
+            .map(|((offset, duplicate), id)| publish::published(&dest, offset, id, duplicate))
+            .collect())
+    }
+
     /// Validates and stores a message; with a correlation id, as a request whose reply goes to
     /// the reply inbox.
     fn append(
@@ -206,6 +272,10 @@ impl Runtime {
         request: PublishRequest,
         correlation_id: Option<String>,
     ) -> Result<Published, PublishError> {
+        if self.is_closing() {
+            return Err(PublishError::ShuttingDown);
+        }
+        let started = std::time::Instant::now();
         let limit = self.config.server.max_message_size as usize;
         // An id weir generates is new by construction: no dedup lookup (it costs a search of
         // every sealed segment's id index).
@@ -229,7 +299,19 @@ impl Runtime {
         } else {
             self.storage.append_dedup(&dest, vec![record])?[0]
         };
+        crate::metrics::STORAGE.append.observe(started.elapsed());
         Ok(publish::published(&dest, offset, id, duplicate))
+    }
+
+    /// Whether shutdown has started (intake is stopped).
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Completes when shutdown starts (at once if it has).
+    pub async fn closed(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|closing| *closing).await;
     }
 
     /// Counters of everything.
@@ -433,20 +515,43 @@ pub async fn run(
     let rt = Arc::clone(&runtime);
     let shutdown = async move {
         shutdown.await;
-        // Requests waiting for replies answer now instead of holding shutdown up to their
-        // timeouts.
+        tracing::info!(
+            grace_s = rt.config.server.shutdown_grace.as_secs_f64(),
+            "shutting down: intake stopped, finishing what is in flight"
+        );
+        // Publishes are refused from now on and followers answer; requests waiting for
+        // replies answer now instead of holding shutdown up to their timeouts.
+        rt.closing.send_replace(true);
         rt.inbox.close();
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-
-    drop(reloader);
-    let _ = stop_tx.send(true);
-    while let Some(done) = tasks.join_next().await {
-        let (name, result) = done?;
-        if let Err(e) = result {
-            tracing::error!("{name} stopped: {e}");
+    let stopping = async {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        drop(reloader);
+        let _ = stop_tx.send(true);
+        while let Some(done) = tasks.join_next().await {
+            let (name, result) = done?;
+            if let Err(e) = result {
+                tracing::error!("{name} stopped: {e}");
+            }
+        }
+        anyhow::Ok(())
+    };
+    let grace = runtime.config.server.shutdown_grace;
+    let out_of_time = async {
+        runtime.closed().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        done = stopping => done?,
+        () = out_of_time => {
+            // Nothing acknowledged is lost: what did not finish was not acknowledged and is
+            // delivered again after a restart.
+            tracing::warn!(
+                grace_s = grace.as_secs_f64(),
+                "shutdown grace period over; exiting with work unfinished (it is delivered again after a restart)"
+            );
         }
     }
     tracing::info!("stopped");

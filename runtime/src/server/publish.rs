@@ -76,6 +76,9 @@ pub enum PublishError {
         /// Its limit.
         max_depth: u64,
     },
+    /// The server is shutting down and takes no new messages.
+    #[error("weir is shutting down and takes no new messages; retry against the restarted server")]
+    ShuttingDown,
     /// The store refused the write.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -91,6 +94,7 @@ impl PublishError {
             PublishError::TooLarge { .. } => "payload_too_large",
             PublishError::Invalid(_) => "invalid_message",
             PublishError::Backpressure { .. } => "backpressure",
+            PublishError::ShuttingDown => "shutting_down",
             PublishError::Storage(_) => "storage_error",
         }
     }

@@ -212,8 +212,18 @@ fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> 
     } else {
         Duration::from_millis(1)
     };
+    let measured = AtomicBool::new(false);
     let sampled = std::thread::scope(|s| {
         let sampler = s.spawn(|| sample(&stats, &probe, events, every, &publishers.failed));
+        // Progress on stderr, five times a second: off the measured threads' way.
+        s.spawn(|| {
+            let mut progress = super::super::progress::Progress::new("handled", events);
+            while !measured.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                progress.set(stats.acked.load(Relaxed).min(events));
+            }
+            progress.finish();
+        });
         let published = if args.backlog {
             Ok(())
         } else {
@@ -223,6 +233,7 @@ fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> 
             publishers.failed.store(true, Relaxed);
         }
         let sampled = sampler.join().expect("sampler thread");
+        measured.store(true, Relaxed);
         published.and(sampled)
     });
     let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);

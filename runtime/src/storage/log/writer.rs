@@ -112,7 +112,10 @@ fn write_batch(shared: &Shared, batch: &[u8], hashes: &[[u64; 2]], first: u64) -
         (!full).then(|| (a.file.clone(), a.path.clone(), a.index.summary.len))
     }
     .map_or_else(|| roll(shared, first), Ok)?;
-    if let Err(e) = file.write_at(batch, pos) {
+    let started = Instant::now();
+    let written = file.write_at(batch, pos);
+    crate::metrics::STORAGE.write.observe(started.elapsed());
+    if let Err(e) = written {
         shared.stop(stopped("write", path, e));
         return Err(());
     }
@@ -165,7 +168,10 @@ fn sync_active(shared: &Shared) -> Result<(), ()> {
             s.active.index.summary.end,
         )
     };
-    match file.sync() {
+    let started = Instant::now();
+    let synced = file.sync();
+    crate::metrics::STORAGE.fsync.observe(started.elapsed());
+    match synced {
         Ok(()) => {
             shared.commit(end);
             Ok(())
@@ -299,7 +305,10 @@ pub(crate) fn run_syncer(shared: Arc<Shared>) {
             }
         }
         let Some((_, file)) = &handle else { return };
-        match file.sync() {
+        let started = Instant::now();
+        let synced = file.sync();
+        crate::metrics::STORAGE.fsync.observe(started.elapsed());
+        match synced {
             Ok(()) => shared.commit(job.end),
             Err(e) => return shared.stop(stopped("fsync", job.path, e)),
         }
