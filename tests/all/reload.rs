@@ -326,6 +326,19 @@ fn rollback_by_command_and_automatic_rollback_restore_the_previous_version_and_s
     assert_eq!(listed["rollbacks"], 3, "{listed}");
     let stats = server.stats();
     assert_eq!(stats["bindings"]["in.p"]["dead_lettered"], 0, "{stats}");
+    let metrics = ureq::get(format!("{}/metrics", server.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for line in [
+        "weir_plugin_rollbacks_total{plugin=\"p\"} 3",
+        "weir_plugin_swaps_total{plugin=\"p\"} 5",
+        "weir_plugin_info{plugin=\"p\",version=\"2\",",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 
     // Versions, the active one and rollback history survive a restart (the configured file
     // did not change, so the stored active version serves).

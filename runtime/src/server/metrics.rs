@@ -125,16 +125,9 @@ impl Runtime {
     fn encode_bindings(&self, enc: &mut Encoder) {
         for b in &self.config.bindings {
             let stats = &self.bindings[&b.name];
-            let version = self
-                .plugins
-                .slot(&b.plugin)
-                .map(|s| s.version().to_string())
-                .unwrap_or_default();
-            let labels = [
-                ("binding", b.name.as_str()),
-                ("plugin", b.plugin.as_str()),
-                ("version", version.as_str()),
-            ];
+            // No `version` label: a binding's series stay the same across deploys
+            // (`weir_plugin_version_*` count per version, `weir_plugin_info` names the active).
+            let labels = [("binding", b.name.as_str()), ("plugin", b.plugin.as_str())];
             let s = stats.snapshot();
             let cursor = self.storage.cursor(&b.name).0;
             enc.gauge(
