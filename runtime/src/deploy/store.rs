@@ -206,7 +206,8 @@ impl VersionStore {
             Some(v) => v.seq,
             None => {
                 if self.dir.is_some() {
-                    write_atomically(&self.artifact(sha256), bytes)?;
+                    // Its directory is fsynced with the manifest's rename just below.
+                    write_file(&self.artifact(sha256), bytes, false)?;
                 }
                 let seq = self.manifest.next_seq;
                 self.manifest.next_seq += 1;
@@ -287,13 +288,14 @@ impl VersionStore {
     fn save(&self) -> Result<(), StoreError> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let bytes = serde_json::to_vec_pretty(&self.manifest).expect("the manifest serializes");
-        write_atomically(&dir.join(MANIFEST), &bytes)
+        write_file(&dir.join(MANIFEST), &bytes, true)
     }
 }
 
 /// Writes a file so that it is either absent or complete after a crash: a temporary file,
-/// fsynced, renamed over the target, then the directory fsynced.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// fsynced, renamed over the target, then (with `sync_dir`) the directory fsynced, which makes
+/// every rename in it so far durable.
+fn write_file(path: &Path, bytes: &[u8], sync_dir: bool) -> Result<(), StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -304,7 +306,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     f.sync_data().map_err(io)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
+    if sync_dir && let Some(dir) = path.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;

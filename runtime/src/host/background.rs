@@ -2,6 +2,13 @@
 //! a lower scheduling priority, so that Cranelift (which uses every core it is given) takes
 //! the CPU the delivery engine leaves idle instead of stalling invocations.
 //!
+//! Tried and dropped (`weir bench swap`, 2 cores): `SCHED_IDLE` starved compiles for over
+//! 30 s on a busy machine, so a deploy could not finish; compiling in a child process at nice
+//! 19 made compiling swaps 3x slower (p99 over 250 ms) without lowering event latency, which
+//! during compiling swaps is dominated by the disk (the new artifact and cache files are
+//! flushed with the logs' journal commits: on tmpfs the event p99 ratio while compiling was
+//! 2.1, on this disk 5-10).
+//!
 //! Lowering a thread's priority is a `setpriority` call, the one other use of `unsafe` in
 //! weir, on Linux only (elsewhere the pool runs at normal priority).
 #![allow(unsafe_code)]

@@ -57,7 +57,9 @@ impl Cache {
         }
     }
 
-    /// Stores a compiled component (atomically: temp file, fsync, rename).
+    /// Stores a compiled component (atomically: temp file, rename). Not fsynced: this is a
+    /// cache, a file torn by a crash fails its checksum and is compiled again, and an fsync
+    /// here would queue behind (and delay) the logs' own on the same disk.
     pub fn put(
         &self,
         engine: &Engine,
@@ -71,7 +73,7 @@ impl Cache {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&Sha256::digest(&code))?;
         f.write_all(&code)?;
-        f.sync_all()?;
+        drop(f);
         std::fs::rename(&tmp, &path)?;
         tracing::debug!(path = %path.display(), "cached precompiled component");
         Ok(())

@@ -33,14 +33,18 @@ pub struct SwapArgs {
     /// Seconds of load before the first swap (the baseline latency).
     #[arg(long, default_value_t = 5)]
     baseline_seconds: u64,
-    /// Seconds of load during which the swaps happen, evenly spaced.
+    /// Seconds of load during which the swaps between the two versions happen, evenly spaced.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Seconds of load, after those, during which the swaps to never-seen versions happen.
+    #[arg(long, default_value_t = 5)]
+    compiled_seconds: u64,
     /// Swaps between the two tagged versions (after the first swap to the second version,
     /// both are in the precompiled cache).
     #[arg(long, default_value_t = 50)]
     swaps: u32,
-    /// Further swaps, each to a version never seen before (compiled during the swap).
+    /// Swaps in the last phase, each to a version never seen before (compiled during the
+    /// swap).
     #[arg(long, default_value_t = 10)]
     compiled_swaps: u32,
     /// Distinct keys the events are spread over.
@@ -128,8 +132,10 @@ struct Outputs {
     by_tag: BTreeMap<String, u64>,
     /// Publish (due time) to output visible, in µs, for events due before the first swap.
     baseline_us: Vec<u64>,
-    /// The same for events due while swaps happened.
+    /// The same for events due while the two versions were swapped.
     swapping_us: Vec<u64>,
+    /// The same for events due while swapping to new versions (compiling).
+    compiling_us: Vec<u64>,
 }
 
 fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::Result<Measured> {
@@ -167,39 +173,47 @@ fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::R
     let reloader = Reloader::start(Arc::clone(&runtime.plugins))?;
 
     let baseline = Duration::from_secs(args.baseline_seconds);
-    let events = args.rate * (args.baseline_seconds + args.seconds);
+    let swapping = Duration::from_secs(args.seconds);
+    let events = args.rate * (args.baseline_seconds + args.seconds + args.compiled_seconds);
     let started = Instant::now();
     let failed = Arc::new(AtomicBool::new(false));
     let reader = {
         let rt = Arc::clone(&runtime);
         let failed = Arc::clone(&failed);
-        let baseline_ns = baseline.as_nanos() as u64;
-        tokio.spawn(async move { follow(rt, started, baseline_ns, events, failed).await })
+        let phases = (
+            baseline.as_nanos() as u64,
+            (baseline + swapping).as_nanos() as u64,
+        );
+        tokio.spawn(async move { follow(rt, started, phases, events, failed).await })
     };
 
-    let total_swaps = args.swaps + args.compiled_swaps;
     let swaps = std::thread::scope(|s| {
         let swapper = s.spawn(|| {
-            let every = Duration::from_secs(args.seconds) / (total_swaps + 1);
             let mut out = Vec::new();
-            for j in 0..total_swaps {
+            let every = swapping / (args.swaps + 1);
+            for j in 0..args.swaps {
                 let due = baseline + every * (j + 1);
                 std::thread::sleep(due.saturating_sub(started.elapsed()));
-                let tag: [u8; 8] = if j < args.swaps {
-                    if j % 2 == 0 {
-                        *b"bbbbbbbb"
-                    } else {
-                        *b"aaaaaaaa"
-                    }
-                } else {
-                    let t = format!("c{:07}", j);
-                    t.as_bytes().try_into().expect("8 bytes")
-                };
+                let tag = if j % 2 == 0 { b"bbbbbbbb" } else { b"aaaaaaaa" };
                 out.push(swap_once(
                     &slot,
                     dir,
                     &plugin_path,
-                    &tagged(original, at, &tag),
+                    &tagged(original, at, tag),
+                )?);
+            }
+            let compiling = Duration::from_secs(args.compiled_seconds);
+            let every = compiling / (args.compiled_swaps + 1);
+            for j in 0..args.compiled_swaps {
+                let due = baseline + swapping + every * (j + 1);
+                std::thread::sleep(due.saturating_sub(started.elapsed()));
+                let tag = format!("c{j:07}");
+                let tag: &[u8; 8] = tag.as_bytes().try_into().expect("8 bytes");
+                out.push(swap_once(
+                    &slot,
+                    dir,
+                    &plugin_path,
+                    &tagged(original, at, tag),
                 )?);
             }
             anyhow::Ok(out)
@@ -318,7 +332,7 @@ fn stored_order(runtime: &Runtime, events: u64) -> anyhow::Result<BTreeMap<Strin
 async fn follow(
     runtime: Arc<Runtime>,
     started: Instant,
-    baseline_ns: u64,
+    (baseline_ns, compiling_ns): (u64, u64),
     events: u64,
     failed: Arc<AtomicBool>,
 ) -> anyhow::Result<Outputs> {
@@ -349,8 +363,10 @@ async fn follow(
             let us = now.saturating_sub(due) / 1000;
             if due < baseline_ns {
                 o.baseline_us.push(us);
-            } else {
+            } else if due < compiling_ns {
                 o.swapping_us.push(us);
+            } else {
+                o.compiling_us.push(us);
             }
         }
     }
@@ -402,16 +418,24 @@ fn report(args: &SwapArgs, m: &Measured) -> anyhow::Result<()> {
     cached.sort_unstable();
     compiled.sort_unstable();
     let ms = |v: &[u64], p: f64| round3(percentile(v, p) as f64 / 1000.0);
-    let mut base = o.baseline_us.clone();
-    let mut during = o.swapping_us.clone();
-    base.sort_unstable();
-    during.sort_unstable();
-    let p99_base = percentile(&base, 0.99) as f64 / 1000.0;
-    let p99_during = percentile(&during, 0.99) as f64 / 1000.0;
-    let ratio = if p99_base > 0.0 {
-        round3(p99_during / p99_base)
-    } else {
-        0.0
+    let sorted = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v
+    };
+    let (base, during, compiling) = (
+        sorted(&o.baseline_us),
+        sorted(&o.swapping_us),
+        sorted(&o.compiling_us),
+    );
+    let p99 = |v: &[u64]| percentile(v, 0.99) as f64 / 1000.0;
+    let p50 = |v: &[u64]| percentile(v, 0.5) as f64 / 1000.0;
+    let ratio = |v: &[u64]| {
+        if p99(&base) > 0.0 {
+            round3(p99(v) / p99(&base))
+        } else {
+            0.0
+        }
     };
     let secs = m.elapsed.as_secs_f64();
     println!(
@@ -434,11 +458,15 @@ fn report(args: &SwapArgs, m: &Measured) -> anyhow::Result<()> {
         ms(&compiled, 0.99)
     );
     println!(
-        "publish -> output visible: p50 {:.2} ms p99 {:.2} ms without swaps, p50 {:.2} ms p99 {:.2} ms during swaps (p99 ratio {ratio})",
-        percentile(&base, 0.5) as f64 / 1000.0,
-        p99_base,
-        percentile(&during, 0.5) as f64 / 1000.0,
-        p99_during
+        "publish -> output visible: p50 {:.2} ms p99 {:.2} ms without swaps; p50 {:.2} ms p99 {:.2} ms swapping two versions (p99 ratio {}); p50 {:.2} ms p99 {:.2} ms swapping to new versions (p99 ratio {})",
+        p50(&base),
+        p99(&base),
+        p50(&during),
+        p99(&during),
+        ratio(&during),
+        p50(&compiling),
+        p99(&compiling),
+        ratio(&compiling),
     );
     println!(
         "outputs {}: lost {lost}, duplicates {duplicates}, reordered {reordered}",
@@ -464,11 +492,14 @@ fn report(args: &SwapArgs, m: &Measured) -> anyhow::Result<()> {
             "cached_swap_to_new_version_ms_p99": ms(&cached, 0.99),
             "compiled_swap_to_new_version_ms_p50": ms(&compiled, 0.5),
             "compiled_swap_to_new_version_ms_p99": ms(&compiled, 0.99),
-            "latency_ms_p50_without_swaps": round3(percentile(&base, 0.5) as f64 / 1000.0),
-            "latency_ms_p99_without_swaps": round3(p99_base),
-            "latency_ms_p50_during_swaps": round3(percentile(&during, 0.5) as f64 / 1000.0),
-            "latency_ms_p99_during_swaps": round3(p99_during),
-            "p99_latency_ratio_during_swaps": ratio,
+            "latency_ms_p50_without_swaps": round3(p50(&base)),
+            "latency_ms_p99_without_swaps": round3(p99(&base)),
+            "latency_ms_p50_during_swaps": round3(p50(&during)),
+            "latency_ms_p99_during_swaps": round3(p99(&during)),
+            "p99_latency_ratio_during_swaps": ratio(&during),
+            "latency_ms_p50_during_compiled_swaps": round3(p50(&compiling)),
+            "latency_ms_p99_during_compiled_swaps": round3(p99(&compiling)),
+            "p99_latency_ratio_during_compiled_swaps": ratio(&compiling),
         });
         println!("{out}");
     }
