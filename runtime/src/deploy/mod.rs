@@ -457,7 +457,7 @@ impl Registry {
                 let hash = file_hash.clone().unwrap_or_default();
                 match (self.load(name, p, &p.path, &bytes, &gate, false), stored) {
                     (Ok(plugin), _) => {
-                        let v = store.deploy(&bytes, &hash, Origin::File)?;
+                        let v = store.deploy(&bytes, &hash, Origin::File, false)?;
                         (plugin, v.seq)
                     }
                     (Err(e), None) => return Err(e.into()),
@@ -702,7 +702,12 @@ impl Registry {
             activation: activation(seq),
             probation,
         });
-        match st.store.deploy(bytes, &hash, origin) {
+        // A change of the configured file is recorded by the reloader's next flush: swaps
+        // driven by file writes do not each wait for (and add) a manifest fsync.
+        match st
+            .store
+            .deploy(bytes, &hash, origin, origin == Origin::File)
+        {
             Ok(v) => debug_assert_eq!(v.seq, seq),
             Err(e) => {
                 // Not recorded, so not deployed: the version before comes back.
@@ -799,6 +804,15 @@ impl Registry {
             }
             .to_owned(),
         })
+    }
+
+    /// Writes the manifests of plugins whose file-driven deploys were not written yet.
+    fn flush(&self) {
+        for (name, e) in &self.entries {
+            if let Err(err) = e.lock().store.flush() {
+                tracing::error!(plugin = %name, "cannot record plugin versions: {err}");
+            }
+        }
     }
 
     /// Records an automatic rollback a slot made.

@@ -93,6 +93,8 @@ pub(super) struct VersionStore {
     /// `None`: kept in memory only (`weir check`).
     dir: Option<PathBuf>,
     manifest: Manifest,
+    /// The manifest changed since it was last written (a deferred save).
+    dirty: bool,
 }
 
 impl VersionStore {
@@ -128,6 +130,7 @@ impl VersionStore {
         Ok(VersionStore {
             dir: Some(dir),
             manifest,
+            dirty: false,
         })
     }
 
@@ -140,6 +143,7 @@ impl VersionStore {
                 next_seq: 1,
                 ..Manifest::default()
             },
+            dirty: false,
         }
     }
 
@@ -192,13 +196,17 @@ impl VersionStore {
         self.save()
     }
 
-    /// Makes `bytes` the active version: a new version (stored durably first), or the existing
-    /// one with the same content. The version active before becomes its `previous`.
+    /// Makes `bytes` the active version: a new version (its artifact stored durably first), or
+    /// the existing one with the same content. The version active before becomes its
+    /// `previous`. With `defer`, the manifest is written by a later [`VersionStore::flush`]
+    /// (for changes of the configured file: if the process dies first, the restart takes the
+    /// file again).
     pub fn deploy(
         &mut self,
         bytes: &[u8],
         sha256: &str,
         origin: Origin,
+        defer: bool,
     ) -> Result<VersionRecord, StoreError> {
         let previous = self.manifest.active;
         let now = now_ms();
@@ -236,7 +244,11 @@ impl VersionStore {
             self.manifest.file_sha256 = Some(sha256.to_owned());
         }
         self.prune();
-        self.save()?;
+        if defer {
+            self.dirty = true;
+        } else {
+            self.save()?;
+        }
         Ok(self.get(seq).cloned().expect("just recorded"))
     }
 
@@ -285,7 +297,16 @@ impl VersionStore {
         }
     }
 
-    fn save(&self) -> Result<(), StoreError> {
+    /// Writes the manifest if a deferred change is pending.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if self.dirty {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&mut self) -> Result<(), StoreError> {
+        self.dirty = false;
         let Some(dir) = &self.dir else { return Ok(()) };
         let bytes = serde_json::to_vec_pretty(&self.manifest).expect("the manifest serializes");
         write_file(&dir.join(MANIFEST), &bytes, true)
@@ -322,11 +343,11 @@ mod tests {
     fn deploy_rollback_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = VersionStore::open(dir.path().join("p")).unwrap();
-        let a = s.deploy(b"a", "ha", Origin::File).unwrap();
-        let b = s.deploy(b"b", "hb", Origin::Upload).unwrap();
+        let a = s.deploy(b"a", "ha", Origin::File, false).unwrap();
+        let b = s.deploy(b"b", "hb", Origin::Upload, true).unwrap();
         assert_eq!((a.seq, b.seq, b.previous), (1, 2, Some(1)));
         // The same content again is the same version.
-        let a2 = s.deploy(b"a", "ha", Origin::File).unwrap();
+        let a2 = s.deploy(b"a", "ha", Origin::File, false).unwrap();
         assert_eq!((a2.seq, a2.previous), (1, Some(2)));
         let back = s.roll_back(2, "by command").unwrap();
         assert_eq!(back.seq, 2);
@@ -343,8 +364,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = VersionStore::open(dir.path().to_owned()).unwrap();
         for i in 0..KEEP_VERSIONS + 5 {
-            s.deploy(i.to_string().as_bytes(), &format!("h{i}"), Origin::Upload)
-                .unwrap();
+            s.deploy(
+                i.to_string().as_bytes(),
+                &format!("h{i}"),
+                Origin::Upload,
+                false,
+            )
+            .unwrap();
         }
         assert_eq!(s.versions().len(), KEEP_VERSIONS);
         assert!(!s.artifact("h0").exists());

@@ -9,6 +9,10 @@
 //! that does not load when its writer seems done is refused only after a quiet period, so a
 //! writer that closes and reopens does not produce a refusal; a content already taken (loaded
 //! or refused) is never taken again, so one write is one reload.
+//!
+//! A deploy from a file change is written to the plugin's version manifest once changes stop
+//! for a quiet period (and when the reloader stops), not on every swap: a crash before that
+//! loses nothing, since the restart finds the file's content not yet taken and takes it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -108,16 +112,25 @@ fn run(
 ) {
     // Plugins whose file changed without a completion signal yet, by deadline.
     let mut pending: HashMap<PluginName, Instant> = HashMap::new();
+    // When to write the manifests of file-driven deploys: once they stop for a quiet period.
+    let mut flush_at: Option<Instant> = None;
     loop {
-        let next = pending.values().min().copied();
+        let next = pending.values().copied().chain(flush_at).min();
         let work = match next {
             Some(at) => events.recv_timeout(at.saturating_duration_since(Instant::now())),
             None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match work {
-            Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                registry.flush();
+                return;
+            }
             Err(RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
+                if flush_at.is_some_and(|at| at <= now) {
+                    flush_at = None;
+                    registry.flush();
+                }
                 let due: Vec<PluginName> = pending
                     .iter()
                     .filter(|(_, at)| **at <= now)
@@ -127,6 +140,7 @@ fn run(
                     pending.remove(&plugin);
                     set_pending(registry, &plugin, false);
                     take(registry, &plugin, true);
+                    flush_at = Some(Instant::now() + QUIET);
                 }
             }
             Ok(Work::RolledBack {
@@ -153,6 +167,7 @@ fn run(
                     if complete && take(registry, plugin, false) {
                         pending.remove(plugin);
                         set_pending(registry, plugin, false);
+                        flush_at = Some(Instant::now() + QUIET);
                     } else {
                         pending.insert(plugin.clone(), Instant::now() + QUIET);
                         set_pending(registry, plugin, true);
