@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
-use wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER;
 use wit_component::{ComponentEncoder, StringEncoding};
 use wit_parser::Resolve;
 
@@ -14,28 +13,19 @@ use wit_parser::Resolve;
 const WASI_P1: &str = "wasi_snapshot_preview1";
 
 /// Wraps a core module into a component. The module must carry the `component-type` custom
-/// section that `wit-bindgen` (Rust or C) emits, which names the world it implements.
+/// section that `wit-bindgen` (Rust or C) emits, or [`embed_world`] adds, naming the world it
+/// implements.
 ///
-/// A module that imports `wasi_snapshot_preview1` (e.g. C using libc stdio) gets the WASI
-/// preview 1 reactor adapter. Only such a module: `wit-component` merges an offered adapter's
-/// WIT into the component's imports even when unused, which would change their versions.
-pub(crate) fn componentize(core: &[u8]) -> Result<Vec<u8>> {
+/// A module that imports `wasi_snapshot_preview1` (C using libc's stdio or `strtod`, Go's
+/// runtime) gets weir's WASI-free adapter ([`crate::no_wasi`]) rather than WASI's own, whose
+/// imports weir would refuse: the component then imports only `weir:plugin/*`. Only such a
+/// module: `wit-component` merges an offered adapter's WIT into the component's imports even
+/// when unused.
+pub(crate) fn componentize(core: &[u8], wit_dir: &Path) -> Result<Vec<u8>> {
     let mut encoder = ComponentEncoder::default();
     encoder.validate(true).module(core)?;
     if imports_module(core, WASI_P1)? {
-        encoder.adapter(WASI_P1, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER)?;
-    }
-    encoder.encode()
-}
-
-/// Wraps a core module into a component like [`componentize`], except that its
-/// `wasi_snapshot_preview1` imports, if any, are answered by `adapter` (weir's WASI-free one,
-/// see [`crate::no_wasi`]) instead of WASI.
-pub(crate) fn componentize_with_adapter(core: &[u8], adapter: &[u8]) -> Result<Vec<u8>> {
-    let mut encoder = ComponentEncoder::default();
-    encoder.validate(true).module(core)?;
-    if imports_module(core, WASI_P1)? {
-        encoder.adapter(WASI_P1, adapter)?;
+        encoder.adapter(WASI_P1, &crate::no_wasi::adapter(wit_dir)?)?;
     }
     encoder.encode()
 }

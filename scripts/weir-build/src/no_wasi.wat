@@ -1,5 +1,5 @@
-;; weir's WASI-free preview 1 adapter, for guests whose runtime imports `wasi_snapshot_preview1`
-;; (Go's) while weir grants no WASI at all. wit-component links it in place of the usual WASI
+;; weir's WASI-free preview 1 adapter, for core modules that import `wasi_snapshot_preview1`
+;; (Go's runtime; C through libc's stdio or strtod) while weir grants no WASI at all. wit-component links it in place of the usual WASI
 ;; adapter: its exports answer the guest's preview 1 imports, and it imports only weir's own
 ;; `weir:plugin/clock` and `weir:plugin/log` (world `host-capabilities`).
 ;;
