@@ -17,12 +17,22 @@ fn main() -> anyhow::Result<()> {
     let report = weir_build::build_all(&opts)?;
     let var = |name: &str| name.to_uppercase().replace('-', "_");
     for b in report.built {
-        println!("cargo:rustc-env=WEIR_PLUGIN_{}={}", var(&b.name), b.path.display());
+        println!(
+            "cargo:rustc-env=WEIR_PLUGIN_{}={}",
+            var(&b.name),
+            b.path.display()
+        );
     }
     for s in report.skipped {
         let reason = s.reason.replace(['\n', '\r'], " ");
-        println!("cargo:warning=plugin {} ({}) was not built: {reason}", s.name, s.language);
-        println!("cargo:rustc-env=WEIR_PLUGIN_SKIPPED_{}={reason}", var(&s.name));
+        println!(
+            "cargo:warning=plugin {} ({}) was not built: {reason}",
+            s.name, s.language
+        );
+        println!(
+            "cargo:rustc-env=WEIR_PLUGIN_SKIPPED_{}={reason}",
+            var(&s.name)
+        );
     }
     Ok(())
 }

@@ -8,5 +8,6 @@ mod delivery;
 mod dlq;
 mod host;
 mod http;
+mod languages;
 mod request;
 mod support;

@@ -33,20 +33,25 @@ pub(crate) fn build(opts: &Options, plugin: &Plugin, build_dir: &Path) -> Result
     .pip_install(opts)?;
     let core = build_dir.join(format!("{}.core.wasm", plugin.name));
     let mut cmd = clean_command(venv.join("bin/go"));
-    cmd.args(["build", "-buildmode=c-shared", "-trimpath", "-ldflags=-s -w"])
-        .arg("-o")
-        .arg(&core)
-        .arg(".")
-        .current_dir(&plugin.dir)
-        .env("GOOS", "wasip1")
-        .env("GOARCH", "wasm")
-        .env("CGO_ENABLED", "0")
-        // Build with this Go, fetch nothing: plugins use the standard library only.
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOCACHE", tools.join("go-cache"))
-        .env("GOPATH", tools.join("go-path"));
+    cmd.args([
+        "build",
+        "-buildmode=c-shared",
+        "-trimpath",
+        "-ldflags=-s -w",
+    ])
+    .arg("-o")
+    .arg(&core)
+    .arg(".")
+    .current_dir(&plugin.dir)
+    .env("GOOS", "wasip1")
+    .env("GOARCH", "wasm")
+    .env("CGO_ENABLED", "0")
+    // Build with this Go, fetch nothing: plugins use the standard library only.
+    .env("GOTOOLCHAIN", "local")
+    .env("GOPROXY", "off")
+    .env("GOFLAGS", "-mod=mod")
+    .env("GOCACHE", tools.join("go-cache"))
+    .env("GOPATH", tools.join("go-path"));
     run(opts, cmd, "go build")?;
     std::fs::read(&core).with_context(|| format!("reading {}", core.display()))
 }

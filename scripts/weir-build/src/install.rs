@@ -75,7 +75,12 @@ impl Pinned<'_> {
              (Debian: `apt-get install -y python3-venv`)",
         )?;
         let mut pip = clean_command(self.dir.join("bin/pip"));
-        pip.args(["install", "--disable-pip-version-check", "--quiet", self.spec]);
+        pip.args([
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+            self.spec,
+        ]);
         run(opts, pip, &format!("pip install {}", self.spec))?;
         self.mark()
     }
@@ -99,9 +104,8 @@ impl Pinned<'_> {
             .arg("--prefix")
             .arg(&self.dir)
             .arg(self.spec);
-        run(opts, npm, &format!("npm install {}", self.spec)).context(
-            "Node.js with npm is needed (Debian: `apt-get install -y nodejs npm`)",
-        )?;
+        run(opts, npm, &format!("npm install {}", self.spec))
+            .context("Node.js with npm is needed (Debian: `apt-get install -y nodejs npm`)")?;
         self.mark()
     }
 

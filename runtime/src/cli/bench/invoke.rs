@@ -177,7 +177,10 @@ fn load_twice(spec: PluginSpec, storage: Arc<dyn Storage>) -> anyhow::Result<(Pl
                 .context("loading the plugin")?;
             let took = started.elapsed();
             if plugin.loaded_from() != expected {
-                bail!("expected the plugin to load from {expected:?}, it loaded from {:?}", plugin.loaded_from());
+                bail!(
+                    "expected the plugin to load from {expected:?}, it loaded from {:?}",
+                    plugin.loaded_from()
+                );
             }
             Ok((plugin, took))
         };
