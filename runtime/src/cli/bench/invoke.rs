@@ -194,16 +194,13 @@ fn load_twice(spec: PluginSpec, storage: Arc<dyn Storage>) -> anyhow::Result<(Pl
 
 /// An order message of `size` bytes (at least the bare order): `note` pads it.
 fn order(size: usize) -> Vec<u8> {
-    let bare = r#"{"order_id":"o-1","customer":"customer-42","amount":1250}"#;
-    let with_note = r#"{"order_id":"o-1","customer":"customer-42","amount":1250,"note":""}"#;
-    if size <= bare.len() {
-        return bare.as_bytes().to_vec();
+    let bare = r#"{"order_id":"o-1","customer":"customer-42","amount":1250"#;
+    let note = r#","note":""}"#.len();
+    if size < bare.len() + note {
+        return format!("{bare}}}").into_bytes();
     }
-    let pad = size.saturating_sub(with_note.len());
-    let mut payload = with_note[..with_note.len() - 2].as_bytes().to_vec();
-    payload.extend(std::iter::repeat_n(b'x', pad));
-    payload.extend_from_slice(b"\"}");
-    payload
+    let pad = "x".repeat(size - bare.len() - note);
+    format!(r#"{bare},"note":"{pad}"}}"#).into_bytes()
 }
 
 fn ms(d: Duration) -> f64 {
