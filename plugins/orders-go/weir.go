@@ -103,7 +103,7 @@ func kvSetImport(keyPtr unsafe.Pointer, keyLen uint32, valPtr unsafe.Pointer, va
 // KvGet reads a key of the plugin's key-value state; found is false when it is not set.
 func KvGet(key string) (value []byte, found bool, err *HandlerError) {
 	k := []byte(key)
-	ret := &retArea
+	ret := importRet()
 	kvGetImport(bytesPtr(k), uint32(len(k)), unsafe.Pointer(ret))
 	runtime.KeepAlive(k)
 	if ret[0] != 0 {
@@ -118,7 +118,7 @@ func KvGet(key string) (value []byte, found bool, err *HandlerError) {
 // KvSet writes a key of the plugin's key-value state; it commits with the invocation.
 func KvSet(key string, value []byte) *HandlerError {
 	k := []byte(key)
-	ret := &retArea
+	ret := importRet()
 	kvSetImport(bytesPtr(k), uint32(len(k)), bytesPtr(value), uint32(len(value)), unsafe.Pointer(ret))
 	runtime.KeepAlive(k)
 	runtime.KeepAlive(value)
@@ -164,7 +164,7 @@ func Publish(destination string, key *string, headers [][2]string, payload []byt
 	if len(flat) > 0 {
 		headersPtr = unsafe.Pointer(&flat[0])
 	}
-	ret := &retArea
+	ret := importRet()
 	publishImport(bytesPtr(dest), uint32(len(dest)), keyTag, bytesPtr(keyBytes), uint32(len(keyBytes)),
 		headersPtr, uint32(len(headers)), bytesPtr(payload), uint32(len(payload)), unsafe.Pointer(ret))
 	runtime.KeepAlive(dest)
@@ -199,8 +199,8 @@ func handleExport(msg unsafe.Pointer) unsafe.Pointer {
 	m := loadMessage((*[96]byte)(msg))
 	arenaUsed = 0 // everything the host wrote for this call is copied out
 	outcome, herr := Handle(m)
-	ret := &exportRet
-	*ret = [24]byte{}
+	exportRet = [3]uint64{}
+	ret := (*[24]byte)(unsafe.Pointer(&exportRet))
 	if herr != nil {
 		keepAlive = []byte(herr.Message)
 		ret[0] = 1
@@ -248,16 +248,23 @@ func loadMessage(r *[96]byte) *Message {
 	return m
 }
 
-// The arena cabi_realloc allocates from, and the return areas.
+// The arena cabi_realloc allocates from, and the return areas: uint64 arrays, so they are
+// 8-byte aligned as the canonical ABI requires.
 const arenaSize = 4 << 20
 
 var (
-	arena     [arenaSize]byte
+	arena     [arenaSize / 8]uint64
 	arenaUsed uintptr
-	retArea   [24]byte
-	exportRet [24]byte
+	retArea   [3]uint64
+	exportRet [3]uint64
 	keepAlive []byte // what the last result points at, until the next call
 )
+
+// importRet is the return area an import writes its result into (24 bytes).
+func importRet() *[24]byte {
+	retArea = [3]uint64{}
+	return (*[24]byte)(unsafe.Pointer(&retArea))
+}
 
 //go:wasmexport cabi_realloc
 func cabiRealloc(old unsafe.Pointer, oldSize, align, newSize uint32) unsafe.Pointer {
@@ -266,7 +273,7 @@ func cabiRealloc(old unsafe.Pointer, oldSize, align, newSize uint32) unsafe.Poin
 		panic("weir glue: message larger than the 4 MiB arena")
 	}
 	arenaUsed = start + uintptr(newSize)
-	p := unsafe.Pointer(&arena[start])
+	p := unsafe.Add(unsafe.Pointer(&arena), start)
 	if old != nil {
 		copy(unsafe.Slice((*byte)(p), newSize), unsafe.Slice((*byte)(old), oldSize))
 	}

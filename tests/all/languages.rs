@@ -126,7 +126,11 @@ fn expected_kv() -> Value {
 /// A queue `orders` consumed in order by `plugin`, which may publish to `orders.enriched`,
 /// with the memory limit `docs/languages.md` recommends for its language.
 fn config(plugin: &str) -> String {
-    let memory = if plugin == "orders-js" { "128MiB" } else { "64MiB" };
+    let memory = if plugin == "orders-js" {
+        "128MiB"
+    } else {
+        "64MiB"
+    };
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[queues.orders]\n[queues.\"orders.enriched\"]\n\n\
          [plugins.{plugin}]\npath = {:?}\npublish = [\"orders.enriched\"]\nmemory = \"{memory}\"\n\n\
