@@ -224,3 +224,47 @@ pub(crate) fn single_file(dir: &Path, ext: &str) -> Result<PathBuf> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_follows_sources_not_outputs() {
+        let root = std::env::temp_dir().join(format!("weir-build-fp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let plugin = root.join("plugins/p");
+        let wit = root.join("wit");
+        std::fs::create_dir_all(plugin.join("target")).unwrap();
+        std::fs::create_dir_all(&wit).unwrap();
+        std::fs::write(plugin.join("app.py"), "one").unwrap();
+        std::fs::write(wit.join("a.wit"), "package a:b;").unwrap();
+        let mut opts = Options::for_repo(&root);
+        opts.wit_dir = wit.clone();
+        let output = root.join("p.wasm");
+        std::fs::write(&output, "component").unwrap();
+        let fp = |extra: &str| Fingerprint::of(&opts, "p", &[&plugin], &[extra]).unwrap();
+
+        let first = fp("v1");
+        assert!(!first.is_current(&output), "never built");
+        first.save().unwrap();
+        assert!(fp("v1").is_current(&output));
+
+        // Outputs, caches and hidden files are not sources.
+        std::fs::write(plugin.join("target/out"), "x").unwrap();
+        std::fs::write(plugin.join(".hidden"), "x").unwrap();
+        assert!(fp("v1").is_current(&output));
+
+        // A source, the WIT, the recipe, or a missing output: rebuild.
+        std::fs::write(plugin.join("app.py"), "two").unwrap();
+        assert!(!fp("v1").is_current(&output));
+        fp("v1").save().unwrap();
+        std::fs::write(wit.join("a.wit"), "package a:c;").unwrap();
+        assert!(!fp("v1").is_current(&output));
+        fp("v1").save().unwrap();
+        assert!(!fp("v2").is_current(&output));
+        std::fs::remove_file(&output).unwrap();
+        assert!(!fp("v1").is_current(&output));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -29,6 +29,7 @@
 mod c;
 mod component;
 mod go;
+mod guest;
 mod install;
 mod js;
 mod no_wasi;
@@ -181,7 +182,7 @@ pub fn build(opts: &Options, only: &[&str]) -> Result<Report> {
         .iter()
         .filter(|p| !matches!(p.kind, Kind::Rust | Kind::C))
     {
-        match build_guest(opts, plugin) {
+        match guest::build(opts, plugin) {
             Ok(built) => report.built.push(built),
             Err(e) => {
                 let reason = format!("{e:#}");
@@ -201,84 +202,6 @@ pub fn build(opts: &Options, only: &[&str]) -> Result<Report> {
     report.built.sort_by(|a, b| a.name.cmp(&b.name));
     report.skipped.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(report)
-}
-
-/// Builds one Python, JavaScript, Go or Zig plugin, installing its toolchain first when
-/// needed, unless its fingerprint says the component is up to date.
-fn build_guest(opts: &Options, plugin: &Plugin) -> Result<Built> {
-    let kind = plugin.kind;
-    let path = opts.out_dir.join(format!("{}.wasm", plugin.name));
-    // What the build depends on besides the sources: the pinned toolchain and the recipe.
-    let recipe: &[&str] = match kind {
-        Kind::Python => &[python::COMPONENTIZE_PY, include_str!("python.rs")],
-        Kind::JavaScript => &[js::COMPONENTIZE_JS, include_str!("js.rs")],
-        Kind::Go => &[
-            go::GO_BIN,
-            include_str!("go.rs"),
-            include_str!("no_wasi.wat"),
-        ],
-        Kind::Zig => &[
-            zig::ZIGLANG,
-            include_str!("zig.rs"),
-            include_str!("c.rs"),
-            include_str!("no_wasi.wat"),
-        ],
-        Kind::Rust | Kind::C => unreachable!("Rust and C plugins are built together"),
-    };
-    let _lock = install::lock(opts, &kind.name().to_lowercase())?;
-    let fingerprint = install::Fingerprint::of(opts, &plugin.name, &[&plugin.dir], recipe)?;
-    if fingerprint.is_current(&path) {
-        if opts.verbose {
-            eprintln!("weir-build: {} is up to date", plugin.name);
-        }
-        return Ok(Built {
-            name: plugin.name.clone(),
-            path,
-        });
-    }
-    let build_dir = opts.target_dir().join("guest-build");
-    std::fs::create_dir_all(&build_dir)
-        .with_context(|| format!("creating {}", build_dir.display()))?;
-    eprintln!(
-        "weir-build: building {} plugin `{}`{}",
-        kind.name(),
-        plugin.name,
-        match kind {
-            Kind::Python | Kind::JavaScript => " (about 10-20 s)",
-            _ => "",
-        }
-    );
-    let bytes = match kind {
-        Kind::Python | Kind::JavaScript => {
-            let tmp = build_dir.join(format!("{}.wasm", plugin.name));
-            if kind == Kind::Python {
-                python::build(opts, plugin, &tmp)?;
-            } else {
-                js::build(opts, plugin, &tmp)?;
-            }
-            std::fs::read(&tmp).with_context(|| format!("reading {}", tmp.display()))?
-        }
-        Kind::Go => {
-            let mut core = go::build(opts, plugin, &build_dir)?;
-            component::embed_world(&mut core, &opts.wit_dir, "message-handler")?;
-            component::componentize(&core, &opts.wit_dir)
-                .with_context(|| format!("turning plugin `{}` into a component", plugin.name))?
-        }
-        Kind::Zig => {
-            let gen_dir = build_dir.join("zig-gen");
-            let generated = c::generate_bindings(&opts.wit_dir, &gen_dir)?;
-            let core = zig::build(opts, plugin, &gen_dir, &generated, &build_dir)?;
-            component::componentize(&core, &opts.wit_dir)
-                .with_context(|| format!("turning plugin `{}` into a component", plugin.name))?
-        }
-        Kind::Rust | Kind::C => unreachable!("Rust and C plugins are built together"),
-    };
-    component::write_if_changed(&path, &bytes)?;
-    fingerprint.save()?;
-    Ok(Built {
-        name: plugin.name.clone(),
-        path,
-    })
 }
 
 /// The source files and directories the components depend on, for a build script's
