@@ -1,6 +1,8 @@
-//! Builds the example plugins from source (Rust and C) into components before the tests compile,
-//! and exposes their paths as `WEIR_PLUGIN_<NAME>` environment variables, like wasmtime's
-//! test-programs.
+//! Builds the example plugins from source (Rust, C, Python, JavaScript, Go and Zig) into
+//! components before the tests compile, and exposes their paths as `WEIR_PLUGIN_<NAME>`
+//! environment variables, like wasmtime's test-programs. A plugin whose language toolchain
+//! could not be installed or whose build failed gets `WEIR_PLUGIN_SKIPPED_<NAME>` with the
+//! reason instead, and its tests fail saying so.
 
 use std::path::Path;
 
@@ -12,10 +14,25 @@ fn main() -> anyhow::Result<()> {
     for p in weir_build::input_paths(&opts)? {
         println!("cargo:rerun-if-changed={}", p.display());
     }
-    let built = weir_build::build_all(&opts)?;
-    for b in built {
-        let var = format!("WEIR_PLUGIN_{}", b.name.to_uppercase().replace('-', "_"));
-        println!("cargo:rustc-env={var}={}", b.path.display());
+    let report = weir_build::build_all(&opts)?;
+    let var = |name: &str| name.to_uppercase().replace('-', "_");
+    for b in report.built {
+        println!(
+            "cargo:rustc-env=WEIR_PLUGIN_{}={}",
+            var(&b.name),
+            b.path.display()
+        );
+    }
+    for s in report.skipped {
+        let reason = s.reason.replace(['\n', '\r'], " ");
+        println!(
+            "cargo:warning=plugin {} ({}) was not built: {reason}",
+            s.name, s.language
+        );
+        println!(
+            "cargo:rustc-env=WEIR_PLUGIN_SKIPPED_{}={reason}",
+            var(&s.name)
+        );
     }
     Ok(())
 }

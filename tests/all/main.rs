@@ -10,6 +10,7 @@ mod dlq;
 mod fuzz_http;
 mod host;
 mod http;
+mod languages;
 mod metrics;
 mod ops_http;
 mod reload;

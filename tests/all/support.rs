@@ -26,6 +26,43 @@ pub fn plugin(name: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// Path of an orders example plugin (one per language) built by `build.rs`; panics with the
+/// build's reason when its language's toolchain could not be installed or it did not build.
+pub fn orders_plugin(name: &str) -> PathBuf {
+    let (built, skipped) = match name {
+        "orders-rust" => (
+            option_env!("WEIR_PLUGIN_ORDERS_RUST"),
+            option_env!("WEIR_PLUGIN_SKIPPED_ORDERS_RUST"),
+        ),
+        "orders-c" => (
+            option_env!("WEIR_PLUGIN_ORDERS_C"),
+            option_env!("WEIR_PLUGIN_SKIPPED_ORDERS_C"),
+        ),
+        "orders-py" => (
+            option_env!("WEIR_PLUGIN_ORDERS_PY"),
+            option_env!("WEIR_PLUGIN_SKIPPED_ORDERS_PY"),
+        ),
+        "orders-js" => (
+            option_env!("WEIR_PLUGIN_ORDERS_JS"),
+            option_env!("WEIR_PLUGIN_SKIPPED_ORDERS_JS"),
+        ),
+        "orders-go" => (
+            option_env!("WEIR_PLUGIN_ORDERS_GO"),
+            option_env!("WEIR_PLUGIN_SKIPPED_ORDERS_GO"),
+        ),
+        "orders-zig" => (
+            option_env!("WEIR_PLUGIN_ORDERS_ZIG"),
+            option_env!("WEIR_PLUGIN_SKIPPED_ORDERS_ZIG"),
+        ),
+        other => panic!("no orders plugin named {other}"),
+    };
+    match (built, skipped) {
+        (Some(path), _) => PathBuf::from(path),
+        (None, Some(why)) => panic!("plugin {name} was not built by tests/build.rs: {why}"),
+        (None, None) => panic!("plugin {name} was not built by tests/build.rs"),
+    }
+}
+
 /// The `weir` binary of this build (`target/<profile>/weir`).
 pub fn weir_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -137,13 +137,16 @@ fn engine_config(options: &HostOptions, fuel: bool) -> anyhow::Result<Config> {
     let mut pool = PoolingAllocationConfig::default();
     let n = options.max_instances;
     pool.total_component_instances(n)
-        // A componentized module has a few core instances (the module, shims, adapters).
-        .total_core_instances(n * 4)
+        // A componentized module has a few core instances (the module, shims, adapters); a
+        // Python or JavaScript one dozens (see below). A limit on the count, not a reservation.
+        .total_core_instances(n * 16)
         .total_memories(n)
         .total_tables(n * 2)
         .max_memory_size(usize::try_from(options.max_memory_bytes)?)
         .max_component_instance_size(1 << 20)
-        .max_core_instances_per_component(16)
+        // componentize-py and componentize-js components link dozens of core instances
+        // (the interpreter, libc, shims, adapters): 38 for a Python handler.
+        .max_core_instances_per_component(64)
         .max_memories_per_component(2)
         .max_tables_per_component(4);
     let mut config = Config::new();

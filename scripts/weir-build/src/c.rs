@@ -34,7 +34,7 @@ pub(crate) fn build(opts: &Options, plugins: &[&Plugin]) -> Result<Vec<(String, 
 
 /// Writes the C bindings of [`WORLD`] (`.c`, `.h` and the `_component_type.o` object carrying
 /// the component-type section) into `gen_dir`; returns the files to compile and link.
-fn generate_bindings(wit_dir: &Path, gen_dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn generate_bindings(wit_dir: &Path, gen_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut resolve = Resolve::new();
     let (package, _) = resolve
         .push_dir(wit_dir)

@@ -6,25 +6,39 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
-use wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER;
-use wit_component::ComponentEncoder;
+use wit_component::{ComponentEncoder, StringEncoding};
+use wit_parser::Resolve;
 
 /// The module name under which core modules import WASI preview 1.
 const WASI_P1: &str = "wasi_snapshot_preview1";
 
 /// Wraps a core module into a component. The module must carry the `component-type` custom
-/// section that `wit-bindgen` (Rust or C) emits, which names the world it implements.
+/// section that `wit-bindgen` (Rust or C) emits, or [`embed_world`] adds, naming the world it
+/// implements.
 ///
-/// A module that imports `wasi_snapshot_preview1` (e.g. C using libc stdio) gets the WASI
-/// preview 1 reactor adapter. Only such a module: `wit-component` merges an offered adapter's
-/// WIT into the component's imports even when unused, which would change their versions.
-pub(crate) fn componentize(core: &[u8]) -> Result<Vec<u8>> {
+/// A module that imports `wasi_snapshot_preview1` (C using libc's stdio or `strtod`, Go's
+/// runtime) gets weir's WASI-free adapter ([`crate::no_wasi`]) rather than WASI's own, whose
+/// imports weir would refuse: the component then imports only `weir:plugin/*`. Only such a
+/// module: `wit-component` merges an offered adapter's WIT into the component's imports even
+/// when unused.
+pub(crate) fn componentize(core: &[u8], wit_dir: &Path) -> Result<Vec<u8>> {
     let mut encoder = ComponentEncoder::default();
     encoder.validate(true).module(core)?;
     if imports_module(core, WASI_P1)? {
-        encoder.adapter(WASI_P1, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER)?;
+        encoder.adapter(WASI_P1, &crate::no_wasi::adapter(wit_dir)?)?;
     }
     encoder.encode()
+}
+
+/// Appends to a core module the `component-type` section naming `world` of the WIT package in
+/// `wit_dir`, as a binding generator would: for guests built without one (Go), and for adapters.
+pub(crate) fn embed_world(core: &mut Vec<u8>, wit_dir: &Path, world: &str) -> Result<()> {
+    let mut resolve = Resolve::new();
+    let (package, _) = resolve
+        .push_dir(wit_dir)
+        .with_context(|| format!("parsing the WIT package in {}", wit_dir.display()))?;
+    let world = resolve.select_world(&[package], Some(world))?;
+    wit_component::embed_component_metadata(core, &resolve, world, StringEncoding::UTF8, false)
 }
 
 /// Whether the core module `core` imports anything from module `name`.

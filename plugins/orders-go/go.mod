@@ -1,0 +1,3 @@
+module weir.example/orders-go
+
+go 1.24
