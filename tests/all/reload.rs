@@ -202,6 +202,45 @@ fn invalid_truncated_and_wrong_world_files_are_refused_and_the_old_version_keeps
         out.contains("refused") && out.contains("does not export a compatible"),
         "{out}"
     );
+    // They are still listed after a restart, and the refused file is not taken again.
+    drop(server);
+    let server = Server::start_existing(dir.path());
+    let v = plugin_view(&server);
+    assert_eq!(v["refusals"].as_array().unwrap().len(), 5, "{v}");
+    assert_eq!(v["active"], 1, "{v}");
+    assert_eq!(tag_of_next_output(&server, "restarted"), "aaaaaaaa");
+}
+
+#[test]
+fn a_damaged_stored_version_is_replaced_by_the_configured_file_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), "");
+    let sha = active_sha(&plugin_view(&server));
+    drop(server);
+    let artifact = dir
+        .path()
+        .join(".weir/plugins/p")
+        .join(format!("{sha}.wasm"));
+    let bytes = std::fs::read(&artifact).unwrap();
+    std::fs::write(&artifact, &bytes[..bytes.len() / 3]).unwrap();
+    let server = Server::start_existing(dir.path());
+    let v = plugin_view(&server);
+    assert_eq!(
+        (v["active"].as_u64(), active_sha(&v)),
+        (Some(1), sha),
+        "{v}"
+    );
+    assert_eq!(
+        std::fs::read(&artifact).unwrap(),
+        bytes,
+        "the artifact is restored"
+    );
+    assert_eq!(tag_of_next_output(&server, "repaired"), "aaaaaaaa");
+    assert!(
+        server.stderr().contains("cannot be loaded"),
+        "{}",
+        server.stderr()
+    );
 }
 
 #[test]

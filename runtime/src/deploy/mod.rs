@@ -18,7 +18,7 @@
 mod store;
 mod watch;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
@@ -38,9 +38,6 @@ use crate::ids::now_ms;
 use crate::names::PluginName;
 use crate::storage::Storage;
 use store::{VersionRecord, VersionStore};
-
-/// Refused deploys remembered per plugin (the newest).
-const KEEP_REFUSALS: usize = 8;
 
 /// What a binding invokes: the active version of one plugin, swappable while it runs.
 pub struct Slot {
@@ -276,7 +273,6 @@ struct Entry {
 struct EntryState {
     store: VersionStore,
     stats: BTreeMap<u64, Arc<VersionStats>>,
-    refusals: VecDeque<Refusal>,
     swaps: u64,
     rollbacks: u64,
 }
@@ -448,7 +444,6 @@ impl Registry {
         let gate = Arc::new(KvGate::default());
         let file = std::fs::read(&p.path);
         let file_hash = file.as_ref().ok().map(|b| crate::host::content_hash(b));
-        let mut refusals = VecDeque::new();
         let taken = file_hash.is_some() && file_hash.as_deref() == store.file_sha256();
         let stored = store.active().cloned();
         let (plugin, seq) = match (file, stored) {
@@ -463,22 +458,34 @@ impl Registry {
                     (Err(e), None) => return Err(e.into()),
                     (Err(e), Some(stored)) => {
                         tracing::error!(plugin = %name, "{e}; the stored version {} serves instead", stored.seq);
-                        refusals.push_back(Refusal {
+                        store.refuse(Refusal {
                             at_ms: now_ms(),
                             sha256: hash.clone(),
                             origin: Origin::File,
                             error: e.to_string(),
-                        });
-                        store.saw_file(&hash)?;
+                        })?;
                         let plugin = self.load_stored(name, p, &store, &stored, &gate)?;
                         (plugin, stored.seq)
                     }
                 }
             }
-            (_, Some(stored)) => (
-                self.load_stored(name, p, &store, &stored, &gate)?,
-                stored.seq,
-            ),
+            (file, Some(stored)) => match self.load_stored(name, p, &store, &stored, &gate) {
+                Ok(plugin) => (plugin, stored.seq),
+                // The stored artifact is damaged (or unreadable): the configured file serves.
+                Err(e) => {
+                    let Ok(bytes) = file else { return Err(e) };
+                    tracing::error!(plugin = %name, "the stored version {} cannot be loaded ({e:#}); deploying the configured file instead", stored.seq);
+                    let plugin = self.load(name, p, &p.path, &bytes, &gate, false)?;
+                    let hash = crate::host::content_hash(&bytes);
+                    if store.by_hash(&hash).is_some() {
+                        store.restore_artifact(&bytes, &hash)?;
+                    }
+                    (
+                        plugin,
+                        store.deploy(&bytes, &hash, Origin::File, false)?.seq,
+                    )
+                }
+            },
             (Ok(_), None) => unreachable!("a file with nothing stored is deployed above"),
             (Err(e), None) => {
                 anyhow::bail!(
@@ -508,7 +515,6 @@ impl Registry {
             state: Mutex::new(EntryState {
                 store,
                 stats: BTreeMap::from([(seq, stats)]),
-                refusals,
                 swaps: 0,
                 rollbacks: 0,
             }),
@@ -656,18 +662,12 @@ impl Registry {
             Err(e) => {
                 if record_refusal {
                     tracing::error!(plugin = %name, "deploy refused: {e}; version {} keeps serving", current.version.seq);
-                    if st.refusals.len() == KEEP_REFUSALS {
-                        st.refusals.pop_front();
-                    }
-                    st.refusals.push_back(Refusal {
+                    st.store.refuse(Refusal {
                         at_ms: now_ms(),
                         sha256: hash.clone(),
                         origin,
                         error: e.to_string(),
-                    });
-                    if origin == Origin::File {
-                        st.store.saw_file(&hash)?;
-                    }
+                    })?;
                 }
                 return Err(DeployError::Refused(e, current.version.seq));
             }
@@ -872,7 +872,7 @@ impl Entry {
                 .iter()
                 .map(|v| st.view(v.seq, &live))
                 .collect(),
-            refusals: st.refusals.iter().cloned().collect(),
+            refusals: st.store.refusals().to_vec(),
         }
     }
 }

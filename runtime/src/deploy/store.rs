@@ -16,6 +16,9 @@ use crate::ids::now_ms;
 /// previous version are removed.
 pub(super) const KEEP_VERSIONS: usize = 16;
 
+/// Refused deploys remembered per plugin (the newest).
+pub(super) const KEEP_REFUSALS: usize = 8;
+
 const MANIFEST: &str = "versions.json";
 const FORMAT: u32 = 1;
 
@@ -64,6 +67,9 @@ struct Manifest {
     /// SHA-256 of the last content read from the configured file, loaded or refused.
     file_sha256: Option<String>,
     versions: Vec<VersionRecord>,
+    /// The latest refused deploys, oldest first.
+    #[serde(default)]
+    refusals: Vec<super::Refusal>,
 }
 
 /// Why the version store could not be used.
@@ -189,11 +195,41 @@ impl VersionStore {
         std::fs::read(&path).map_err(|source| StoreError::Io { path, source })
     }
 
-    /// Records the content of the configured file as seen (loaded or refused), so it is not
-    /// taken again after a restart.
+    /// Records the content of the configured file as taken (it is the active version's), so
+    /// it is not taken again after a restart.
     pub fn saw_file(&mut self, sha256: &str) -> Result<(), StoreError> {
+        if self.manifest.file_sha256.as_deref() == Some(sha256) {
+            return Ok(());
+        }
         self.manifest.file_sha256 = Some(sha256.to_owned());
         self.save()
+    }
+
+    /// The latest refused deploys, oldest first.
+    pub fn refusals(&self) -> &[super::Refusal] {
+        &self.manifest.refusals
+    }
+
+    /// Records a refused deploy (the newest [`KEEP_REFUSALS`]); a refused configured file is
+    /// also recorded as seen, so it is not taken again after a restart.
+    pub fn refuse(&mut self, refusal: super::Refusal) -> Result<(), StoreError> {
+        if refusal.origin == Origin::File {
+            self.manifest.file_sha256 = Some(refusal.sha256.clone());
+        }
+        let r = &mut self.manifest.refusals;
+        r.push(refusal);
+        if r.len() > KEEP_REFUSALS {
+            r.remove(0);
+        }
+        self.save()
+    }
+
+    /// Writes a stored version's artifact again (it was found damaged) from its bytes.
+    pub fn restore_artifact(&self, bytes: &[u8], sha256: &str) -> Result<(), StoreError> {
+        if self.dir.is_some() {
+            write_file(&self.artifact(sha256), bytes, true)?;
+        }
+        Ok(())
     }
 
     /// Makes `bytes` the active version: a new version (its artifact stored durably first), or
@@ -352,10 +388,17 @@ mod tests {
         let back = s.roll_back(2, "by command").unwrap();
         assert_eq!(back.seq, 2);
         assert!(s.get(1).unwrap().rolled_back.is_some());
-        s.saw_file("ha").unwrap();
+        s.refuse(crate::deploy::Refusal {
+            at_ms: 1,
+            sha256: "hx".into(),
+            origin: Origin::File,
+            error: "not a component".into(),
+        })
+        .unwrap();
         let s = VersionStore::open(dir.path().join("p")).unwrap();
         assert_eq!(s.active().unwrap().seq, 2);
-        assert_eq!(s.file_sha256(), Some("ha"));
+        assert_eq!(s.file_sha256(), Some("hx"), "a refused file counts as seen");
+        assert_eq!(s.refusals()[0].error, "not a component");
         assert_eq!(s.read_artifact(s.get(1).unwrap()).unwrap(), b"a");
     }
 
