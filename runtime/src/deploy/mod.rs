@@ -33,7 +33,7 @@ pub use watch::Reloader;
 
 use crate::config::{Config, PluginConfig};
 use crate::delivery::Handler;
-use crate::host::{Host, Invocation, KvGate, LoadError, LoadedFrom, Message, Plugin, PluginSpec};
+use crate::host::{Host, Invocation, KvGate, LoadError, Message, Plugin, PluginSpec};
 use crate::ids::now_ms;
 use crate::names::PluginName;
 use crate::storage::Storage;
@@ -64,6 +64,18 @@ struct Live {
     version: Arc<VersionStats>,
     activation: Arc<Activation>,
     probation: Option<Probation>,
+}
+
+impl Live {
+    /// The same version, active again from now (a new activation, no probation).
+    fn reactivated(&self) -> Live {
+        Live {
+            plugin: Arc::clone(&self.plugin),
+            version: Arc::clone(&self.version),
+            activation: activation(self.version.seq),
+            probation: None,
+        }
+    }
 }
 
 /// When a version became active, and when it first ran after that.
@@ -188,13 +200,7 @@ impl Slot {
         }
         if roll_back {
             let prev = &p.previous;
-            let restored = Live {
-                plugin: Arc::clone(&prev.plugin),
-                version: Arc::clone(&prev.version),
-                activation: activation(prev.version.seq),
-                probation: None,
-            };
-            self.live.store(Arc::new(restored));
+            self.live.store(Arc::new(prev.reactivated()));
             let reason = format!(
                 "automatic: {failures} of its first {ran} invocations failed (more than {:.0}% of {})",
                 100.0 * f64::from(p.failures_to_roll_back - 1) / f64::from(p.after),
@@ -494,10 +500,7 @@ impl Registry {
                 )
             }
         };
-        let from = match plugin.loaded_from() {
-            LoadedFrom::Compiled => "compiled",
-            LoadedFrom::Cache => "cache",
-        };
+        let from = plugin.loaded_from().as_str();
         let ms = plugin.load_time().as_secs_f64() * 1e3;
         tracing::info!(plugin = %name, version = seq, from, load_ms = format_args!("{ms:.1}"), "loaded plugin");
         let stats = VersionStats::new(seq);
@@ -711,21 +714,13 @@ impl Registry {
             Ok(v) => debug_assert_eq!(v.seq, seq),
             Err(e) => {
                 // Not recorded, so not deployed: the version before comes back.
-                let _ = entry.slot.swap(Live {
-                    plugin: Arc::clone(&before.plugin),
-                    version: Arc::clone(&before.version),
-                    activation: activation(before.version.seq),
-                    probation: None,
-                });
+                entry.slot.swap(before.reactivated());
                 tracing::error!(plugin = %name, "cannot record the new version ({e}); version {} keeps serving", before.version.seq);
                 return Err(e.into());
             }
         }
         st.swaps += 1;
-        let from = match loaded_from {
-            LoadedFrom::Compiled => "compiled",
-            LoadedFrom::Cache => "cache",
-        };
+        let from = loaded_from.as_str();
         tracing::info!(plugin = %name, version = seq, previous = before.version.seq, from, load_ms = format_args!("{load_ms:.1}"), ?origin, "deployed a new plugin version");
         let live = entry.slot.live.load_full();
         Ok(Deployed {
@@ -782,12 +777,7 @@ impl Registry {
             probation: None,
         });
         if let Err(e) = st.store.roll_back(target, "rolled back by command") {
-            let _ = entry.slot.swap(Live {
-                plugin: Arc::clone(&before.plugin),
-                version: Arc::clone(&before.version),
-                activation: activation(before.version.seq),
-                probation: None,
-            });
+            entry.slot.swap(before.reactivated());
             return Err(e.into());
         }
         st.swaps += 1;
@@ -798,11 +788,7 @@ impl Registry {
             version: st.view(target, &live),
             swapped: true,
             load_ms,
-            loaded_from: match loaded_from {
-                LoadedFrom::Compiled => "compiled",
-                LoadedFrom::Cache => "cache",
-            }
-            .to_owned(),
+            loaded_from: loaded_from.as_str().to_owned(),
         })
     }
 

@@ -120,6 +120,16 @@ pub enum LoadedFrom {
     Cache,
 }
 
+impl LoadedFrom {
+    /// `compiled` or `cache`, as stats and logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadedFrom::Compiled => "compiled",
+            LoadedFrom::Cache => "cache",
+        }
+    }
+}
+
 /// A warm instance: a store and the handler exports in it.
 pub(super) struct Instance {
     pub store: Store<HostState>,

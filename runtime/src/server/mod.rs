@@ -30,7 +30,7 @@ use crate::config::FsyncPolicy;
 use crate::config::{Config, DestinationKind, Retention};
 use crate::delivery::{BindingSnapshot, BindingStats};
 use crate::deploy::{Registry, Reloader};
-use crate::host::{Host, HostOptions, LoadedFrom};
+use crate::host::{Host, HostOptions};
 use crate::names::{BindingName, DestinationName};
 use crate::storage::log::{Durability, Recovery};
 use crate::storage::{EmbeddedOptions, EmbeddedStorage, Storage, StorageError};
@@ -373,11 +373,7 @@ impl Runtime {
                     version: slot.version(),
                     path: p.path().display().to_string(),
                     sha256: p.hash().to_owned(),
-                    loaded_from: match p.loaded_from() {
-                        LoadedFrom::Compiled => "compiled",
-                        LoadedFrom::Cache => "cache",
-                    }
-                    .to_owned(),
+                    loaded_from: p.loaded_from().as_str().to_owned(),
                     load_ms: p.load_time().as_secs_f64() * 1e3,
                 };
                 Some((name.to_string(), info))

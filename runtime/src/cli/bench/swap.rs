@@ -409,29 +409,21 @@ fn report(args: &SwapArgs, m: &Measured) -> anyhow::Result<()> {
         }
         lost += seen.iter().filter(|s| !**s).count() as u64;
     }
-    let mut all: Vec<u64> = m.swaps.iter().map(|s| (s.ms * 1000.0) as u64).collect();
-    let mut cached: Vec<u64> = m
-        .swaps
-        .iter()
-        .filter(|s| s.from == LoadedFrom::Cache)
-        .map(|s| (s.ms * 1000.0) as u64)
-        .collect();
-    let mut compiled: Vec<u64> = m
-        .swaps
-        .iter()
-        .filter(|s| s.from == LoadedFrom::Compiled)
-        .map(|s| (s.ms * 1000.0) as u64)
-        .collect();
-    let mut cached_active: Vec<u64> = m
-        .swaps
-        .iter()
-        .filter(|s| s.from == LoadedFrom::Cache)
-        .map(|s| (s.active_ms * 1000.0) as u64)
-        .collect();
-    cached_active.sort_unstable();
-    all.sort_unstable();
-    cached.sort_unstable();
-    compiled.sort_unstable();
+    // Swap times in µs, sorted: of the swaps loaded `from` (all with `None`).
+    let times = |from: Option<LoadedFrom>, time: fn(&Swap) -> f64| {
+        let mut v: Vec<u64> = m
+            .swaps
+            .iter()
+            .filter(|s| from.is_none_or(|f| s.from == f))
+            .map(|s| (time(s) * 1000.0) as u64)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let all = times(None, |s| s.ms);
+    let cached = times(Some(LoadedFrom::Cache), |s| s.ms);
+    let compiled = times(Some(LoadedFrom::Compiled), |s| s.ms);
+    let cached_active = times(Some(LoadedFrom::Cache), |s| s.active_ms);
     let ms = |v: &[u64], p: f64| round3(percentile(v, p) as f64 / 1000.0);
     let sorted = |v: &[u64]| {
         let mut v = v.to_vec();
