@@ -32,9 +32,14 @@ fn sha256(bytes: &[u8]) -> String {
 /// A server whose plugin `p` (watched, at `dir/p.wasm`, tag `aaaaaaaa` to start) forwards
 /// queue `in` to queue `out`.
 fn start(dir: &Path, binding_extra: &str) -> Server {
+    start_with(dir, "", binding_extra)
+}
+
+/// [`start`] with extra `[server]` settings.
+fn start_with(dir: &Path, server_extra: &str, binding_extra: &str) -> Server {
     std::fs::write(dir.join("p.wasm"), tagged("aaaaaaaa")).unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[queues.in]\n[queues.out]\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}[queues.in]\n[queues.out]\n\
          [plugins.p]\npath = \"p.wasm\"\npublish = [\"out\"]\n\
          [[bindings]]\nsource = \"in\"\nplugin = \"p\"\n{binding_extra}"
     );
@@ -105,7 +110,9 @@ fn write_in_pieces(file: &mut std::fs::File, bytes: &[u8]) {
 #[test]
 fn each_write_pattern_reloads_exactly_once_with_the_complete_file() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), "");
+    // The writers below pause between pieces; a long quiet period keeps a test machine's
+    // scheduling hiccup from looking like a writer that stopped half-way.
+    let server = start_with(dir.path(), "reload_quiet = \"5s\"\n", "");
     assert_eq!(tag_of_next_output(&server, "first"), "aaaaaaaa");
     let path = dir.path().join("p.wasm");
 

@@ -58,6 +58,15 @@ pub(super) struct Server {
     /// `"30s"`.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Spanned<Span>,
+    /// A changed plugin file that gave no sign of being complete (closed after writing, or
+    /// renamed into place), or that does not load, is taken (or refused) once it stayed
+    /// unchanged this long. Default: `"300ms"`.
+    #[serde(default = "default_reload_quiet")]
+    pub reload_quiet: Spanned<Span>,
+}
+
+fn default_reload_quiet() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_millis(300)))
 }
 
 fn default_shutdown_grace() -> Spanned<Span> {
@@ -82,6 +91,7 @@ impl Default for Server {
             max_message_size: default_max_message(),
             api_token: None,
             shutdown_grace: default_shutdown_grace(),
+            reload_quiet: default_reload_quiet(),
         }
     }
 }

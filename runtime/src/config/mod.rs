@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub api_token: Option<String>,
     /// How long a graceful shutdown may take before weir exits anyway.
     pub shutdown_grace: Duration,
+    /// How long a changed plugin file must stay unchanged to be taken without a completion
+    /// signal, or refused.
+    pub reload_quiet: Duration,
 }
 
 /// How much of a log is kept. Records go by whole segments, oldest first; the segment being
@@ -423,6 +426,19 @@ impl Cx<'_> {
                     ));
                 }
                 grace
+            },
+            reload_quiet: {
+                let quiet = raw.server.reload_quiet.get_ref().0;
+                if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&quiet) {
+                    return Err(self.err(
+                        raw.server.reload_quiet.span(),
+                        format!(
+                            "`server.reload_quiet` must be between 10ms and 60s, found {} ms",
+                            quiet.as_millis()
+                        ),
+                    ));
+                }
+                quiet
             },
         };
 

@@ -252,6 +252,8 @@ enum Work {
 /// Every plugin's slot, versions and deploy history.
 pub struct Registry {
     host: Arc<Host>,
+    /// `server.reload_quiet`.
+    quiet: Duration,
     storage: Arc<dyn Storage>,
     max_message_size: usize,
     entries: BTreeMap<PluginName, Entry>,
@@ -424,6 +426,7 @@ impl Registry {
         let (sender, receiver) = mpsc::channel();
         let mut registry = Registry {
             host,
+            quiet: config.server.reload_quiet,
             storage,
             max_message_size: config.server.max_message_size as usize,
             entries: BTreeMap::new(),

@@ -4,7 +4,7 @@
 //! A file is taken when it is complete. Writers finish in one of three ways, and each is a
 //! signal to take the file at once: closing a file written in place or truncated and rewritten
 //! (inotify's close-after-write), or renaming a finished file into place. Other changes (data
-//! written, the file created or removed) only start a quiet period ([`QUIET`]); when it passes
+//! written, the file created or removed) only start a quiet period (`server.reload_quiet`, 300 ms by default); when it passes
 //! without further events the file is taken too (for writers whose close is not seen). A file
 //! that does not load when its writer seems done is refused only after a quiet period, so a
 //! writer that closes and reopens does not produce a refusal; a content already taken (loaded
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
@@ -28,10 +28,6 @@ use notify::{EventKind, RecursiveMode, Watcher};
 
 use super::{DeployError, Registry, Work};
 use crate::names::PluginName;
-
-/// How long a changed file must stay unchanged before it is taken without a completion signal,
-/// or refused.
-pub const QUIET: Duration = Duration::from_millis(300);
 
 /// The running reloader; stops (and joins its thread) when dropped.
 pub struct Reloader {
@@ -140,7 +136,7 @@ fn run(
                     pending.remove(&plugin);
                     set_pending(registry, &plugin, false);
                     take(registry, &plugin, true);
-                    flush_at = Some(Instant::now() + QUIET);
+                    flush_at = Some(Instant::now() + registry.quiet);
                 }
             }
             Ok(Work::RolledBack {
@@ -167,9 +163,9 @@ fn run(
                     if complete && take(registry, plugin, false) {
                         pending.remove(plugin);
                         set_pending(registry, plugin, false);
-                        flush_at = Some(Instant::now() + QUIET);
+                        flush_at = Some(Instant::now() + registry.quiet);
                     } else {
-                        pending.insert(plugin.clone(), Instant::now() + QUIET);
+                        pending.insert(plugin.clone(), Instant::now() + registry.quiet);
                         set_pending(registry, plugin, true);
                     }
                 }
