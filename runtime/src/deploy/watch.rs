@@ -4,11 +4,12 @@
 //! A file is taken when it is complete. Writers finish in one of three ways, and each is a
 //! signal to take the file at once: closing a file written in place or truncated and rewritten
 //! (inotify's close-after-write), or renaming a finished file into place. Other changes (data
-//! written, the file created or removed) only start a quiet period (`server.reload_quiet`, 300 ms by default); when it passes
-//! without further events the file is taken too (for writers whose close is not seen). A file
-//! that does not load when its writer seems done is refused only after a quiet period, so a
-//! writer that closes and reopens does not produce a refusal; a content already taken (loaded
-//! or refused) is never taken again, so one write is one reload.
+//! written, the file created or removed) only start a quiet period (`server.reload_quiet`,
+//! 300 ms by default); when it passes without further events the file is taken too (for
+//! writers whose close is not seen). A file that does not load when its writer seems done is
+//! refused only after a quiet period, so a writer that closes and reopens does not produce a
+//! refusal; a content already taken (loaded or refused) is never taken again, so one write is
+//! one reload.
 //!
 //! A deploy from a file change is written to the plugin's version manifest once changes stop
 //! for a quiet period (and when the reloader stops), not on every swap: a crash before that
