@@ -72,7 +72,7 @@ impl Live {
         Live {
             plugin: Arc::clone(&self.plugin),
             version: Arc::clone(&self.version),
-            activation: activation(self.version.seq),
+            activation: activation(),
             probation: None,
         }
     }
@@ -81,8 +81,6 @@ impl Live {
 /// When a version became active, and when it first ran after that.
 #[derive(Debug)]
 pub struct Activation {
-    /// The version.
-    pub version: u64,
     /// When it was swapped in.
     pub at: Instant,
     /// When the first invocation after that started.
@@ -226,9 +224,8 @@ impl Slot {
     }
 }
 
-fn activation(version: u64) -> Arc<Activation> {
+fn activation() -> Arc<Activation> {
     Arc::new(Activation {
-        version,
         at: Instant::now(),
         first_invocation: OnceLock::new(),
     })
@@ -510,7 +507,7 @@ impl Registry {
         let live = Live {
             plugin: Arc::new(plugin),
             version: Arc::clone(&stats),
-            activation: activation(seq),
+            activation: activation(),
             probation: None,
         };
         Ok(Entry {
@@ -607,7 +604,9 @@ impl Registry {
         bytes: &[u8],
         origin: Origin,
     ) -> Result<Deployed, DeployError> {
-        self.deploy_inner(plugin, bytes, origin, true)
+        let (name, entry) = self.entry(plugin)?;
+        let hash = crate::host::content_hash(bytes);
+        self.deploy_inner(name, entry, bytes, &hash, origin, true)
     }
 
     /// Deploys the plugin's configured file when its content is new. `Ok(None)`: nothing new.
@@ -617,7 +616,7 @@ impl Registry {
         plugin: &PluginName,
         final_attempt: bool,
     ) -> Result<Option<Deployed>, DeployError> {
-        let Some(entry) = self.entries.get(plugin) else {
+        let Some((name, entry)) = self.entries.get_key_value(plugin) else {
             return Ok(None);
         };
         let bytes = match std::fs::read(&entry.config.path) {
@@ -633,24 +632,24 @@ impl Registry {
         if entry.lock().store.file_sha256() == Some(hash.as_str()) {
             return Ok(None);
         }
-        self.deploy_inner(plugin.as_str(), &bytes, Origin::File, final_attempt)
+        self.deploy_inner(name, entry, &bytes, &hash, Origin::File, final_attempt)
             .map(Some)
     }
 
     fn deploy_inner(
         &self,
-        plugin: &str,
+        name: &PluginName,
+        entry: &Entry,
         bytes: &[u8],
+        hash: &str,
         origin: Origin,
         record_refusal: bool,
     ) -> Result<Deployed, DeployError> {
-        let (name, entry) = self.entry(plugin)?;
-        let hash = crate::host::content_hash(bytes);
         let mut st = entry.lock();
         let current = entry.slot.live.load_full();
-        if st.store.get(current.version.seq).map(|v| v.sha256.as_str()) == Some(hash.as_str()) {
+        if st.store.get(current.version.seq).map(|v| v.sha256.as_str()) == Some(hash) {
             if origin == Origin::File {
-                st.store.saw_file(&hash)?;
+                st.store.saw_file(hash)?;
             }
             return Ok(Deployed {
                 version: st.view(current.version.seq, &current),
@@ -670,7 +669,7 @@ impl Registry {
                     tracing::error!(plugin = %name, "deploy refused: {e}; version {} keeps serving", current.version.seq);
                     st.store.refuse(Refusal {
                         at_ms: now_ms(),
-                        sha256: hash.clone(),
+                        sha256: hash.to_owned(),
                         origin,
                         error: e.to_string(),
                     })?;
@@ -679,7 +678,7 @@ impl Registry {
             }
         };
         let (load_ms, loaded_from) = (plugin.load_time().as_secs_f64() * 1e3, plugin.loaded_from());
-        let seq = st.store.seq_for(&hash);
+        let seq = st.store.seq_for(hash);
         let stats = Arc::clone(
             st.stats
                 .entry(seq)
@@ -705,15 +704,12 @@ impl Registry {
         let before = entry.slot.swap(Live {
             plugin,
             version: stats,
-            activation: activation(seq),
+            activation: activation(),
             probation,
         });
         // A change of the configured file is recorded by the reloader's next flush: swaps
         // driven by file writes do not each wait for (and add) a manifest fsync.
-        match st
-            .store
-            .deploy(bytes, &hash, origin, origin == Origin::File)
-        {
+        match st.store.deploy(bytes, hash, origin, origin == Origin::File) {
             Ok(v) => debug_assert_eq!(v.seq, seq),
             Err(e) => {
                 // Not recorded, so not deployed: the version before comes back.
@@ -776,7 +772,7 @@ impl Registry {
         let before = entry.slot.swap(Live {
             plugin: Arc::new(plugin),
             version: stats,
-            activation: activation(target),
+            activation: activation(),
             probation: None,
         });
         if let Err(e) = st.store.roll_back(target, "rolled back by command") {

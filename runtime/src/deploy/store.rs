@@ -1,8 +1,8 @@
 //! A plugin's versions on disk: `<data_dir>/plugins/<plugin>/`, one `<sha256>.wasm` per
 //! version (content-addressed: deploying the same bytes again reactivates that version) and
 //! `versions.json`, the manifest: every version's sequence number, hash, origin and history,
-//! which one is active, and the hash of the last content taken from the plugin's configured
-//! file. Every write is atomic (temporary file, fsync, rename, fsync of the directory), and a
+//! which one is active, the hash of the last content taken from the plugin's configured
+//! file, and the latest refused deploys. Every write is atomic (temporary file, fsync, rename, fsync of the directory), and a
 //! version's artifact is durable before the manifest names it.
 
 use std::io::Write;

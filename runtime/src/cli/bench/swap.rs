@@ -192,32 +192,26 @@ fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::R
 
     let swaps = std::thread::scope(|s| {
         let swapper = s.spawn(|| {
-            let mut out = Vec::new();
-            let every = swapping / (args.swaps + 1);
-            for j in 0..args.swaps {
-                let due = baseline + every * (j + 1);
-                std::thread::sleep(due.saturating_sub(started.elapsed()));
-                let tag = if j % 2 == 0 { b"bbbbbbbb" } else { b"aaaaaaaa" };
-                out.push(swap_once(
-                    &slot,
-                    dir,
-                    &plugin_path,
-                    &tagged(original, at, tag),
-                )?);
-            }
+            // When each swap is due, and to which tag: the two versions in turn, evenly over
+            // `seconds`, then never-seen versions evenly over `compiled_seconds`.
             let compiling = Duration::from_secs(args.compiled_seconds);
-            let every = compiling / (args.compiled_swaps + 1);
-            for j in 0..args.compiled_swaps {
-                let due = baseline + swapping + every * (j + 1);
+            let two = (0..args.swaps).map(|j| {
+                let due = baseline + swapping / (args.swaps + 1) * (j + 1);
+                (
+                    due,
+                    if j % 2 == 0 { "bbbbbbbb" } else { "aaaaaaaa" }.to_owned(),
+                )
+            });
+            let new = (0..args.compiled_swaps).map(|j| {
+                let due = baseline + swapping + compiling / (args.compiled_swaps + 1) * (j + 1);
+                (due, format!("c{j:07}"))
+            });
+            let mut out = Vec::new();
+            for (due, tag) in two.chain(new) {
                 std::thread::sleep(due.saturating_sub(started.elapsed()));
-                let tag = format!("c{j:07}");
                 let tag: &[u8; 8] = tag.as_bytes().try_into().expect("8 bytes");
-                out.push(swap_once(
-                    &slot,
-                    dir,
-                    &plugin_path,
-                    &tagged(original, at, tag),
-                )?);
+                let bytes = tagged(original, at, tag);
+                out.push(swap_once(&slot, dir, &plugin_path, &bytes)?);
             }
             anyhow::Ok(out)
         });
