@@ -340,3 +340,57 @@ fn a_second_start_loads_from_the_precompiled_cache() {
         Outcome::Ack
     );
 }
+
+#[test]
+fn loading_again_takes_the_compiled_component_from_memory() {
+    let storage = storage();
+    let cache = tempfile::tempdir().unwrap();
+    let host = Host::new(
+        HostOptions::default()
+            .max_instances(16)
+            .cache_dir(cache.path()),
+    )
+    .unwrap();
+    let first = load(&host, &storage, "counter", Limits::default());
+    assert_eq!(first.loaded_from(), LoadedFrom::Compiled);
+    let again = load(&host, &storage, "counter", Limits::default());
+    assert_eq!(again.loaded_from(), LoadedFrom::Memory);
+    assert_eq!(again.hash(), first.hash());
+    assert_eq!(
+        invoke_and_commit(&again, &storage, &message("x", None, &[])),
+        Outcome::Ack
+    );
+
+    // The fuel-metered engine is another engine: its code is not the plain one's.
+    let fuel = Limits {
+        fuel: Some(5_000_000),
+        ..Limits::default()
+    };
+    let metered = load(&host, &storage, "counter", fuel);
+    assert_ne!(metered.loaded_from(), LoadedFrom::Memory);
+    assert_eq!(
+        invoke_and_commit(&metered, &storage, &message("y", None, &[])),
+        Outcome::Ack
+    );
+    assert_eq!(
+        load(&host, &storage, "counter", fuel).loaded_from(),
+        LoadedFrom::Memory
+    );
+
+    // With the memory tier off, loading again reads the precompiled file.
+    let host = Host::new(
+        HostOptions::default()
+            .max_instances(16)
+            .cache_dir(cache.path())
+            .memory_cache_bytes(0),
+    )
+    .unwrap();
+    assert_eq!(
+        load(&host, &storage, "counter", Limits::default()).loaded_from(),
+        LoadedFrom::Cache
+    );
+    assert_eq!(
+        load(&host, &storage, "counter", Limits::default()).loaded_from(),
+        LoadedFrom::Cache
+    );
+}

@@ -327,11 +327,17 @@ fn rollback_by_command_and_automatic_rollback_restore_the_previous_version_and_s
     let b = dir.path().join("b.wasm");
     std::fs::write(&b, tagged("bbbbbbbb")).unwrap();
     let out = cli(&["plugin", "deploy", "p", b.to_str().unwrap()]);
-    assert!(out.contains("version 2"), "{out}");
+    assert!(
+        out.contains("version 2") && out.contains("compiled in"),
+        "{out}"
+    );
     assert_eq!(tag_of_next_output(&server, "on-2"), "bbbbbbbb");
     let out = cli(&["plugin", "rollback", "p"]);
     assert!(out.contains("back to version 1"), "{out}");
     assert_eq!(tag_of_next_output(&server, "back-on-1"), "aaaaaaaa");
+    // Version 1 was loaded lately, so its compiled code came from memory.
+    let stats = server.stats();
+    assert_eq!(stats["plugins"]["p"]["loaded_from"], "memory", "{stats}");
     let out = cli(&["plugin", "rollback", "p", "2"]);
     assert!(out.contains("back to version 2"), "{out}");
     assert_eq!(tag_of_next_output(&server, "on-2-again"), "bbbbbbbb");

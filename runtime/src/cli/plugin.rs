@@ -173,7 +173,12 @@ fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             args.plugin,
             v["version"],
             v["size"],
-            body["loaded_from"].as_str().unwrap_or("?"),
+            match body["loaded_from"].as_str() {
+                Some("compiled") => "compiled",
+                Some("cache") => "loaded from the precompiled cache",
+                Some("memory") => "loaded from memory (compiled lately)",
+                _ => "loaded",
+            },
             body["load_ms"].as_f64().unwrap_or(0.0),
         );
     } else {

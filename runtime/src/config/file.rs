@@ -63,6 +63,18 @@ pub(super) struct Server {
     /// unchanged this long. Default: `"300ms"`.
     #[serde(default = "default_reload_quiet")]
     pub reload_quiet: Spanned<Span>,
+    /// Compiled code of recently loaded plugin versions kept in memory, so that swapping back
+    /// to one (a rollback, a redeploy) does not read its precompiled file again; `0` keeps
+    /// none. Default: `"128MiB"`.
+    #[serde(default = "default_compiled_cache_memory")]
+    pub compiled_cache_memory: Spanned<ByteSize>,
+}
+
+fn default_compiled_cache_memory() -> Spanned<ByteSize> {
+    Spanned::new(
+        0..0,
+        ByteSize(crate::host::DEFAULT_MEMORY_CACHE_BYTES as u64),
+    )
 }
 
 fn default_reload_quiet() -> Spanned<Span> {
@@ -92,6 +104,7 @@ impl Default for Server {
             api_token: None,
             shutdown_grace: default_shutdown_grace(),
             reload_quiet: default_reload_quiet(),
+            compiled_cache_memory: default_compiled_cache_memory(),
         }
     }
 }

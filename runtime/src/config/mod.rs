@@ -67,6 +67,8 @@ pub struct ServerConfig {
     /// How long a changed plugin file must stay unchanged to be taken without a completion
     /// signal, or refused.
     pub reload_quiet: Duration,
+    /// Bytes of compiled code of recently loaded plugin versions kept in memory.
+    pub compiled_cache_memory: u64,
 }
 
 /// How much of a log is kept. Records go by whole segments, oldest first; the segment being
@@ -439,6 +441,19 @@ impl Cx<'_> {
                     ));
                 }
                 quiet
+            },
+            compiled_cache_memory: {
+                let bytes = raw.server.compiled_cache_memory.get_ref().0;
+                if bytes > 64 << 30 {
+                    return Err(self.err(
+                        raw.server.compiled_cache_memory.span(),
+                        format!(
+                            "`server.compiled_cache_memory` must be at most 64GiB, found {}",
+                            raw.server.compiled_cache_memory.get_ref()
+                        ),
+                    ));
+                }
+                bytes
             },
         };
 

@@ -162,7 +162,7 @@ fn max_depth_settings() {
 fn errors_name_file_line_and_key() {
     check_err(
         "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
-        "weir.toml:3:1: unknown key `lisen` in [server]; did you mean `listen`? (valid keys: `listen`, `data_dir`, `max_message_size`, `api_token`, `shutdown_grace`, `reload_quiet`)",
+        "weir.toml:3:1: unknown key `lisen` in [server]; did you mean `listen`? (valid keys: `listen`, `data_dir`, `max_message_size`, `api_token`, `shutdown_grace`, `reload_quiet`, `compiled_cache_memory`)",
     );
     check_err(
         "[queue.orders]\n",
@@ -219,6 +219,10 @@ fn plugin_errors() {
     check_err(
         "[server]\nreload_quiet = \"1ms\"\n",
         "weir.toml:2:16: `server.reload_quiet` must be between 10ms and 60s, found 1 ms",
+    );
+    check_err(
+        "[server]\ncompiled_cache_memory = \"65GiB\"\n",
+        "weir.toml:2:25: `server.compiled_cache_memory` must be at most 64GiB, found 65GiB",
     );
     check_err(
         "[plugins.x]\npath = \"p.wasm\"\nrollback_failure_rate = 1.5\n",
@@ -375,6 +379,6 @@ fn mistakes_of_a_new_user_say_where_and_what_to_do() {
     );
     check_err(
         "[server]\nmax_mesage_size = \"2MiB\"\n",
-        "weir.toml:2:1: unknown key `max_mesage_size` in [server]; did you mean `max_message_size`? (valid keys: `listen`, `data_dir`, `max_message_size`, `api_token`, `shutdown_grace`, `reload_quiet`)",
+        "weir.toml:2:1: unknown key `max_mesage_size` in [server]; did you mean `max_message_size`? (valid keys: `listen`, `data_dir`, `max_message_size`, `api_token`, `shutdown_grace`, `reload_quiet`, `compiled_cache_memory`)",
     );
 }

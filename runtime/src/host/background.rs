@@ -1,43 +1,22 @@
-//! Background compilation: deploys while traffic flows compile on a pool of threads running at
-//! a lower scheduling priority, so that Cranelift (which uses every core it is given) takes
-//! the CPU the delivery engine leaves idle instead of stalling invocations.
+//! Background compilation: deploys while traffic flows compile on a pool of half the cores
+//! (at least one), so that Cranelift, which uses every thread it is given, leaves the other
+//! cores to invocations.
 //!
-//! Tried and dropped (`weir bench swap`, 2 cores): `SCHED_IDLE` starved compiles for over
-//! 30 s on a busy machine, so a deploy could not finish; compiling in a child process at nice
-//! 19 made compiling swaps 3x slower (p99 over 250 ms) without lowering event latency, which
-//! during compiling swaps is dominated by the disk (the new artifact and cache files are
-//! flushed with the logs' journal commits: on tmpfs the event p99 ratio while compiling was
-//! 2.1, on this disk 5-10).
-//!
-//! Lowering a thread's priority is a `setpriority` call, the one other use of `unsafe` in
-//! weir, on Linux only (elsewhere the pool runs at normal priority).
-#![allow(unsafe_code)]
+//! Measured with `weir bench swap` on the 2-core machine (10,000 events/s on an exactly-once
+//! binding, three runs each):
+//! - One compile thread at normal priority: compiling swaps p99 113-127 ms, event p99 while
+//!   compiling 0.6-2.4x its baseline. Two threads: 80-96 ms and 1.5-2.7x.
+//! - Threads at nice 10 (the previous design) made compiling swaps 146-256 ms without lowering
+//!   event latency (2.0-11x): a low-priority thread preempted while it holds the process's
+//!   memory-map lock (compiled code is mapped and protected) stalls the invocations that need it.
+//!   `SCHED_IDLE` starved compiles for over 30 s on a busy machine; compiling in a child process
+//!   at nice 19 made compiling swaps 3x slower.
 
-/// The nice value of background compile threads (0 is normal, 19 the lowest priority).
-const NICE: i32 = 10;
-
-/// A thread pool whose threads run at [`NICE`].
+/// A thread pool for compiling: half the available cores, at least one.
 pub(super) fn pool() -> anyhow::Result<rayon::ThreadPool> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
     Ok(rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("weir-compile-{i}"))
-        .start_handler(|_| lower_priority())
         .build()?)
 }
-
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    // SAFETY: `setpriority` takes plain integers and touches no memory of ours. On Linux,
-    // `PRIO_PROCESS` with `who` = 0 applies to the calling thread only.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
-    if rc != 0 {
-        tracing::debug!(
-            "cannot lower the compile thread's priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}

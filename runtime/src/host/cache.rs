@@ -4,8 +4,10 @@
 //!
 //! File layout: 32 bytes of SHA-256 over the rest, then wasmtime's serialized component.
 //!
-//! One of the two modules that use `unsafe` (the other is `background.rs`):
-//! `Component::deserialize` trusts its input to be wasmtime's own output. We make that true by reading only files this module wrote into weir's
+//! This is the file tier; `recent.rs` keeps recently loaded components in memory in front of it.
+//!
+//! The one module that uses `unsafe`: `Component::deserialize` trusts its input to be
+//! wasmtime's own output. We make that true by reading only files this module wrote into weir's
 //! data directory, named by a key that includes the engine settings, and by verifying the
 //! checksum over every byte before deserializing, so a torn or corrupted file is recompiled
 //! rather than loaded. wasmtime itself also refuses output of another version or configuration.

@@ -12,6 +12,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllo
 
 use super::bindings::MessageHandler as Handler;
 use super::cache::Cache;
+use super::recent::Recent;
 use super::state::HostState;
 
 /// How the host is set up.
@@ -26,7 +27,13 @@ pub struct HostOptions {
     pub max_memory_bytes: u64,
     /// Granularity of time limits.
     pub epoch_tick: Duration,
+    /// Compiled code of recently loaded components kept in memory, in bytes, so that loading
+    /// one again skips its precompiled file (see `recent.rs`); 0 keeps none.
+    pub memory_cache_bytes: usize,
 }
+
+/// The default of [`HostOptions::memory_cache_bytes`] (and of `server.compiled_cache_memory`).
+pub const DEFAULT_MEMORY_CACHE_BYTES: usize = 128 << 20;
 
 impl Default for HostOptions {
     fn default() -> Self {
@@ -35,6 +42,7 @@ impl Default for HostOptions {
             max_instances: 128,
             max_memory_bytes: 4 << 30,
             epoch_tick: Duration::from_millis(1),
+            memory_cache_bytes: DEFAULT_MEMORY_CACHE_BYTES,
         }
     }
 }
@@ -44,6 +52,13 @@ impl HostOptions {
     #[must_use]
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets how much compiled code of recently loaded components is kept in memory.
+    #[must_use]
+    pub fn memory_cache_bytes(mut self, bytes: usize) -> Self {
+        self.memory_cache_bytes = bytes;
         self
     }
 
@@ -68,8 +83,10 @@ pub struct Host {
     /// With fuel metering, for plugins that set a fuel limit.
     pub(super) metered: EngineSet,
     pub(super) cache: Option<Cache>,
+    /// The memory tier of the cache: recently loaded components, ready to instantiate.
+    pub(super) recent: Recent,
     pub(super) options: HostOptions,
-    /// Low-priority threads for compiling while traffic flows (made on first use).
+    /// Threads for compiling while traffic flows, half the cores (made on first use).
     background: std::sync::OnceLock<rayon::ThreadPool>,
     _ticker: Ticker,
 }
@@ -96,15 +113,16 @@ impl Host {
             plain,
             metered,
             cache,
+            recent: Recent::new(options.memory_cache_bytes),
             options,
             background: std::sync::OnceLock::new(),
             _ticker: ticker,
         }))
     }
 
-    /// Runs `f` (a load that may compile) on the low-priority background pool, so a deploy
-    /// while traffic flows does not take the CPU from invocations. Falls back to the calling
-    /// thread if the pool cannot be made.
+    /// Runs `f` (a load that may compile) on the background pool of half the cores, so a
+    /// deploy while traffic flows leaves the other cores to invocations. Falls back to the
+    /// calling thread if the pool cannot be made.
     pub fn in_background<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         let pool = match self.background.get() {
             Some(p) => Some(p),
@@ -112,7 +130,7 @@ impl Host {
                 Ok(p) => Some(self.background.get_or_init(|| p)),
                 Err(e) => {
                     tracing::warn!(
-                        "no background compile threads ({e:#}); compiling at normal priority"
+                        "no background compile threads ({e:#}); compiling on the deploying thread"
                     );
                     None
                 }

@@ -15,9 +15,10 @@ mod engine;
 mod gate;
 mod invoke;
 mod plugin;
+mod recent;
 mod state;
 
-pub use engine::{Host, HostOptions};
+pub use engine::{DEFAULT_MEMORY_CACHE_BYTES, Host, HostOptions};
 pub use gate::{KvGate, KvGuard};
 pub use invoke::{Effects, Failure, FailureClass, Invocation, Message, Outcome};
 pub use plugin::{LoadError, LoadedFrom, Plugin, PluginSpec, content_hash};

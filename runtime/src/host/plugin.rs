@@ -116,16 +116,19 @@ pub enum LoadError {
 pub enum LoadedFrom {
     /// Compiled from the `.wasm` now.
     Compiled,
-    /// Read from the precompiled cache.
+    /// Read from the precompiled cache's file.
     Cache,
+    /// Taken from the precompiled cache's memory tier: loaded by this host lately.
+    Memory,
 }
 
 impl LoadedFrom {
-    /// `compiled` or `cache`, as stats and logs show it.
+    /// `compiled`, `cache` or `memory`, as stats and logs show it.
     pub fn as_str(self) -> &'static str {
         match self {
             LoadedFrom::Compiled => "compiled",
             LoadedFrom::Cache => "cache",
+            LoadedFrom::Memory => "memory",
         }
     }
 }
@@ -178,7 +181,7 @@ impl Host {
     /// Loads and validates a plugin from the component's bytes (`spec.path` names them in
     /// errors), sharing `kv_gate` with the plugin's other versions, and creates its first
     /// instance. With `background`, a compile (not a precompiled-cache load) runs on the
-    /// low-priority pool ([`Host::in_background`]), for deploys while traffic flows.
+    /// background pool ([`Host::in_background`]), for deploys while traffic flows.
     pub fn load_bytes(
         self: &Arc<Self>,
         spec: PluginSpec,
@@ -197,23 +200,30 @@ impl Host {
         let metered = spec.limits.fuel.is_some();
         let set: &EngineSet = if metered { &self.metered } else { &self.plain };
         let hash = content_hash(bytes);
-        let (component, loaded_from) =
-            self.compile(set, &hash, bytes, background)
-                .map_err(|e| LoadError::Invalid {
-                    plugin: name.clone(),
-                    path: spec.path.clone(),
-                    reason: format!("{e:#}"),
-                })?;
-        check_imports(&name, &component, &set.engine)?;
-        let pre = set
-            .linker
-            .instantiate_pre(&component)
-            .and_then(HandlerPre::new)
-            .map_err(|e| LoadError::WrongWorld {
-                plugin: name.clone(),
-                path: spec.path.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let (pre, loaded_from, component) = match self.recent.get(metered, &hash) {
+            Some(pre) => (pre, LoadedFrom::Memory, None),
+            None => {
+                let (component, from) =
+                    self.compile(set, &hash, bytes, background).map_err(|e| {
+                        LoadError::Invalid {
+                            plugin: name.clone(),
+                            path: spec.path.clone(),
+                            reason: format!("{e:#}"),
+                        }
+                    })?;
+                check_imports(&name, &component, &set.engine)?;
+                let pre = set
+                    .linker
+                    .instantiate_pre(&component)
+                    .and_then(HandlerPre::new)
+                    .map_err(|e| LoadError::WrongWorld {
+                        plugin: name.clone(),
+                        path: spec.path.clone(),
+                        reason: format!("{e:#}"),
+                    })?;
+                (pre, from, Some(component))
+            }
+        };
         let grants = Arc::new(Grants {
             plugin: name.clone(),
             publish: spec.publish.clone(),
@@ -238,6 +248,10 @@ impl Host {
             reason: format!("{e:#}"),
         })?;
         plugin.put_instance(first);
+        if let Some(component) = component {
+            self.recent
+                .put(metered, &plugin.hash, &component, &plugin.pre);
+        }
         Ok(plugin)
     }
 
@@ -283,7 +297,7 @@ impl Plugin {
         &self.hash
     }
 
-    /// Whether the compiled code came from the cache.
+    /// Where the compiled code came from.
     pub fn loaded_from(&self) -> LoadedFrom {
         self.loaded_from
     }

@@ -164,7 +164,11 @@ impl Runtime {
         // one it replaced (finishing its invocations, or kept for an automatic rollback) and
         // one being loaded.
         let instances: u32 = config.plugins.values().map(|p| (p.instances + 2) * 3).sum();
-        let mut options = HostOptions::default().max_instances(instances.max(16));
+        let mut options = HostOptions::default()
+            .max_instances(instances.max(16))
+            .memory_cache_bytes(
+                usize::try_from(config.server.compiled_cache_memory).unwrap_or(usize::MAX),
+            );
         if cache {
             options = options.cache_dir(config.server.data_dir.join("cache"));
         }

@@ -39,8 +39,8 @@ pub struct SwapArgs {
     /// Seconds of load, after those, during which the swaps to never-seen versions happen.
     #[arg(long, default_value_t = 5)]
     compiled_seconds: u64,
-    /// Swaps between the two tagged versions (after the first swap to the second version,
-    /// both are in the precompiled cache).
+    /// Swaps between the two tagged versions (both deployed once before the load starts, so
+    /// these swaps find them in the precompiled cache).
     #[arg(long, default_value_t = 50)]
     swaps: u32,
     /// Swaps in the last phase, each to a version never seen before (compiled during the
@@ -53,6 +53,12 @@ pub struct SwapArgs {
     /// The plugin: the `tagger` example, or any plugin with the same `weir-tag:` marker.
     #[arg(long, default_value = "plugins/target/components/tagger.wasm")]
     plugin: PathBuf,
+    /// Which tier of the precompiled cache the swaps between the two versions load from:
+    /// `memory` (the default configuration, recent versions kept compiled in memory) or
+    /// `disk` (`server.compiled_cache_memory = 0`: every such swap reads, verifies and
+    /// deserializes the version's precompiled file).
+    #[arg(long, value_enum, default_value_t = CacheTier::Memory)]
+    cache_tier: CacheTier,
     /// Directory for the run's store (removed afterwards). Default: the current directory.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -62,6 +68,22 @@ pub struct SwapArgs {
 }
 
 const MARKER: &[u8] = b"weir-tag:";
+
+/// `--cache-tier`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CacheTier {
+    Memory,
+    Disk,
+}
+
+impl CacheTier {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheTier::Memory => "memory",
+            CacheTier::Disk => "disk",
+        }
+    }
+}
 
 pub fn run(args: SwapArgs) -> anyhow::Result<()> {
     if args.rate == 0 || args.seconds == 0 || args.keys == 0 {
@@ -144,15 +166,21 @@ struct Outputs {
 fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::Result<Measured> {
     let plugin_path = dir.join("plugin.wasm");
     std::fs::write(&plugin_path, tagged(original, at, b"aaaaaaaa"))?;
-    let text = "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+    let memory = match args.cache_tier {
+        CacheTier::Memory => "",
+        CacheTier::Disk => "compiled_cache_memory = \"0\"\n",
+    };
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{memory}\
          [broker]\nfsync = \"always\"\n\
          [queues.bench]\n[queues.out]\n\
          [plugins.p]\npath = \"plugin.wasm\"\npublish = [\"out\"]\n\
          [[bindings]]\nsource = \"bench\"\nplugin = \"p\"\n\
-         guarantee = \"exactly-once\"\nordering = \"key\"\n";
+         guarantee = \"exactly-once\"\nordering = \"key\"\n"
+    );
     let config_path = dir.join("weir.toml");
-    std::fs::write(&config_path, text)?;
-    let config = Config::parse(&config_path, text)?;
+    std::fs::write(&config_path, &text)?;
+    let config = Config::parse(&config_path, &text)?;
     let runtime = Arc::new(Runtime::start(config)?);
     let binding = runtime.config.bindings[0].clone();
     let slot = Arc::clone(
@@ -174,6 +202,11 @@ fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::R
         stop_rx,
     ));
     let reloader = Reloader::start(Arc::clone(&runtime.plugins))?;
+    // Both versions in the precompiled cache before the load starts, so the swaps between
+    // them measure that case (the never-seen versions of the last phase measure compiling).
+    for tag in [b"bbbbbbbb", b"aaaaaaaa"] {
+        deploy_unmeasured(&slot, dir, &plugin_path, &tagged(original, at, tag))?;
+    }
 
     let baseline = Duration::from_secs(args.baseline_seconds);
     let swapping = Duration::from_secs(args.seconds);
@@ -231,6 +264,22 @@ fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::R
         swaps,
         outputs,
     })
+}
+
+/// Writes `bytes` beside the plugin file and renames it into place; waits until it is active.
+fn deploy_unmeasured(slot: &Slot, dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let hash = crate::host::content_hash(bytes);
+    let tmp = dir.join("plugin.wasm.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while slot.plugin().hash() != hash {
+        if Instant::now() > deadline {
+            bail!("the plugin file was not taken within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` beside the plugin file and renames it into place; waits for the first
@@ -403,21 +452,24 @@ fn report(args: &SwapArgs, m: &Measured) -> anyhow::Result<()> {
         }
         lost += seen.iter().filter(|s| !**s).count() as u64;
     }
-    // Swap times in µs, sorted: of the swaps loaded `from` (all with `None`).
-    let times = |from: Option<LoadedFrom>, time: fn(&Swap) -> f64| {
+    // Swap times in µs, sorted, of the swaps whose version loaded `from` somewhere in `from`.
+    let any = [LoadedFrom::Compiled, LoadedFrom::Cache, LoadedFrom::Memory];
+    let cache = [LoadedFrom::Cache, LoadedFrom::Memory];
+    let times = |from: &[LoadedFrom], time: fn(&Swap) -> f64| {
         let mut v: Vec<u64> = m
             .swaps
             .iter()
-            .filter(|s| from.is_none_or(|f| s.from == f))
+            .filter(|s| from.contains(&s.from))
             .map(|s| (time(s) * 1000.0) as u64)
             .collect();
         v.sort_unstable();
         v
     };
-    let all = times(None, |s| s.ms);
-    let cached = times(Some(LoadedFrom::Cache), |s| s.ms);
-    let compiled = times(Some(LoadedFrom::Compiled), |s| s.ms);
-    let cached_active = times(Some(LoadedFrom::Cache), |s| s.active_ms);
+    let all = times(&any, |s| s.ms);
+    let cached = times(&cache, |s| s.ms);
+    let compiled = times(&[LoadedFrom::Compiled], |s| s.ms);
+    let cached_active = times(&cache, |s| s.active_ms);
+    let from_memory = times(&[LoadedFrom::Memory], |s| s.ms).len();
     let ms = |v: &[u64], p: f64| round3(percentile(v, p) as f64 / 1000.0);
     let sorted = |v: &[u64]| {
         let mut v = v.to_vec();
@@ -440,7 +492,7 @@ fn report(args: &SwapArgs, m: &Measured) -> anyhow::Result<()> {
     };
     let secs = m.elapsed.as_secs_f64();
     println!(
-        "{} events at {}/s over {:.1} s, {} swaps ({} from the precompiled cache, {} compiled), versions seen: {}",
+        "{} events at {}/s over {:.1} s, {} swaps ({} from the precompiled cache, {from_memory} of them from its memory tier; {} compiled), versions seen: {}",
         m.events,
         args.rate,
         secs,
@@ -486,7 +538,9 @@ fn report(args: &SwapArgs, m: &Measured) -> anyhow::Result<()> {
             "outputs": o.seen,
             "seconds": round3(secs),
             "swaps": m.swaps.len(),
+            "cache_tier": args.cache_tier.as_str(),
             "swaps_from_cache": cached.len(),
+            "swaps_from_cache_memory": from_memory,
             "swaps_compiled": compiled.len(),
             "versions_seen": o.by_tag.len(),
             "lost": lost,
