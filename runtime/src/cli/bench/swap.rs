@@ -110,6 +110,9 @@ pub fn run(args: SwapArgs) -> anyhow::Result<()> {
     };
     let dir = base.join(format!(".weir-bench-swap-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    // Earlier writes of other programs (a build just before, say) flushed during the run would
+    // stall its fsyncs: write them out first. Best effort; the run's own writes still count.
+    let _ = std::process::Command::new("sync").status();
     let result = measure(&args, &original, at, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     report(&args, &result?)
