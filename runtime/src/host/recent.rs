@@ -1,9 +1,10 @@
 //! The memory tier of the precompiled cache: the components this host loaded lately, compiled
 //! and already checked against the linker, kept in memory (least recently used out first, up to
-//! a budget of compiled-code bytes) so that loading one again (a swap back to a recent version,
-//! a rollback, a redeploy of known bytes) skips reading, verifying and deserializing its
-//! precompiled file. On the 2-core machine under load that file path takes 0.3-2 ms for a small
-//! plugin; a hit here takes microseconds, and the load is then the first instance.
+//! a budget of compiled-code bytes and at most 64) so that loading one again (a swap back to a
+//! recent version, a rollback, a redeploy of known bytes) skips reading, verifying and
+//! deserializing its precompiled file. On the 2-core machine under load that file path takes
+//! 0.3-2 ms for a small plugin; a hit here takes microseconds, and the load is then the first
+//! instance.
 //!
 //! An entry is put only once the component passed every check and instantiated, so a hit needs
 //! no check again: the linker and the granted imports do not change while the host lives.
@@ -15,6 +16,9 @@ use wasmtime::component::Component;
 
 use super::bindings::MessageHandlerPre as HandlerPre;
 use super::state::HostState;
+
+/// Most components kept, whatever their size (a lookup scans them).
+const MAX_ENTRIES: usize = 64;
 
 /// Recently loaded components, ready to instantiate.
 pub(super) struct Recent {
@@ -74,7 +78,7 @@ impl Recent {
             pre: pre.clone(),
         });
         let mut total: usize = entries.iter().map(|e| e.size).sum();
-        while total > self.budget {
+        while total > self.budget || entries.len() > MAX_ENTRIES {
             let Some(old) = entries.pop_front() else {
                 break;
             };
