@@ -79,6 +79,15 @@ fn a_missing_or_wrong_token_gets_401_and_changes_nothing() {
         assert_error(status, &body, 401, "unauthorized");
     }
     assert!(stored(&server, "orders").is_empty(), "nothing was stored");
+    // Refused before routing, and counted.
+    let (status, _, metrics) = call("GET", &format!("{}/metrics", server.url), &[AUTH], b"");
+    assert_eq!(status, 200);
+    for line in [
+        "weir_http_requests_total{route=\"unauthenticated\",method=\"GET\",status=\"401\"} 20",
+        "weir_http_requests_total{route=\"unauthenticated\",method=\"POST\",status=\"401\"} 10",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     let (status, _) = call_json("GET", &format!("{}/v1/health", server.url), &[], b"");
     assert_eq!(status, 200, "liveness needs no token");
     let (status, _) = call_json("POST", &publish, &[AUTH], b"x");

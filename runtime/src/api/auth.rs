@@ -1,6 +1,8 @@
 //! Bearer-token authentication: with `server.api_token` set (or `WEIR_API_TOKEN`), every
 //! request but those of public routes must carry `Authorization: Bearer <token>`; anything
 //! else is refused with 401 `unauthorized` before its handler runs, so it changes nothing.
+//! Refusals are counted in `weir_http_requests_total` with `route="unauthenticated"`: they are
+//! answered before routing, so their route is not known.
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use crate::server::Runtime;
 pub(super) struct Auth {
     token: Option<Arc<[u8; 32]>>,
     public: Arc<[&'static str]>,
+    metrics: Arc<crate::metrics::Registry>,
 }
 
 impl Auth {
@@ -30,6 +33,7 @@ impl Auth {
                 .as_deref()
                 .map(|t| Arc::new(digest(t.as_bytes()))),
             public: public.into(),
+            metrics: Arc::clone(&rt.metrics),
         }
     }
 }
@@ -61,6 +65,17 @@ pub(super) async fn check(State(auth): State<Auth>, request: Request, next: Next
         Some(_) => "the bearer token is wrong",
         None => "this server requires `Authorization: Bearer <token>` (server.api_token)",
     };
+    auth.metrics
+        .counter(
+            "weir_http_requests_total",
+            "HTTP requests answered, by route, method and status.",
+            &[
+                ("route", "unauthenticated"),
+                ("method", request.method().as_str()),
+                ("status", StatusCode::UNAUTHORIZED.as_str()),
+            ],
+        )
+        .inc();
     let mut response =
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
     response.headers_mut().insert(
