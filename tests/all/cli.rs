@@ -242,6 +242,66 @@ fn bench_e2e_prints_one_json_object_last() {
 }
 
 #[test]
+fn bench_swap_prints_one_json_object_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let tagger = plugin("tagger").display().to_string();
+    let store = dir.path().display().to_string();
+    for (tier, from_memory) in [("memory", 4), ("disk", 0)] {
+        let args = [
+            "bench",
+            "swap",
+            "--plugin",
+            &tagger,
+            "--dir",
+            &store,
+            "--rate",
+            "2000",
+            "--baseline-seconds",
+            "1",
+            "--seconds",
+            "1",
+            // Room for the compile to finish while events still flow, on a busy machine.
+            "--compiled-seconds",
+            "3",
+            "--swaps",
+            "4",
+            "--compiled-swaps",
+            "1",
+            "--cache-tier",
+            tier,
+            "--json",
+        ];
+        let (code, out, err) = weir(&args, dir.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(last["bench"], "swap");
+        assert_eq!(last["cache_tier"], tier);
+        assert_eq!(last["events"], 10_000);
+        assert_eq!(last["outputs"], 10_000);
+        for field in ["lost", "duplicates", "reordered"] {
+            assert_eq!(last[field], 0, "{field}: {last}");
+        }
+        // The two versions (deployed before the load), then one never seen.
+        assert_eq!(last["swaps"], 5, "{last}");
+        assert_eq!(last["swaps_from_cache"], 4, "{last}");
+        assert_eq!(last["swaps_from_cache_memory"], from_memory, "{last}");
+        assert_eq!(last["swaps_compiled"], 1, "{last}");
+        assert_eq!(last["versions_seen"], 3, "{last}");
+        let (p50, p99) = (
+            last["cached_swap_to_new_version_ms_p50"].as_f64().unwrap(),
+            last["cached_swap_to_new_version_ms_p99"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{last}");
+        assert!(last["p99_latency_ratio_during_swaps"].as_f64().unwrap() > 0.0);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "the store is removed: {leftovers:?}");
+}
+
+#[test]
 fn chaos_deliver_exactly_once_survives_sigkills() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("chaos").display().to_string();

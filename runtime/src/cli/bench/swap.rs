@@ -243,12 +243,18 @@ fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::R
                 (due, format!("c{j:07}"))
             });
             let mut out = Vec::new();
+            let mut progress = super::super::progress::Progress::new(
+                "swaps",
+                u64::from(args.swaps + args.compiled_swaps),
+            );
             for (due, tag) in two.chain(new) {
                 std::thread::sleep(due.saturating_sub(started.elapsed()));
                 let tag: &[u8; 8] = tag.as_bytes().try_into().expect("8 bytes");
                 let bytes = tagged(original, at, tag);
                 out.push(swap_once(&slot, dir, &plugin_path, &bytes)?);
+                progress.set(out.len() as u64);
             }
+            progress.finish();
             anyhow::Ok(out)
         });
         publish(&runtime, &tokio, args, events, started, &failed)?;
