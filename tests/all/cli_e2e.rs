@@ -41,6 +41,7 @@ fn every_subcommand_has_help() {
         &["bench", "invoke"],
         &["bench", "append"],
         &["bench", "e2e"],
+        &["bench", "swap"],
         &["chaos"],
     ];
     for cmd in commands {

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -99,16 +99,40 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let histogram = Arc::new(Histogram::new());
+    // Progress on stderr, five times a second, off the publishers' way.
+    let acked = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let reporter = {
+        let (acked, done, total) = (Arc::clone(&acked), Arc::clone(&done), args.records);
+        std::thread::spawn(move || {
+            let mut progress = super::super::progress::Progress::new("appended", total);
+            let mut shown = 0;
+            loop {
+                let stop = done.load(Ordering::Relaxed);
+                let n = acked.load(Ordering::Relaxed).min(total);
+                if n != shown {
+                    shown = n;
+                    progress.set(n);
+                }
+                if stop {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            progress.finish();
+        })
+    };
     let started = Instant::now();
-    runtime.block_on(async {
+    let appended = runtime.block_on(async {
         let tasks: Vec<_> = (0..args.publishers)
             .map(|t| {
-                let (log, next, payload, rss_at_1m, histogram) = (
+                let (log, next, payload, rss_at_1m, histogram, acked) = (
                     Arc::clone(&log),
                     Arc::clone(&next),
                     payload.clone(),
                     Arc::clone(&rss_at_1m),
                     Arc::clone(&histogram),
+                    Arc::clone(&acked),
                 );
                 let total = args.records;
                 tokio::spawn(async move {
@@ -133,6 +157,7 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
                         let t0 = Instant::now();
                         log.append(std::slice::from_ref(&record)).await?;
                         histogram.record(t0.elapsed().as_micros() as u64);
+                        acked.fetch_add(1, Ordering::Relaxed);
                     }
                 })
             })
@@ -141,7 +166,10 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
             t.await??;
         }
         Ok::<_, anyhow::Error>(())
-    })?;
+    });
+    done.store(true, Ordering::Relaxed);
+    let _ = reporter.join();
+    appended?;
     drop(runtime);
     let elapsed = started.elapsed();
     let rss_end = rss_mib();
