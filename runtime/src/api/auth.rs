@@ -65,17 +65,12 @@ pub(super) async fn check(State(auth): State<Auth>, request: Request, next: Next
         Some(_) => "the bearer token is wrong",
         None => "this server requires `Authorization: Bearer <token>` (server.api_token)",
     };
-    auth.metrics
-        .counter(
-            "weir_http_requests_total",
-            "HTTP requests answered, by route, method and status.",
-            &[
-                ("route", "unauthenticated"),
-                ("method", request.method().as_str()),
-                ("status", StatusCode::UNAUTHORIZED.as_str()),
-            ],
-        )
-        .inc();
+    super::count_answer(
+        &auth.metrics,
+        "unauthenticated",
+        request.method(),
+        StatusCode::UNAUTHORIZED,
+    );
     let mut response =
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
     response.headers_mut().insert(

@@ -253,18 +253,28 @@ async fn count_request(
     let method = request.method().clone();
     let response = next.run(request).await;
     let route = route.as_ref().map_or("unmatched", |r| r.as_str());
-    rt.metrics
+    count_answer(&rt.metrics, route, &method, response.status());
+    response
+}
+
+/// Adds one to `weir_http_requests_total{route, method, status}`.
+fn count_answer(
+    metrics: &crate::metrics::Registry,
+    route: &str,
+    method: &Method,
+    status: StatusCode,
+) {
+    metrics
         .counter(
             "weir_http_requests_total",
             "HTTP requests answered, by route, method and status.",
             &[
                 ("route", route),
                 ("method", method.as_str()),
-                ("status", response.status().as_str()),
+                ("status", status.as_str()),
             ],
         )
         .inc();
-    response
 }
 
 async fn metrics(State(rt): State<AppState>) -> impl axum::response::IntoResponse {

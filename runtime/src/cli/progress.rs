@@ -2,6 +2,7 @@
 //! lines otherwise (a log file or a pipe gets one line per step, never control characters).
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// A progress report on stderr.
@@ -61,9 +62,12 @@ impl Progress {
 
     /// Sets how many steps are done.
     pub(super) fn set(&mut self, done: u64) {
+        let changed = done != self.done;
         self.done = done;
         match &self.bar {
             Some(bar) => bar.set_position(done),
+            // An unchanged count is not printed again.
+            None if !changed && self.last_line.is_some() => {}
             None => {
                 // Plain lines at most every 500 ms, and always the last one.
                 let due = self
@@ -99,4 +103,26 @@ impl Progress {
             eprintln!("{} {}", self.what, self.done);
         }
     }
+}
+
+/// Reports `done()` of `total` steps of `what` five times a second until `finished` is set,
+/// then once more: for a thread beside measured work, which it stays out of the way of.
+pub(super) fn follow(
+    what: &'static str,
+    total: u64,
+    finished: &AtomicBool,
+    done: impl Fn() -> u64,
+) {
+    let mut progress = Progress::new(what, total);
+    loop {
+        let last = finished.load(Relaxed);
+        if !last {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        progress.set(done().min(total));
+        if last {
+            break;
+        }
+    }
+    progress.finish();
 }

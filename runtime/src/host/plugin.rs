@@ -200,8 +200,8 @@ impl Host {
         let metered = spec.limits.fuel.is_some();
         let set: &EngineSet = if metered { &self.metered } else { &self.plain };
         let hash = content_hash(bytes);
-        let (pre, loaded_from, component) = match self.recent.get(metered, &hash) {
-            Some(pre) => (pre, LoadedFrom::Memory, None),
+        let (pre, loaded_from) = match self.recent.get(metered, &hash) {
+            Some(pre) => (pre, LoadedFrom::Memory),
             None => {
                 let (component, from) =
                     self.compile(set, &hash, bytes, background).map_err(|e| {
@@ -221,7 +221,7 @@ impl Host {
                         path: spec.path.clone(),
                         reason: format!("{e:#}"),
                     })?;
-                (pre, from, Some(component))
+                (pre, from)
             }
         };
         let grants = Arc::new(Grants {
@@ -248,9 +248,8 @@ impl Host {
             reason: format!("{e:#}"),
         })?;
         plugin.put_instance(first);
-        if let Some(component) = component {
-            self.recent
-                .put(metered, &plugin.hash, &component, &plugin.pre);
+        if loaded_from != LoadedFrom::Memory {
+            self.recent.put(metered, &plugin.hash, &plugin.pre);
         }
         Ok(plugin)
     }

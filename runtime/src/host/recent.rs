@@ -12,8 +12,6 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use wasmtime::component::Component;
-
 use super::bindings::MessageHandlerPre as HandlerPre;
 use super::state::HostState;
 
@@ -57,14 +55,8 @@ impl Recent {
 
     /// Keeps a component that loaded and instantiated, dropping the least recently used ones
     /// over the budget. One larger than the whole budget is not kept.
-    pub fn put(
-        &self,
-        metered: bool,
-        hash: &str,
-        component: &Component,
-        pre: &HandlerPre<HostState>,
-    ) {
-        let range = component.image_range();
+    pub fn put(&self, metered: bool, hash: &str, pre: &HandlerPre<HostState>) {
+        let range = pre.instance_pre().component().image_range();
         let size = (range.end as usize).saturating_sub(range.start as usize);
         if size > self.budget {
             return;

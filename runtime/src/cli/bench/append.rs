@@ -99,27 +99,15 @@ fn measure(args: &AppendArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let histogram = Arc::new(Histogram::new());
-    // Progress on stderr, five times a second, off the publishers' way.
+    // Progress on stderr, off the publishers' way.
     let acked = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let reporter = {
         let (acked, done, total) = (Arc::clone(&acked), Arc::clone(&done), args.records);
         std::thread::spawn(move || {
-            let mut progress = super::super::progress::Progress::new("appended", total);
-            let mut shown = 0;
-            loop {
-                let stop = done.load(Ordering::Relaxed);
-                let n = acked.load(Ordering::Relaxed).min(total);
-                if n != shown {
-                    shown = n;
-                    progress.set(n);
-                }
-                if stop {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            progress.finish();
+            super::super::progress::follow("appended", total, &done, || {
+                acked.load(Ordering::Relaxed)
+            });
         })
     };
     let started = Instant::now();

@@ -217,12 +217,9 @@ fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> 
         let sampler = s.spawn(|| sample(&stats, &probe, events, every, &publishers.failed));
         // Progress on stderr, five times a second: off the measured threads' way.
         s.spawn(|| {
-            let mut progress = super::super::progress::Progress::new("handled", events);
-            while !measured.load(Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                progress.set(stats.acked.load(Relaxed).min(events));
-            }
-            progress.finish();
+            super::super::progress::follow("handled", events, &measured, || {
+                stats.acked.load(Relaxed)
+            });
         });
         let published = if args.backlog {
             Ok(())

@@ -275,12 +275,21 @@ fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::R
     })
 }
 
-/// Writes `bytes` beside the plugin file and renames it into place; waits until it is active.
-fn deploy_unmeasured(slot: &Slot, dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let hash = crate::host::content_hash(bytes);
+/// Writes `bytes` beside the plugin file and renames it into place. Returns when the file was
+/// complete: taken just before the rename, since the reloader may see the rename before this
+/// thread runs again.
+fn replace(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<Instant> {
     let tmp = dir.join("plugin.wasm.tmp");
     std::fs::write(&tmp, bytes)?;
+    let complete = Instant::now();
     std::fs::rename(&tmp, path)?;
+    Ok(complete)
+}
+
+/// Replaces the plugin file with `bytes`; waits until that version is active.
+fn deploy_unmeasured(slot: &Slot, dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let hash = crate::host::content_hash(bytes);
+    replace(dir, path, bytes)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while slot.plugin().hash() != hash {
         if Instant::now() > deadline {
@@ -291,16 +300,10 @@ fn deploy_unmeasured(slot: &Slot, dir: &Path, path: &Path, bytes: &[u8]) -> anyh
     Ok(())
 }
 
-/// Writes `bytes` beside the plugin file and renames it into place; waits for the first
-/// invocation on the new version.
+/// Replaces the plugin file with `bytes`; waits for the first invocation on the new version.
 fn swap_once(slot: &Slot, dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<Swap> {
     let hash = crate::host::content_hash(bytes);
-    let tmp = dir.join("plugin.wasm.tmp");
-    std::fs::write(&tmp, bytes)?;
-    // Complete from the rename on (taken just before it: the reloader may see the rename
-    // before this thread runs again).
-    let complete = Instant::now();
-    std::fs::rename(&tmp, path)?;
+    let complete = replace(dir, path, bytes)?;
     let deadline = complete + Duration::from_secs(30);
     loop {
         let activation = slot.activation();
