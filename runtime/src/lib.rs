@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod deploy;
+pub mod es;
 pub mod host;
 pub mod ids;
 pub mod metrics;
