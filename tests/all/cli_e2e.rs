@@ -431,7 +431,7 @@ fn config_mistakes_of_a_new_user_name_the_place_and_what_to_do() {
     );
     assert_eq!(code, 1);
     assert!(
-        err.contains("binding source `order` is not a declared queue or topic (did you mean `orders`? declared: `orders`); declare it as [queues.order] or [topics.order]"),
+        err.contains("binding source `order` is not a declared queue, topic or stream store (did you mean `orders`? declared: `orders`); declare it as [queues.order], [topics.order] or [streams.order]"),
         "{err}"
     );
     // A bad token from the environment is a config problem too.

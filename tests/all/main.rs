@@ -16,4 +16,5 @@ mod ops_http;
 mod reload;
 mod request;
 mod shutdown;
+mod streams;
 mod support;

@@ -136,7 +136,7 @@ pub(super) async fn publish(
     ))
 }
 
-fn unhex(hex: &str) -> Option<Vec<u8>> {
+pub(super) fn unhex(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
         return None;
     }

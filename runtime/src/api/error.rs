@@ -15,6 +15,8 @@ pub struct ApiError {
     message: String,
     /// Seconds to wait before trying again (`Retry-After`), when the refusal is temporary.
     retry_after: Option<u64>,
+    /// More fields of the error object (such as a stream's actual revision).
+    details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -25,7 +27,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            details: None,
         }
+    }
+
+    /// Adds the fields of `details` (a JSON object) to the error object.
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
     }
 
     /// 400 with a code.
@@ -48,7 +57,7 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> ApiError {
         let status = match &e {
             PublishError::UnknownDestination(_) => StatusCode::NOT_FOUND,
-            PublishError::Reserved(_) => StatusCode::FORBIDDEN,
+            PublishError::Reserved(_) | PublishError::StreamStore(_) => StatusCode::FORBIDDEN,
             PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PublishError::Backpressure { .. } => StatusCode::TOO_MANY_REQUESTS,
             PublishError::Storage(_) | PublishError::ShuttingDown => {
@@ -117,7 +126,13 @@ impl From<DeployError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let (Some(serde_json::Value::Object(more)), Some(object)) =
+            (self.details, error.as_object_mut())
+        {
+            object.extend(more);
+        }
+        let body = serde_json::json!({ "error": error });
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response

@@ -16,6 +16,7 @@ mod openapi;
 mod plugins;
 mod replay;
 mod requests;
+mod streams;
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{Method, StatusCode};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use serde::Deserialize;
 
 use crate::names::PluginName;
@@ -190,6 +191,63 @@ pub fn routes() -> Vec<Route> {
             ("run", "the replay's id: calls with the same run store each copy once"),
         ])
         .to(post(replay::replay)),
+        Route::new(
+            M::POST,
+            "/v1/streams/{store}/streams/{stream}",
+            "append events to one stream: JSON `{\"expected_revision\": \"any\" | \"no-stream\" | \"stream-exists\" | N, \"events\": [{\"type\", \"id\", \"data\" or \"payload\" or \"payload_hex\", \"headers\", \"schema_version\", \"correlation_id\", \"causation_id\"}]}`; 201 with the revisions, 200 for a retry whose event ids are all stored, 409 `wrong_expected_revision` with `actual_revision`",
+        )
+        .to(post(streams::append_one)),
+        Route::new(
+            M::GET,
+            "/v1/streams/{store}/streams/{stream}",
+            "read one stream forwards or backwards from a revision (404 `stream_not_found`, 410 `stream_deleted`)",
+        )
+        .query(&[
+            ("from", "first revision (default: the first, or the last going backwards)"),
+            ("direction", "`forward` (default) or `backward`"),
+            ("limit", "most events (default 100, at most 1000)"),
+        ])
+        .to(get(streams::read_stream)),
+        Route::new(
+            M::DELETE,
+            "/v1/streams/{store}/streams/{stream}",
+            "delete a stream: soft (reads as not found, the name can be appended to again) or hard (tombstone: no more appends)",
+        )
+        .query(&[
+            ("hard", "`true` for a tombstone (default false)"),
+            ("expected_revision", "the stream must be at this revision (`any` by default)"),
+        ])
+        .to(delete(streams::delete)),
+        Route::new(
+            M::POST,
+            "/v1/streams/{store}/append",
+            "append to several streams of one store, all or nothing: JSON `{\"appends\": [{\"stream\", \"expected_revision\", \"events\": [...]}]}`",
+        )
+        .to(post(streams::append_many)),
+        Route::new(
+            M::GET,
+            "/v1/streams/{store}/events",
+            "read the whole store ($all), a category or an event type, in position (commit) order",
+        )
+        .query(&[
+            ("from", "first position (default 0)"),
+            ("category", "only streams of this category (the part of the name before the first `-`)"),
+            ("type", "only events of this type"),
+            ("limit", "most events (default 100, at most 1000)"),
+        ])
+        .to(get(streams::read_all)),
+        Route::new(
+            M::GET,
+            "/v1/streams/{store}/events/follow",
+            "catch-up subscription with server-sent events: each event (from a position, or after `Last-Event-ID`) as `event` with `id` = its position, one `caught-up` when it reaches the end, then new events",
+        )
+        .query(&[
+            ("from", "first position (default 0)"),
+            ("category", "only streams of this category"),
+            ("type", "only events of this type"),
+            ("limit", "end after this many events (default: follow until the server stops)"),
+        ])
+        .to(get(streams::follow)),
     ]
 }
 
@@ -207,6 +265,10 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             route
                 .handler
                 .layer(DefaultBodyLimit::max(batch::MAX_BATCH_BYTES))
+        } else if route.path.starts_with("/v1/streams/") {
+            route
+                .handler
+                .layer(DefaultBodyLimit::max(streams::MAX_APPEND_BYTES))
         } else if route.path.ends_with("/versions") {
             route
                 .handler

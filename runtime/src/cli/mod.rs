@@ -1,5 +1,5 @@
 //! The `weir` command line: `run` a server, and client commands that talk to a running one over
-//! its HTTP API (`publish`, `request`, `tail`, `replay`, `stats`, `kv`, `dlq`, `plugin`), plus `check`,
+//! its HTTP API (`publish`, `request`, `stream`, `tail`, `replay`, `stats`, `kv`, `dlq`, `plugin`), plus `check`,
 //! `bench` and `chaos`. Client commands send `--token` / `WEIR_API_TOKEN` as a bearer token.
 
 mod bench;
@@ -11,6 +11,7 @@ mod plugin;
 mod progress;
 mod replay;
 mod request;
+mod stream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,9 @@ enum Command {
     Publish(client::PublishArgs),
     /// Publishes a request and prints its handler's reply; exits 3 when none comes in time.
     Request(request::RequestArgs),
+    /// Event-sourced streams: append (with an expected revision), read, delete.
+    #[command(subcommand)]
+    Stream(stream::StreamCommand),
     /// Prints stored messages of a queue or topic, from an offset or a time; `--follow` keeps
     /// printing new ones.
     Tail(client::TailArgs),
@@ -167,6 +171,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Publish(args) => client::publish(args),
         Command::Request(args) => request::request(args),
         Command::Tail(args) => client::tail(args),
+        Command::Stream(cmd) => stream::run(cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Replay(args) => replay::run(args),
         Command::Stats(args) => client::stats(args),

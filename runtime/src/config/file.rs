@@ -27,6 +27,10 @@ pub(super) struct File {
     /// Pub/sub topics, by name. Default: none.
     #[serde(default)]
     pub topics: BTreeMap<Spanned<String>, Destination>,
+    /// Event-sourced stream stores, by name: each holds many streams (`order-42`, ...) in one
+    /// log. Default: none.
+    #[serde(default)]
+    pub streams: BTreeMap<Spanned<String>, StreamStore>,
     /// Plugins, by name. Default: none.
     #[serde(default)]
     pub plugins: BTreeMap<Spanned<String>, Plugin>,
@@ -199,6 +203,19 @@ pub(super) struct Destination {
     /// yet acknowledged by the slowest binding consuming the destination. Default: no limit.
     #[serde(default)]
     pub max_depth: Option<Spanned<u64>>,
+}
+
+/// A stream store: many streams in one log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StreamStore {
+    /// Remove events older than this (whole segments, oldest first). Default: keep forever.
+    #[serde(default)]
+    pub retention_max_age: Option<Spanned<Span>>,
+    /// Reads of one stream see at most its latest this many events (older ones read as
+    /// truncated; retention frees their space). Default: no limit.
+    #[serde(default)]
+    pub max_count: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,6 +33,8 @@ pub struct Config {
     pub retention: BTreeMap<DestinationName, Retention>,
     /// Depth limits (`max_depth`, in messages) of the destinations that have one.
     pub max_depth: BTreeMap<DestinationName, u64>,
+    /// Stream stores (also in `destinations`, as [`DestinationKind::Stream`]).
+    pub streams: BTreeMap<DestinationName, StreamConfig>,
     /// Plugins by name.
     pub plugins: BTreeMap<PluginName, PluginConfig>,
     /// Bindings, in file order.
@@ -102,6 +104,27 @@ pub enum DestinationKind {
     Queue,
     /// Pub/sub: each binding gets every message.
     Topic,
+    /// A store of event-sourced streams: appended to only through the stream API (with
+    /// expected revisions); bindings consume it like a topic, in commit order.
+    Stream,
+}
+
+impl DestinationKind {
+    /// `queue`, `topic` or `stream`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestinationKind::Queue => "queue",
+            DestinationKind::Topic => "topic",
+            DestinationKind::Stream => "stream",
+        }
+    }
+}
+
+/// One stream store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamConfig {
+    /// Reads of one stream see at most its latest this many events.
+    pub max_count: Option<u64>,
 }
 
 /// One plugin.
@@ -510,6 +533,39 @@ impl Cx<'_> {
             }
         }
 
+        let mut streams = BTreeMap::new();
+        for (key, store) in &raw.streams {
+            let name = self.destination(key)?;
+            if destinations.contains_key(&name) {
+                return Err(self.err(
+                    key.span(),
+                    format!("`{name}` is declared both as a stream store and as a queue or topic; destination names are shared"),
+                ));
+            }
+            if let Some(max) = store.max_count.as_ref().filter(|m| *m.get_ref() == 0) {
+                return Err(self.err(
+                    max.span(),
+                    format!("stream store `{name}`: `max_count` must be at least 1, found 0; omit it for no limit"),
+                ));
+            }
+            if let Some(age) = &store.retention_max_age {
+                retention.insert(
+                    name.clone(),
+                    Retention {
+                        max_age: Some(age.get_ref().0),
+                        ..Retention::default()
+                    },
+                );
+            }
+            destinations.insert(name.clone(), DestinationKind::Stream);
+            streams.insert(
+                name,
+                StreamConfig {
+                    max_count: store.max_count.as_ref().map(|m| *m.get_ref()),
+                },
+            );
+        }
+
         let mut plugins = BTreeMap::new();
         for (key, p) in &raw.plugins {
             let name = self.name(key, PluginName::new)?;
@@ -541,6 +597,15 @@ impl Cx<'_> {
         for (key, p) in &raw.plugins {
             for d in &p.publish {
                 let dest = self.destination(d)?;
+                if destinations.get(&dest) == Some(&DestinationKind::Stream) {
+                    return Err(self.err(
+                        d.span(),
+                        format!(
+                            "plugin `{}` may publish to `{dest}`, but that is a stream store: events are appended to it only with expected revisions (through the stream API or an aggregate)",
+                            key.get_ref()
+                        ),
+                    ));
+                }
                 if !destinations.contains_key(&dest) {
                     return Err(self.err(
                         d.span(),
@@ -558,6 +623,7 @@ impl Cx<'_> {
             destinations,
             retention,
             max_depth,
+            streams,
             plugins,
             bindings,
         })
@@ -652,7 +718,7 @@ impl Cx<'_> {
             return Err(self.err(
                 b.source.span(),
                 format!(
-                    "binding source `{source}` is not a declared queue or topic{}; declare it as [queues.{source}] or [topics.{source}]",
+                    "binding source `{source}` is not a declared queue, topic or stream store{}; declare it as [queues.{source}], [topics.{source}] or [streams.{source}]",
                     declared_hint(source.as_str(), destinations.keys().map(DestinationName::as_str))
                 ),
             ));

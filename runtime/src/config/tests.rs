@@ -166,7 +166,7 @@ fn errors_name_file_line_and_key() {
     );
     check_err(
         "[queue.orders]\n",
-        "weir.toml:1:2: unknown key `queue` at the top level; did you mean `queues`? (valid keys: `server`, `broker`, `queues`, `topics`, `plugins`, `bindings`)",
+        "weir.toml:1:2: unknown key `queue` at the top level; did you mean `queues`? (valid keys: `server`, `broker`, `queues`, `topics`, `streams`, `plugins`, `bindings`)",
     );
     check_err(
         "[server]\nlisten = \"nowhere\"\n",
@@ -243,7 +243,7 @@ fn binding_errors() {
     let base = "[queues.q]\n[plugins.p]\npath = \"p.wasm\"\n";
     check_err(
         &format!("{base}[[bindings]]\nsource = \"nope\"\nplugin = \"p\"\n"),
-        "weir.toml:5:10: binding source `nope` is not a declared queue or topic (declared: `q`); declare it as [queues.nope] or [topics.nope]",
+        "weir.toml:5:10: binding source `nope` is not a declared queue, topic or stream store (declared: `q`); declare it as [queues.nope], [topics.nope] or [streams.nope]",
     );
     check_err(
         &format!("{base}[[bindings]]\nsource = \"q\"\nplugin = \"nope\"\n"),
@@ -371,7 +371,7 @@ fn mistakes_of_a_new_user_say_where_and_what_to_do() {
     let text = "[queues.orders]\n[plugins.p]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"order\"\nplugin = \"p\"\n";
     check_err(
         text,
-        "weir.toml:5:10: binding source `order` is not a declared queue or topic (did you mean `orders`? declared: `orders`); declare it as [queues.order] or [topics.order]",
+        "weir.toml:5:10: binding source `order` is not a declared queue, topic or stream store (did you mean `orders`? declared: `orders`); declare it as [queues.order], [topics.order] or [streams.order]",
     );
     check_err(
         "[queues.q]\n[plugins.p]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"q\"\nplugin = \"p\"\nmax_attempts = \"3\"\n",
@@ -380,5 +380,48 @@ fn mistakes_of_a_new_user_say_where_and_what_to_do() {
     check_err(
         "[server]\nmax_mesage_size = \"2MiB\"\n",
         "weir.toml:2:1: unknown key `max_mesage_size` in [server]; did you mean `max_message_size`? (valid keys: `listen`, `data_dir`, `max_message_size`, `api_token`, `shutdown_grace`, `reload_quiet`, `compiled_cache_memory`)",
+    );
+}
+
+#[test]
+fn stream_stores() {
+    let c = parse(
+        r#"
+[streams.orders]
+retention_max_age = "7d"
+max_count = 100
+
+[plugins.p]
+path = "p.wasm"
+
+[[bindings]]
+source = "orders"
+plugin = "p"
+"#,
+    )
+    .unwrap();
+    let orders = DestinationName::new("orders").unwrap();
+    assert_eq!(c.destinations.get(&orders), Some(&DestinationKind::Stream));
+    assert_eq!(c.streams[&orders].max_count, Some(100));
+    assert_eq!(
+        c.retention[&orders].max_age,
+        Some(Duration::from_secs(7 * 86400))
+    );
+    assert_eq!(c.bindings[0].source, orders);
+    check_err(
+        "[queues.orders]\n[streams.orders]\n",
+        "weir.toml:2:10: `orders` is declared both as a stream store and as a queue or topic; destination names are shared",
+    );
+    check_err(
+        "[streams.orders]\nmax_count = 0\n",
+        "weir.toml:2:13: stream store `orders`: `max_count` must be at least 1, found 0; omit it for no limit",
+    );
+    check_err(
+        "[streams.orders]\nmax_size = 1\n",
+        "weir.toml:2:1: unknown key `max_size` in [streams.orders] (valid keys: `retention_max_age`, `max_count`)",
+    );
+    check_err(
+        "[streams.orders]\n[plugins.p]\npath = \"p.wasm\"\npublish = [\"orders\"]\n",
+        "weir.toml:4:12: plugin `p` may publish to `orders`, but that is a stream store: events are appended to it only with expected revisions (through the stream API or an aggregate)",
     );
 }

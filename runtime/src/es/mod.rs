@@ -8,8 +8,12 @@
 //! in its stream (0-based, gapless). The *category* of a stream is the part of its name before
 //! the first `-` (the whole name when it has none).
 
+pub mod store;
+
 use std::fmt;
 use std::str::FromStr;
+
+pub use store::{Appended, Filter, StreamAppend, StreamError, StreamStore};
 
 use crate::names::Offset;
 

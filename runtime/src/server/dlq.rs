@@ -107,6 +107,12 @@ pub enum DlqError {
         /// The offset asked for.
         offset: Offset,
     },
+    /// The binding consumes a stream store, which takes events only with expected revisions:
+    /// its dead letters cannot go back into it.
+    #[error(
+        "binding `{0}` consumes a stream store; its dead letters cannot be appended back to the store (fix the plugin and replay the store to a new binding instead)"
+    )]
+    StreamSource(String),
     /// The store failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -119,6 +125,7 @@ impl DlqError {
             DlqError::InvalidName(_) => "invalid_name",
             DlqError::UnknownBinding(_) => "unknown_binding",
             DlqError::NotFound { .. } => "dead_letter_not_found",
+            DlqError::StreamSource(_) => "stream_source",
             DlqError::Storage(_) => "storage_error",
         }
     }
@@ -146,6 +153,9 @@ impl Runtime {
     /// (waits for fsyncs); one redrive per binding runs at a time.
     pub fn redrive(&self, binding: &str, limit: Option<u64>) -> Result<Redriven, DlqError> {
         let b = self.binding(binding)?;
+        if self.config.streams.contains_key(&b.source) {
+            return Err(DlqError::StreamSource(b.name.to_string()));
+        }
         let _one_at_a_time = self.redrives[&b.name]
             .lock()
             .unwrap_or_else(|e| e.into_inner());

@@ -93,10 +93,7 @@ impl Runtime {
 
     fn encode_destinations(&self, enc: &mut Encoder) {
         for (name, kind) in &self.config.destinations {
-            let kind = match kind {
-                crate::config::DestinationKind::Queue => "queue",
-                crate::config::DestinationKind::Topic => "topic",
-            };
+            let kind = kind.as_str();
             let labels = [("destination", name.as_str()), ("kind", kind)];
             enc.counter(
                 "weir_destination_messages_total",

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 pub use backpressure::RETRY_AFTER_SECS;
 pub use dlq::{DeadLetter, DeadLetterPage, DlqError, REDRIVEN_FROM, Redriven};
-pub use publish::{PublishError, PublishRequest, Published};
+pub use publish::{MAX_HEADER_BYTES, MAX_HEADERS, PublishError, PublishRequest, Published};
 pub use replay::{
     MAX_REPLAY_CHUNK, REPLAY_FOR, REPLAYED_FROM, ReplayError, Replayed, replayed_for_another,
 };
@@ -47,6 +47,8 @@ pub struct Runtime {
     pub plugins: Arc<Registry>,
     /// Binding counters by name.
     pub bindings: BTreeMap<BindingName, Arc<BindingStats>>,
+    /// The stream stores, by name.
+    pub streams: BTreeMap<DestinationName, Arc<crate::es::StreamStore>>,
     inbox: inbox::Inbox,
     /// Depth limits of the destinations that have one.
     backpressure: backpressure::Limits,
@@ -156,6 +158,17 @@ impl Runtime {
                 }
             })?;
         }
+        let mut streams = BTreeMap::new();
+        for (name, store) in &config.streams {
+            let opened = crate::es::StreamStore::open(
+                name.clone(),
+                Arc::clone(&storage),
+                config.server.max_message_size as usize,
+                store.max_count,
+            )
+            .with_context(|| format!("cannot open the stream store `{name}`"))?;
+            streams.insert(name.clone(), Arc::new(opened));
+        }
         let inbox = inbox::Inbox::new();
         storage
             .open_log(inbox.name())
@@ -196,6 +209,7 @@ impl Runtime {
             storage,
             plugins,
             bindings,
+            streams,
             inbox,
             redrives,
             metrics: Arc::default(),
@@ -241,8 +255,12 @@ impl Runtime {
         if dest.is_reserved() {
             return Err(PublishError::Reserved(dest.to_string()));
         }
-        if !self.config.destinations.contains_key(&dest) {
-            return Err(PublishError::UnknownDestination(dest.to_string()));
+        match self.config.destinations.get(&dest) {
+            None => return Err(PublishError::UnknownDestination(dest.to_string())),
+            Some(DestinationKind::Stream) => {
+                return Err(PublishError::StreamStore(dest.to_string()));
+            }
+            Some(_) => {}
         }
         if records.is_empty() {
             return Ok(Vec::new());
@@ -288,8 +306,12 @@ impl Runtime {
         if dest.is_reserved() {
             return Err(PublishError::Reserved(dest.to_string()));
         }
-        if !self.config.destinations.contains_key(&dest) {
-            return Err(PublishError::UnknownDestination(dest.to_string()));
+        match self.config.destinations.get(&dest) {
+            None => return Err(PublishError::UnknownDestination(dest.to_string())),
+            Some(DestinationKind::Stream) => {
+                return Err(PublishError::StreamStore(dest.to_string()));
+            }
+            Some(_) => {}
         }
         if let Some(correlation_id) = correlation_id {
             record.reply_to = Some(self.inbox.name().to_string());
@@ -332,10 +354,7 @@ impl Runtime {
             .destinations
             .iter()
             .map(|(name, kind)| {
-                let kind = match kind {
-                    DestinationKind::Queue => "queue",
-                    DestinationKind::Topic => "topic",
-                };
+                let kind = kind.as_str();
                 let (first, bytes) = self.storage.usage(name).unwrap_or_default();
                 let consumers = backpressure::consumers(&self.config, name);
                 let stats = DestinationStats {

@@ -49,6 +49,11 @@ pub enum PublishError {
     /// No queue or topic of that name.
     #[error("no queue or topic named `{0}`")]
     UnknownDestination(String),
+    /// The name is a stream store, which takes events only through the stream API.
+    #[error(
+        "`{0}` is a stream store: append events to it with `POST /v1/streams/{0}/...` (expected revisions), not as messages"
+    )]
+    StreamStore(String),
     /// The name is weir's own (the reply inbox), which takes only replies from handlers.
     #[error("`{0}` is weir's reply inbox; only replies to requests are appended to it")]
     Reserved(String),
@@ -91,6 +96,7 @@ impl PublishError {
             PublishError::InvalidName(_) => "invalid_name",
             PublishError::UnknownDestination(_) => "unknown_destination",
             PublishError::Reserved(_) => "reserved_destination",
+            PublishError::StreamStore(_) => "stream_store",
             PublishError::TooLarge { .. } => "payload_too_large",
             PublishError::Invalid(_) => "invalid_message",
             PublishError::Backpressure { .. } => "backpressure",

@@ -103,6 +103,11 @@ impl Runtime {
             )));
         }
         let source = &b.source;
+        if self.config.streams.contains_key(source) {
+            return Err(ReplayError::InvalidRange(format!(
+                "`{source}` is a stream store: events are appended to it only with expected revisions, so a replay cannot copy them into it"
+            )));
+        }
         let end = *self.storage.watch_end(source)?.borrow();
         let to = to.unwrap_or(end);
         if to > end {

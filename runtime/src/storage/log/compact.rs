@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use super::Log;
 use super::error::LogError;
-use super::frame::{self, FLAG_AFTER_GAP};
+use super::frame::{self, FLAG_AFTER_GAP, FLAG_MORE_IN_APPEND};
 use super::hash::HashKeyed;
 use super::index::{self, IndexBuilder};
 use super::io::SegmentFile;
@@ -182,9 +182,14 @@ impl Shared {
             let start = buf.len();
             buf.extend_from_slice(f);
             let offset = u64::from_le_bytes(f[9..17].try_into().unwrap_or_default());
-            if offset != next_expected {
+            // A kept record may be followed by removed ones of its append: compacted segments
+            // are sealed, so no record says more of its append follow.
+            if offset != next_expected || f[8] & FLAG_MORE_IN_APPEND != 0 {
                 let frame = &mut buf[start..];
-                frame[8] |= FLAG_AFTER_GAP;
+                if offset != next_expected {
+                    frame[8] |= FLAG_AFTER_GAP;
+                }
+                frame[8] &= !FLAG_MORE_IN_APPEND;
                 let crc = crc32c::crc32c(&frame[4..]);
                 frame[..4].copy_from_slice(&crc.to_le_bytes());
             }

@@ -26,8 +26,15 @@ const FLAG_CORRELATION: u8 = 8;
 /// Flag: compaction removed the records between the previous frame and this one, so its offset
 /// may be more than one past the previous frame's.
 pub const FLAG_AFTER_GAP: u8 = 16;
-const KNOWN_FLAGS: u8 =
-    FLAG_FIRST_IN_WRITE | FLAG_KEY | FLAG_REPLY_TO | FLAG_CORRELATION | FLAG_AFTER_GAP;
+/// Flag: the next record belongs to the same append call. Recovery cuts an append whose last
+/// record is missing, so an append of several records survives a crash whole or not at all.
+pub const FLAG_MORE_IN_APPEND: u8 = 32;
+const KNOWN_FLAGS: u8 = FLAG_FIRST_IN_WRITE
+    | FLAG_KEY
+    | FLAG_REPLY_TO
+    | FLAG_CORRELATION
+    | FLAG_AFTER_GAP
+    | FLAG_MORE_IN_APPEND;
 
 /// A decoded frame: the record and what the frame says about its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,13 +104,17 @@ pub fn encoded_len(record: &Record) -> Result<usize, LogError> {
     Ok(len)
 }
 
-/// Appends the frame of `record` at `offset` to `buf`. The caller checked [`encoded_len`].
-pub fn encode(buf: &mut Vec<u8>, offset: u64, first_in_write: bool, record: &Record) {
+/// Appends the frame of `record` at `offset` to `buf`; `more` says the next record belongs to
+/// the same append. The caller checked [`encoded_len`].
+pub fn encode(buf: &mut Vec<u8>, offset: u64, first_in_write: bool, more: bool, record: &Record) {
     let start = buf.len();
     buf.extend_from_slice(&[0; FRAME_HEADER]);
     let mut flags = 0;
     if first_in_write {
         flags |= FLAG_FIRST_IN_WRITE;
+    }
+    if more {
+        flags |= FLAG_MORE_IN_APPEND;
     }
     if record.key.is_some() {
         flags |= FLAG_KEY;

@@ -18,7 +18,7 @@ fn record(id: &str, payload: &[u8]) -> Record {
 fn round_trip() {
     let r = record("a", b"hello");
     let mut buf = Vec::new();
-    encode(&mut buf, 42, true, &r);
+    encode(&mut buf, 42, true, false, &r);
     assert_eq!(buf.len(), encoded_len(&r).unwrap());
     let (frame, len) = decode_frame(&buf).unwrap();
     assert_eq!(len, buf.len());
@@ -30,7 +30,7 @@ fn round_trip() {
 #[test]
 fn every_flipped_byte_is_refused() {
     let mut buf = Vec::new();
-    encode(&mut buf, 1, false, &record("id", b"payload"));
+    encode(&mut buf, 1, false, false, &record("id", b"payload"));
     for i in 0..buf.len() {
         let mut bad = buf.clone();
         bad[i] ^= 0x40;
@@ -81,7 +81,7 @@ proptest! {
         cut in any::<usize>(),
     ) {
         let mut buf = Vec::new();
-        encode(&mut buf, 9, false, &r);
+        encode(&mut buf, 9, false, false, &r);
         let (frame, _) = decode_frame(&buf).unwrap();
         prop_assert_eq!(&frame.record, &r);
         for (at, byte) in edits {
@@ -100,7 +100,7 @@ proptest! {
     ) {
         // Re-sealing the checksum after each edit reaches the field parser with forged bodies.
         let mut buf = Vec::new();
-        encode(&mut buf, 9, false, &r);
+        encode(&mut buf, 9, false, false, &r);
         for (at, byte) in edits {
             let at = FRAME_HEADER + at % (buf.len() - FRAME_HEADER);
             buf[at] = byte;

@@ -95,6 +95,7 @@ pub(crate) fn open(dir: &Path, opts: &LogOptions) -> Result<(Segments, RecoveryR
                 offset: e,
                 reason: format!("expected a segment starting at offset {e}, found {base}"),
                 torn: false,
+                partial_append: 0,
             };
             let Some(prev) = sealed.pop_back() else {
                 return unreachable_gap();
@@ -126,7 +127,7 @@ pub(crate) fn open(dir: &Path, opts: &LogOptions) -> Result<(Segments, RecoveryR
             continue;
         }
         let mut entries = SideEntries::default();
-        let scan = segment::scan(
+        let mut scan = segment::scan(
             &*file,
             base,
             len,
@@ -136,7 +137,8 @@ pub(crate) fn open(dir: &Path, opts: &LogOptions) -> Result<(Segments, RecoveryR
         .map_err(io_err(&path))?;
         report.scanned_bytes += len;
         let mut stop_here = false;
-        if let Some(damage) = &scan.damage {
+        if let Some(damage) = scan.damage.clone() {
+            let damage = &damage;
             let dropped = len - damage.position;
             let cut = if last && damage.torn {
                 cut_at(&path, damage, dropped, Vec::new())
@@ -145,12 +147,25 @@ pub(crate) fn open(dir: &Path, opts: &LogOptions) -> Result<(Segments, RecoveryR
             };
             file.truncate(damage.position).map_err(io_err(&path))?;
             file.sync().map_err(io_err(&path))?;
+            let rescan = damage.partial_append > 0;
             if last && damage.torn {
                 report.torn_tail = Some(cut);
             } else {
                 report.repaired = Some(cut);
             }
             stop_here = true;
+            if rescan {
+                // The frames of the cut append were indexed by the scan: index what is left.
+                entries = SideEntries::default();
+                scan = segment::scan(
+                    &*file,
+                    base,
+                    damage.position,
+                    opts.index_interval_bytes,
+                    &mut |f, pos| entries.observe(opts, base, f, pos),
+                )
+                .map_err(io_err(&path))?;
+            }
         }
         if last || stop_here {
             let _ = io.remove(&index_path);

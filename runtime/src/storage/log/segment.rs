@@ -48,6 +48,10 @@ pub struct Damage {
     pub reason: String,
     /// Whether the damage is confined to the last write of the file (a torn tail).
     pub torn: bool,
+    /// The valid frames before `position` that are the start of an append whose last record is
+    /// missing (a torn tail only; 0 otherwise). Recovery cuts them too, so an append of several
+    /// records survives whole or not at all.
+    pub partial_append: u64,
 }
 
 /// The result of scanning a segment: its valid prefix and the damage after it, if any.
@@ -75,6 +79,8 @@ pub fn scan(
     let mut buf_start = 0u64;
     let mut pos = 0u64;
     let mut expected = base;
+    // The first frame of the append the last valid frame belongs to, while it says more follow.
+    let mut open_append: Option<(u64, u64)> = None;
     while pos < len {
         let at = (pos - buf_start) as usize;
         let result = frame::peek(buf.get(at..).unwrap_or_default());
@@ -100,6 +106,11 @@ pub fn scan(
                 if h.offset == expected
                     || (h.offset > expected && h.flags & frame::FLAG_AFTER_GAP != 0) =>
             {
+                if h.flags & frame::FLAG_MORE_IN_APPEND == 0 {
+                    open_append = None;
+                } else if open_append.is_none() {
+                    open_append = Some((pos, h.offset));
+                }
                 visit(&buf[at..at + h.len], pos);
                 index.observe(h.offset, pos, h.timestamp_ms, h.len as u64);
                 pos += h.len as u64;
@@ -113,6 +124,7 @@ pub fn scan(
                     offset: expected,
                     reason,
                     torn: false,
+                    partial_append: 0,
                 };
                 return Ok(Scan {
                     index,
@@ -122,21 +134,32 @@ pub fn scan(
             Err(e) => e.to_string(),
         };
         let torn = !later_write_after(file, pos, len, expected)?;
-        let damage = Damage {
+        let mut damage = Damage {
             position: pos,
             offset: expected,
             reason,
             torn,
+            partial_append: 0,
         };
+        if let Some((start, first)) = open_append.filter(|_| torn) {
+            damage.partial_append = expected - first;
+            damage.position = start;
+            damage.offset = first;
+        }
         return Ok(Scan {
             index,
             damage: Some(damage),
         });
     }
-    Ok(Scan {
-        index,
-        damage: None,
-    })
+    // The file ends inside an append: its last records were never written.
+    let damage = open_append.map(|(start, first)| Damage {
+        position: start,
+        offset: first,
+        reason: format!("the append starting at offset {first} ends before its last record"),
+        torn: true,
+        partial_append: expected - first,
+    });
+    Ok(Scan { index, damage })
 }
 
 /// Whether a valid frame that starts a later write lies after the damage at `damaged` (then the

@@ -250,8 +250,9 @@ impl Shared {
         p.buf.reserve(total_bytes);
         p.hashes.extend_from_slice(hashes);
         let mut offset = first;
+        let count = hashes.len();
         for (i, r) in records.enumerate() {
-            frame::encode(&mut p.buf, offset, was_empty && i == 0, r);
+            frame::encode(&mut p.buf, offset, was_empty && i == 0, i + 1 < count, r);
             offset += 1;
         }
         if let Some(ids) = p.ids.as_mut() {

@@ -192,8 +192,46 @@ fn a_hole_inside_the_last_write_is_a_torn_tail() {
     bytes[at + 20..at + 40].fill(0);
     std::fs::write(&seg, &bytes).unwrap();
     let (log, report) = open(dir.path(), LogOptions::new());
-    assert_eq!(report.torn_tail.unwrap().first_dropped, Offset(4));
+    // The damaged record's whole append (2..10) goes: appends survive whole or not at all.
+    let torn = report.torn_tail.unwrap();
+    assert_eq!(torn.first_dropped, Offset(2));
+    assert_records(&log, 0..2);
+    // The log goes on from there, and the cut append's index entries are gone.
+    append_each(&log, 2..4);
     assert_records(&log, 0..4);
+}
+
+#[test]
+fn an_append_cut_anywhere_is_dropped_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), LogOptions::new());
+    append_each(&log, 0..2);
+    let batch: Vec<_> = (2..6).map(rec).collect();
+    log.append(&batch).wait().unwrap();
+    log.close().unwrap();
+    let seg = segment_files(dir.path(), "log").remove(0);
+    let full = std::fs::read(&seg).unwrap();
+    let kept: usize = (0..2).map(|i| frame::encoded_len(&rec(i)).unwrap()).sum();
+    // Every cut inside the append, at frame boundaries too, drops all of it and nothing before.
+    for cut in kept + 1..full.len() {
+        std::fs::write(&seg, &full[..cut]).unwrap();
+        let (log, report) = open(dir.path(), LogOptions::new());
+        assert_records(&log, 0..2);
+        let torn = report
+            .torn_tail
+            .unwrap_or_else(|| panic!("cut at {cut} not reported"));
+        assert_eq!(
+            (torn.position, torn.first_dropped),
+            (kept as u64, Offset(2))
+        );
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), kept as u64);
+        assert_eq!(log.read_key("key-3", Offset(0), 10).unwrap().len(), 0);
+        drop(log);
+    }
+    std::fs::write(&seg, &full).unwrap();
+    let (log, report) = open(dir.path(), LogOptions::new());
+    assert_eq!(report.torn_tail, None);
+    assert_records(&log, 0..6);
 }
 
 #[test]
