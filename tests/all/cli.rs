@@ -334,3 +334,46 @@ fn chaos_deliver_exactly_once_survives_sigkills() {
     assert_eq!(last["handled_effects"]["counter"], published, "{last}");
     assert_eq!(last["handled_effects"]["outputs"], published, "{last}");
 }
+
+#[test]
+fn chaos_streams_keeps_revisions_and_the_projection_through_sigkills() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("chaos").display().to_string();
+    let counter = plugin("counter").display().to_string();
+    let args = [
+        "chaos",
+        "--scenario",
+        "streams",
+        "--kills",
+        "4",
+        "--max-run-ms",
+        "300",
+        "--plugin",
+        &counter,
+        "--dir",
+        &store,
+        "--json",
+    ];
+    let (code, out, err) = weir(&args, dir.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["scenario"], "streams");
+    assert_eq!(last["kills"], 4);
+    for field in [
+        "lost",
+        "revisions_duplicated",
+        "revisions_skipped",
+        "stale_appends",
+        "partial_appends",
+        "duplicate_event_ids",
+        "projection_mismatches",
+    ] {
+        assert_eq!(last[field], 0, "{field}: {last}");
+    }
+    assert!(last["events_acked"].as_u64().unwrap() > 0, "{last}");
+    assert!(
+        last["conflicts"].as_u64().unwrap() > 0,
+        "appends raced: {last}"
+    );
+    assert_eq!(last["projection_total"], last["events_stored"], "{last}");
+}

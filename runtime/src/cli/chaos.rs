@@ -8,6 +8,9 @@
 //! `--scenario deliver --guarantee G`: a binding with guarantee `G` handles the published
 //! messages with a plugin that counts them and forwards each one; the counter and the outputs
 //! are checked against the inputs at the end (see `chaos_deliver.rs`).
+//!
+//! `--scenario streams`: appenders race `exact` appends on the shared streams of a stream
+//! store, with a projection counting events (see `chaos_streams.rs`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -46,7 +49,7 @@ pub struct ChaosArgs {
     /// `deliver`: the binding's guarantee (`exactly-once`, `at-least-once`, `at-most-once`).
     #[arg(long, default_value = "exactly-once")]
     pub(super) guarantee: Guarantee,
-    /// `deliver`: the counting plugin (the `counter` example, which forwards each message to
+    /// `deliver`, `streams`: the counting plugin (the `counter` example, which forwards each message to
     /// its header `forward-to`).
     #[arg(long, default_value = "plugins/target/components/counter.wasm")]
     pub(super) plugin: PathBuf,
@@ -62,6 +65,10 @@ enum Scenario {
     /// Publishes to a queue whose binding counts and forwards every message; checks the
     /// binding's guarantee against the counter and the outputs after the crashes.
     Deliver,
+    /// Races `exact` appends (some multi-event, some to two streams at once) on shared streams
+    /// of a stream store, with a projection counting each stream's events; checks revisions,
+    /// acknowledged events, atomicity and the projection after the crashes.
+    Streams,
 }
 
 /// What the run found.
@@ -108,6 +115,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Append => append(&args, &dir, seed),
         Scenario::Deliver => super::chaos_deliver::run(&args, &dir, seed),
+        Scenario::Streams => super::chaos_streams::run(&args, &dir, seed),
     }
 }
 

@@ -434,7 +434,7 @@ fn check(url: &str, inputs: &HashMap<String, String>, report: &mut Report) -> an
 }
 
 /// A counter's value from a kv entry (u64 little-endian, shown as hex or, rarely, as text).
-fn counter_value(entry: &Value) -> anyhow::Result<u64> {
+pub(super) fn counter_value(entry: &Value) -> anyhow::Result<u64> {
     let bytes: Vec<u8> = match (entry["value_hex"].as_str(), entry["value"].as_str()) {
         (Some(hex), _) => (0..hex.len() / 2)
             .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))

@@ -5,6 +5,7 @@
 mod bench;
 mod chaos;
 mod chaos_deliver;
+mod chaos_streams;
 mod client;
 mod dlq;
 mod plugin;

@@ -4,6 +4,7 @@
 mod append;
 mod e2e;
 mod invoke;
+mod streams;
 mod swap;
 
 use clap::Subcommand;
@@ -17,6 +18,8 @@ pub enum BenchCommand {
     Append(append::AppendArgs),
     /// Events from publish to durably handled by a plugin, in one process over the real path.
     E2e(e2e::E2eArgs),
+    /// Appends with `exact` expected revisions to a stream store, over Zipf-chosen streams.
+    Streams(streams::StreamsArgs),
     /// Hot swaps of a plugin under steady load on an exactly-once, key-ordered binding.
     Swap(swap::SwapArgs),
 }
@@ -27,6 +30,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Append(args) => append::run(args),
         BenchCommand::E2e(args) => e2e::run(args),
         BenchCommand::Swap(args) => swap::run(args),
+        BenchCommand::Streams(args) => streams::run(args),
     }
 }
 
