@@ -474,7 +474,7 @@ impl StreamStore {
     /// Validates and stores an append of events to one or more streams, all or nothing: each
     /// stream's expectation is checked in the store's commit order. Returns once the events
     /// are handed to the log; [`PendingAppend::durable`] says when they are stored.
-    pub fn append(&self, appends: Vec<StreamAppend>) -> Result<PendingAppend, StreamError> {
+    pub fn append(&self, mut appends: Vec<StreamAppend>) -> Result<PendingAppend, StreamError> {
         self.validate(&appends)?;
         let now = crate::ids::now_ms();
         let mut index = self.lock();
@@ -554,12 +554,14 @@ impl StreamStore {
 
         // 3. One log append with every event, then the index.
         let mut publishes = Vec::with_capacity(total);
-        for a in &appends {
+        for a in &mut appends {
             let next = index.get(&a.stream).map_or(0, Entry::next);
-            for (i, e) in a.events.iter().enumerate() {
+            for (i, e) in a.events.iter_mut().enumerate() {
+                // The payload moves into the record: the index needs only ids and types.
+                let payload = std::mem::take(&mut e.payload);
                 publishes.push((
                     self.name.clone(),
-                    record(&a.stream, next + i as u64, e, now),
+                    record(&a.stream, next + i as u64, e, payload, now),
                 ));
             }
         }
@@ -931,7 +933,7 @@ impl StreamStore {
 }
 
 /// The log record of an event.
-fn record(stream: &StreamName, revision: u64, e: &NewEvent, now: u64) -> Record {
+fn record(stream: &StreamName, revision: u64, e: &NewEvent, payload: Vec<u8>, now: u64) -> Record {
     let mut headers = Vec::with_capacity(e.headers.len() + 4);
     headers.push((TYPE.to_owned(), e.event_type.clone()));
     headers.push((REVISION.to_owned(), revision.to_string()));
@@ -946,7 +948,7 @@ fn record(stream: &StreamName, revision: u64, e: &NewEvent, now: u64) -> Record 
         id: e.event_id.clone(),
         key: Some(stream.to_string()),
         headers,
-        payload: e.payload.clone(),
+        payload,
         timestamp_ms: now,
         reply_to: None,
         correlation_id: e.correlation_id.clone(),
