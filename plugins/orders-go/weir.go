@@ -5,7 +5,7 @@
 //
 // then turn the core module into a component (scripts/build-plugins does both; see
 // docs/languages.md). No binding generator for Go runs here, so this file is the canonical ABI
-// of weir:plugin@0.1.0 written out by hand: the memory layouts of the records, variants and
+// of weir:plugin@0.1.1 written out by hand: the memory layouts of the records, variants and
 // results that cross the boundary, and the functions the host imports and exports.
 //
 // Memory: the host writes the message it hands over into memory it asks for with
@@ -84,7 +84,7 @@ const (
 	LogError
 )
 
-//go:wasmimport weir:plugin/log@0.1.0 log
+//go:wasmimport weir:plugin/log@0.1.1 log
 func logImport(level uint32, ptr unsafe.Pointer, len uint32)
 
 // Log writes a line into weir's log, tagged with the plugin and message.
@@ -94,10 +94,10 @@ func Log(level uint32, line string) {
 	runtime.KeepAlive(b)
 }
 
-//go:wasmimport weir:plugin/kv@0.1.0 get
+//go:wasmimport weir:plugin/kv@0.1.1 get
 func kvGetImport(keyPtr unsafe.Pointer, keyLen uint32, ret unsafe.Pointer)
 
-//go:wasmimport weir:plugin/kv@0.1.0 set
+//go:wasmimport weir:plugin/kv@0.1.1 set
 func kvSetImport(keyPtr unsafe.Pointer, keyLen uint32, valPtr unsafe.Pointer, valLen uint32, ret unsafe.Pointer)
 
 // KvGet reads a key of the plugin's key-value state; found is false when it is not set.
@@ -136,7 +136,7 @@ func kvError(ret *[24]byte) *HandlerError {
 	return &HandlerError{Message: "key or value larger than the host allows (" + itoa(load64(ret[16:])) + " bytes)"}
 }
 
-//go:wasmimport weir:plugin/publish@0.1.0 publish
+//go:wasmimport weir:plugin/publish@0.1.1 publish
 func publishImport(destPtr unsafe.Pointer, destLen uint32, keyTag uint32, keyPtr unsafe.Pointer, keyLen uint32,
 	headersPtr unsafe.Pointer, headersLen uint32, payloadPtr unsafe.Pointer, payloadLen uint32, ret unsafe.Pointer)
 
@@ -190,11 +190,11 @@ func Publish(destination string, key *string, headers [][2]string, payload []byt
 	return &HandlerError{Message: "cannot publish to " + destination + ": " + why}
 }
 
-// The export: weir:plugin/handler@0.1.0#handle. The message record (96 bytes, see
+// The export: weir:plugin/handler@0.1.1#handle. The message record (96 bytes, see
 // loadMessage) is passed by pointer; the result goes in a return area (24 bytes):
 // result<outcome, handler-error>.
 //
-//go:wasmexport weir:plugin/handler@0.1.0#handle
+//go:wasmexport weir:plugin/handler@0.1.1#handle
 func handleExport(msg unsafe.Pointer) unsafe.Pointer {
 	m := loadMessage((*[96]byte)(msg))
 	arenaUsed = 0 // everything the host wrote for this call is copied out

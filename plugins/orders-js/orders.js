@@ -2,8 +2,8 @@
 // behaviour is defined in plugins/README.md). Built with componentize-js against wit/ (world
 // message-handler): each imported interface is a module, the export is `handler`.
 
-import { get, set } from 'weir:plugin/kv@0.1.0';
-import { publish } from 'weir:plugin/publish@0.1.0';
+import { get, set } from 'weir:plugin/kv@0.1.1';
+import { publish } from 'weir:plugin/publish@0.1.1';
 
 // Where enriched orders go.
 const DESTINATION = 'orders.enriched';

@@ -270,7 +270,7 @@ fn invalid_and_truncated_files_are_refused() {
         (
             "header-only",
             b"\0asm\x0d\0\x01\0".to_vec(),
-            "does not export a compatible `weir:plugin/handler@0.1.0`",
+            "does not export a compatible `weir:plugin/handler` (0.1.x)",
         ),
     ];
     for (name, bytes, expect) in cases {
@@ -393,4 +393,13 @@ fn loading_again_takes_the_compiled_component_from_memory() {
         load(&host, &storage, "counter", Limits::default()).loaded_from(),
         LoadedFrom::Cache
     );
+}
+
+#[test]
+fn a_plugin_built_for_the_first_version_of_the_package_still_loads_and_runs() {
+    // `legacy-noop` is built against `weir:plugin@0.1.0` as first shipped; the host serves 0.1.1.
+    let (host, storage) = (host(), storage());
+    let p = load(&host, &storage, "legacy-noop", Limits::default());
+    let outcome = p.invoke(&message("x", None, &[])).result.unwrap();
+    assert_eq!(outcome, Outcome::Reply(b"legacy".to_vec()));
 }

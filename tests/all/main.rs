@@ -1,6 +1,7 @@
 //! Integration tests for weir, through the public library API and the real `weir` binary. The
 //! plugins they use are built from source by `tests/build.rs`.
 
+mod aggregate;
 mod backpressure;
 mod binary;
 mod cli;

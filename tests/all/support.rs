@@ -21,6 +21,8 @@ pub fn plugin(name: &str) -> PathBuf {
         "sneaky" => env!("WEIR_PLUGIN_SNEAKY"),
         "c-tally" => env!("WEIR_PLUGIN_C_TALLY"),
         "tagger" => env!("WEIR_PLUGIN_TAGGER"),
+        "legacy-noop" => env!("WEIR_PLUGIN_LEGACY_NOOP"),
+        "order-aggregate" => env!("WEIR_PLUGIN_ORDER_AGGREGATE"),
         other => panic!("no example plugin named {other}"),
     };
     PathBuf::from(path)

@@ -74,6 +74,8 @@ impl HostOptions {
 pub(super) struct EngineSet {
     pub engine: Engine,
     pub linker: Linker<HostState>,
+    /// The linker of aggregates (world `aggregate`: `log` only).
+    pub aggregate_linker: Linker<HostState>,
 }
 
 /// The wasm host. Cheap to share behind an `Arc`; plugins keep it alive.
@@ -181,7 +183,12 @@ fn engine_set(options: &HostOptions, fuel: bool) -> anyhow::Result<EngineSet> {
     let engine = Engine::new(&engine_config(options, fuel)?)?;
     let mut linker = Linker::new(&engine);
     Handler::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-    Ok(EngineSet { engine, linker })
+    let aggregate_linker = super::aggregate::linker(&engine)?;
+    Ok(EngineSet {
+        engine,
+        linker,
+        aggregate_linker,
+    })
 }
 
 /// Advances the engines' epochs every tick until dropped.

@@ -273,7 +273,7 @@ fn outcome_from(o: bindings::Outcome) -> Outcome {
     }
 }
 
-fn classify(e: &wasmtime::Error, memory_exceeded: bool) -> (FailureClass, String) {
+pub(super) fn classify(e: &wasmtime::Error, memory_exceeded: bool) -> (FailureClass, String) {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => (
             FailureClass::Timeout,

@@ -8,6 +8,7 @@
 //! **Invariant:** an instance that trapped (including timeouts, fuel and memory exhaustion) is
 //! dropped, never reused.
 
+mod aggregate;
 mod background;
 mod bindings;
 mod cache;
@@ -18,6 +19,7 @@ mod plugin;
 mod recent;
 mod state;
 
+pub use aggregate::{Aggregate, AggregateSpec, Command, DecidedEvent, Decision, Rejection};
 pub use engine::{DEFAULT_MEMORY_CACHE_BYTES, Host, HostOptions};
 pub use gate::{KvGate, KvGuard};
 pub use invoke::{Effects, Failure, FailureClass, Invocation, Message, Outcome};

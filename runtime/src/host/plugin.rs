@@ -19,13 +19,21 @@ use crate::config::Limits;
 use crate::names::{DestinationName, PluginName};
 use crate::storage::Storage;
 
-/// The imports weir grants. Anything else is refused at load.
-const GRANTED_IMPORTS: &[&str] = &[
+/// The imports weir grants, in every version of the package it serves (0.1.0 as first shipped,
+/// 0.1.1 with the event-sourcing worlds; the interfaces are the same, and wasmtime links a
+/// `0.1.0` import to the host's `0.1.1` definition, semver-compatible). Anything else is
+/// refused at load.
+pub(super) const GRANTED_IMPORTS: &[&str] = &[
     "weir:plugin/types@0.1.0",
     "weir:plugin/log@0.1.0",
     "weir:plugin/publish@0.1.0",
     "weir:plugin/kv@0.1.0",
     "weir:plugin/clock@0.1.0",
+    "weir:plugin/types@0.1.1",
+    "weir:plugin/log@0.1.1",
+    "weir:plugin/publish@0.1.1",
+    "weir:plugin/kv@0.1.1",
+    "weir:plugin/clock@0.1.1",
 ];
 
 /// What to load.
@@ -91,7 +99,7 @@ pub enum LoadError {
         import: String,
     },
     /// The component does not export the handler interface with the expected types.
-    #[error("plugin `{plugin}`: `{}` does not export a compatible `weir:plugin/handler@0.1.0`: {reason}", path.display())]
+    #[error("plugin `{plugin}`: `{}` does not export a compatible `weir:plugin/handler` (0.1.x): {reason}", path.display())]
     WrongWorld {
         /// The plugin.
         plugin: PluginName,
@@ -387,9 +395,19 @@ fn check_imports(
     component: &Component,
     engine: &wasmtime::Engine,
 ) -> Result<(), LoadError> {
+    check_imports_against(plugin, component, engine, GRANTED_IMPORTS)
+}
+
+/// Refuses a component that imports anything not in `granted`.
+pub(super) fn check_imports_against(
+    plugin: &PluginName,
+    component: &Component,
+    engine: &wasmtime::Engine,
+    granted: &[&str],
+) -> Result<(), LoadError> {
     for (name, item) in component.component_type().imports(engine) {
-        let granted = GRANTED_IMPORTS.contains(&name)
-            && matches!(item.ty, ComponentItem::ComponentInstance(_));
+        let granted =
+            granted.contains(&name) && matches!(item.ty, ComponentItem::ComponentInstance(_));
         if !granted {
             return Err(LoadError::ForbiddenImport {
                 plugin: plugin.clone(),

@@ -15,9 +15,9 @@
 ;; main module's memory (imported as env.memory).
 (module
   (import "env" "memory" (memory 0))
-  (import "weir:plugin/clock@0.1.0" "now-ms" (func $now_ms (result i64)))
-  (import "weir:plugin/clock@0.1.0" "monotonic-ns" (func $monotonic_ns (result i64)))
-  (import "weir:plugin/log@0.1.0" "log" (func $log (param i32 i32 i32)))
+  (import "weir:plugin/clock@0.1.1" "now-ms" (func $now_ms (result i64)))
+  (import "weir:plugin/clock@0.1.1" "monotonic-ns" (func $monotonic_ns (result i64)))
+  (import "weir:plugin/log@0.1.1" "log" (func $log (param i32 i32 i32)))
 
   (global $rng (mut i64) (i64.const 0))
 
