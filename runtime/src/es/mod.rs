@@ -8,11 +8,13 @@
 //! in its stream (0-based, gapless). The *category* of a stream is the part of its name before
 //! the first `-` (the whole name when it has none).
 
+pub mod aggregate;
 pub mod store;
 
 use std::fmt;
 use std::str::FromStr;
 
+pub use aggregate::{AggregateRunner, AggregateStats, CommandAnswer, CommandError, CommandRequest};
 pub use store::{Appended, Filter, StreamAppend, StreamError, StreamStore};
 
 use crate::names::Offset;

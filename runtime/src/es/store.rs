@@ -726,6 +726,19 @@ impl StreamStore {
         }
     }
 
+    /// Where the durable event with this id is stored: its stream and revision.
+    pub fn find_event(&self, event_id: &str) -> Option<(String, u64)> {
+        let end = *self.end.borrow();
+        let index = self.lock();
+        let (position, i) = *index.ids.get(&id_hash(event_id))?;
+        if position >= end {
+            return None;
+        }
+        let entry = &index.streams[i as usize];
+        let revision = entry.revision_at(position)?;
+        Some((entry.name.to_string(), revision))
+    }
+
     /// Reads up to `max` events of one stream from revision `from` (forwards), or down from
     /// `from` (backwards; `None`: from the end or the start).
     pub fn read_stream(
