@@ -129,3 +129,253 @@ fn a_handler_is_not_an_aggregate() {
     let err = load("counter", Limits::default()).unwrap_err();
     assert!(matches!(err, LoadError::ForbiddenImport { .. }), "{err}");
 }
+
+// --- Through the real binary: commands over HTTP. ---
+
+use crate::support::Server;
+use serde_json::{Value, json};
+
+fn config(extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_message_size = \"4KiB\"\n[streams.shop]\n\
+         [aggregates.order]\npath = {:?}\nstore = \"shop\"\ntimeout_ms = 300\n{extra}\n",
+        plugin("order-aggregate").display().to_string()
+    )
+}
+
+fn send(s: &Server, id: &str, body: Value) -> (u16, Value) {
+    s.post(
+        &format!("/v1/aggregates/order/{id}/commands"),
+        body.to_string().as_bytes(),
+        &[("content-type", "application/json")],
+    )
+}
+
+fn stream_len(s: &Server, stream: &str) -> Option<u64> {
+    let (status, page) = s.get(&format!("/v1/streams/shop/streams/{stream}?limit=1000"));
+    (status == 200).then(|| page["events"].as_array().unwrap().len() as u64)
+}
+
+#[test]
+fn commands_decide_append_and_answer_with_the_new_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &config(""));
+    let (status, body) = send(
+        &s,
+        "1",
+        json!({"type": "Place", "command_id": "c1", "data": {"total": 10}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["stream"], "order-1");
+    assert_eq!(body["revision"], 0);
+    assert_eq!(body["reply"]["status"], "new");
+    // Paying the rest settles: two events in one append.
+    let (status, body) = send(
+        &s,
+        "1",
+        json!({"type": "Pay", "command_id": "c2", "data": {"amount": 10}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["appended"], json!([1, 2]));
+    // The events carry ids from the command and the command as their cause.
+    let (_, page) = s.get("/v1/streams/shop/streams/order-1");
+    let events = page["events"].as_array().unwrap();
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["c1.0", "c2.0", "c2.1"]);
+    assert_eq!(events[2]["type"], "OrderSettled");
+    assert_eq!(events[1]["causation_id"], "c2");
+    // A retried command (same id) is answered from what it stored: nothing twice.
+    let (status, body) = send(
+        &s,
+        "1",
+        json!({"type": "Pay", "command_id": "c2", "data": {"amount": 10}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["duplicate"], true);
+    assert_eq!(body["appended"], json!([1, 2]));
+    assert_eq!(stream_len(&s, "order-1"), Some(3));
+    // A business rule refuses: 422, nothing appended.
+    let (status, body) = send(&s, "1", json!({"type": "Place", "data": {"total": 5}}));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "command_rejected");
+    assert_eq!(stream_len(&s, "order-1"), Some(3));
+    // The state reads back, folded.
+    let (status, state) = s.get("/v1/aggregates/order/1");
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(state["revision"], 2);
+    assert_eq!(state["state"]["status"], "settled");
+    assert_eq!(state["state"]["events"], 3);
+    // Shipping makes it terminal: every later command is refused.
+    assert_eq!(send(&s, "1", json!({"type": "Ship"})).0, 201);
+    let (status, body) = send(&s, "1", json!({"type": "Cancel"}));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "aggregate_terminal");
+}
+
+#[test]
+fn bad_commands_and_failing_aggregates_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &config(""));
+    assert_eq!(
+        send(&s, "2", json!({"type": "Place", "data": {"total": 3}})).0,
+        201
+    );
+    let cases = [
+        (
+            "nope",
+            "/v1/aggregates/nope/2/commands",
+            json!({"type": "Place"}),
+            404,
+            "unknown_aggregate",
+        ),
+        (
+            "bad id",
+            "/v1/aggregates/order/a%20b/commands",
+            json!({"type": "Place"}),
+            400,
+            "invalid_name",
+        ),
+        (
+            "unknown command",
+            "/v1/aggregates/order/2/commands",
+            json!({"type": "Fly"}),
+            400,
+            "invalid_command",
+        ),
+        (
+            "bad payload",
+            "/v1/aggregates/order/2/commands",
+            json!({"type": "Pay", "payload": "{"}),
+            400,
+            "invalid_command",
+        ),
+        (
+            "trap",
+            "/v1/aggregates/order/2/commands",
+            json!({"type": "Trap"}),
+            500,
+            "aggregate_failed",
+        ),
+        (
+            "loop",
+            "/v1/aggregates/order/2/commands",
+            json!({"type": "Spin"}),
+            500,
+            "aggregate_failed",
+        ),
+        (
+            "oversized",
+            "/v1/aggregates/order/2/commands",
+            json!({"type": "Pay", "payload": "x".repeat(5000)}),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "not json",
+            "/v1/aggregates/order/2/commands",
+            json!("Place"),
+            400,
+            "invalid_json",
+        ),
+    ];
+    for (what, path, body, want, code) in cases {
+        let (status, answer) = s.post(
+            path,
+            body.to_string().as_bytes(),
+            &[("content-type", "application/json")],
+        );
+        assert_eq!(status, want, "{what}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{what}: {answer}");
+    }
+    assert_eq!(stream_len(&s, "order-2"), Some(1));
+    // The aggregate goes on serving.
+    let (status, body) = send(&s, "2", json!({"type": "Pay", "data": {"amount": 3}}));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(stream_len(&s, "order-2"), Some(3));
+}
+
+#[test]
+fn racing_commands_to_one_instance_each_apply_once_against_a_fresh_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &config("conflict_retries = 100"));
+    assert_eq!(
+        send(&s, "7", json!({"type": "Place", "data": {"total": 1000}})).0,
+        201
+    );
+    let url = s.url.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let body = json!({"type": "Pay", "command_id": format!("p{t}-{i}"), "data": {"amount": 1}});
+                    let (status, answer) = crate::support::call_json(
+                        "POST",
+                        &format!("{url}/v1/aggregates/order/7/commands"),
+                        &[("content-type", "application/json")],
+                        body.to_string().as_bytes(),
+                    );
+                    assert_eq!(status, 201, "{answer}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // 80 payments of 1, each counted once: a command never went through on a stale state.
+    let (_, state) = s.get("/v1/aggregates/order/7");
+    assert_eq!(state["state"]["paid"], 80, "{state}");
+    assert_eq!(state["revision"], 80);
+}
+
+#[test]
+fn snapshots_are_used_and_ignored_when_the_component_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &config("snapshot_every = 5"));
+    assert_eq!(
+        send(&s, "9", json!({"type": "Place", "data": {"total": 100}})).0,
+        201
+    );
+    for _ in 0..12 {
+        assert_eq!(
+            send(&s, "9", json!({"type": "Pay", "data": {"amount": 1}})).0,
+            201
+        );
+    }
+    let (_, state) = s.get("/v1/aggregates/order/9");
+    assert!(
+        state["stats"]["snapshots_written"].as_u64().unwrap() >= 2,
+        "{state}"
+    );
+    s.stop();
+    // A restart has no cached states: the state comes from the snapshot plus what follows.
+    let s = Server::start_existing(dir.path());
+    let (_, state) = s.get("/v1/aggregates/order/9");
+    assert_eq!(state["state"]["paid"], 12, "{state}");
+    assert_eq!(state["state"]["events"], 13, "{state}");
+    assert_eq!(state["stats"]["snapshot_loads"], 1, "{state}");
+    assert!(
+        state["stats"]["events_folded"].as_u64().unwrap() < 13,
+        "{state}"
+    );
+    s.stop();
+    // Another component (here: the same Decider rebuilt into a different file) has another
+    // hash, so the snapshot is ignored and the state folded from every event.
+    let mut bytes = std::fs::read(plugin("order-aggregate")).unwrap();
+    // A custom section changes the hash and nothing else.
+    bytes.extend_from_slice(&[0, 6, 1, b'x', 1, 2, 3, 4]);
+    let other = dir.path().join("order-v2.wasm");
+    std::fs::write(&other, bytes).unwrap();
+    let toml = std::fs::read_to_string(dir.path().join("weir.toml")).unwrap();
+    let toml = toml.replace(
+        &format!("{:?}", plugin("order-aggregate").display().to_string()),
+        &format!("{:?}", other.display().to_string()),
+    );
+    let s = Server::start(dir.path(), &toml);
+    let (_, state) = s.get("/v1/aggregates/order/9");
+    assert_eq!(state["state"]["events"], 13, "{state}");
+    assert_eq!(state["stats"]["snapshot_loads"], 0, "{state}");
+    assert_eq!(state["stats"]["snapshots_ignored"], 1, "{state}");
+    assert_eq!(state["stats"]["events_folded"], 13, "{state}");
+}

@@ -6,6 +6,7 @@
 //! With `server.api_token` set, every route but `/v1/health` needs `Authorization: Bearer
 //! <token>` (401 `unauthorized` otherwise).
 
+mod aggregates;
 mod auth;
 mod batch;
 mod dlq;
@@ -248,6 +249,18 @@ pub fn routes() -> Vec<Route> {
             ("limit", "end after this many events (default: follow until the server stops)"),
         ])
         .to(get(streams::follow)),
+        Route::new(
+            M::POST,
+            "/v1/aggregates/{aggregate}/{id}/commands",
+            "send a command to aggregate instance `id` (stream `<category>-<id>`): JSON `{\"type\", \"command_id\", \"data\" or \"payload\" or \"payload_hex\", \"headers\"}`; 201 with the revisions appended, 200 when it decided nothing or was handled before (same `command_id`), 422 `command_rejected`, 400 `invalid_command`, 409 `aggregate_terminal` or `command_contended`, 500 `aggregate_failed` (trap, timeout): nothing is appended unless 201",
+        )
+        .to(post(aggregates::command)),
+        Route::new(
+            M::GET,
+            "/v1/aggregates/{aggregate}/{id}",
+            "the current state of aggregate instance `id` (folded from its snapshot and events) and its revision",
+        )
+        .to(get(aggregates::state)),
     ]
 }
 
@@ -265,7 +278,9 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             route
                 .handler
                 .layer(DefaultBodyLimit::max(batch::MAX_BATCH_BYTES))
-        } else if route.path.starts_with("/v1/streams/") {
+        } else if route.path.starts_with("/v1/streams/")
+            || route.path.starts_with("/v1/aggregates/")
+        {
             route
                 .handler
                 .layer(DefaultBodyLimit::max(streams::MAX_APPEND_BYTES))

@@ -159,7 +159,7 @@ fn stream_name(name: String) -> Result<StreamName, ApiError> {
     StreamName::new(name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     shape: &str,
 ) -> Result<T, ApiError> {

@@ -34,6 +34,9 @@ pub(super) struct File {
     /// Plugins, by name. Default: none.
     #[serde(default)]
     pub plugins: BTreeMap<Spanned<String>, Plugin>,
+    /// Event-sourced aggregates (world `aggregate`), by name. Default: none.
+    #[serde(default)]
+    pub aggregates: BTreeMap<Spanned<String>, Aggregate>,
     /// Which plugin consumes which source. Default: none.
     #[serde(default)]
     pub bindings: Vec<Binding>,
@@ -249,6 +252,42 @@ pub(super) struct Plugin {
     /// Default: 0.5.
     #[serde(default = "default_rollback_failure_rate")]
     pub rollback_failure_rate: Spanned<f64>,
+}
+
+/// An aggregate: a Decider component over the streams of one category of a stream store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Aggregate {
+    /// The component file, relative to the config file. Required.
+    pub path: Spanned<PathBuf>,
+    /// The stream store its streams live in. Required.
+    pub store: Spanned<String>,
+    /// The category of its streams (`<category>-<id>`). Default: the aggregate's name.
+    #[serde(default)]
+    pub category: Option<Spanned<String>>,
+    /// Linear memory limit per instance. Default: `64MiB`.
+    #[serde(default = "default_memory")]
+    pub memory: Spanned<ByteSize>,
+    /// Wall-clock limit per call (`decide`, one `evolve`), in milliseconds. Default: 1000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: Spanned<u64>,
+    /// Fuel per call. Default: unlimited.
+    #[serde(default)]
+    pub fuel: Option<Spanned<u64>>,
+    /// A snapshot of a stream's state is kept every this many events (0: never). Default: 100.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: Spanned<u64>,
+    /// A command whose append loses a race is decided again at most this many times.
+    /// Default: 5.
+    #[serde(default = "default_conflict_retries")]
+    pub conflict_retries: Spanned<u32>,
+}
+
+fn default_snapshot_every() -> Spanned<u64> {
+    Spanned::new(0..0, 100)
+}
+fn default_conflict_retries() -> Spanned<u32> {
+    Spanned::new(0..0, 5)
 }
 
 fn default_watch() -> bool {

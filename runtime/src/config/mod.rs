@@ -37,6 +37,8 @@ pub struct Config {
     pub streams: BTreeMap<DestinationName, StreamConfig>,
     /// Plugins by name.
     pub plugins: BTreeMap<PluginName, PluginConfig>,
+    /// Aggregates, by name.
+    pub aggregates: BTreeMap<PluginName, AggregateConfig>,
     /// Bindings, in file order.
     pub bindings: Vec<BindingConfig>,
 }
@@ -125,6 +127,23 @@ impl DestinationKind {
 pub struct StreamConfig {
     /// Reads of one stream see at most its latest this many events.
     pub max_count: Option<u64>,
+}
+
+/// One aggregate (`[aggregates.<name>]`).
+#[derive(Debug, Clone)]
+pub struct AggregateConfig {
+    /// The component file (absolute).
+    pub path: PathBuf,
+    /// The stream store its streams live in.
+    pub store: DestinationName,
+    /// The category of its streams.
+    pub category: String,
+    /// Sandbox limits per call.
+    pub limits: Limits,
+    /// A snapshot every this many events (0: never).
+    pub snapshot_every: u64,
+    /// Most times a command is decided again after losing a race.
+    pub conflict_retries: u32,
 }
 
 /// One plugin.
@@ -572,6 +591,18 @@ impl Cx<'_> {
             plugins.insert(name.clone(), self.plugin(&name, p, base)?);
         }
 
+        let mut aggregates = BTreeMap::new();
+        for (key, a) in &raw.aggregates {
+            let name = self.name(key, PluginName::new)?;
+            if plugins.contains_key(&name) {
+                return Err(self.err(
+                    key.span(),
+                    format!("`{name}` is declared both as a plugin and as an aggregate; their key-value state would be shared, so give them distinct names"),
+                ));
+            }
+            aggregates.insert(name.clone(), self.aggregate(&name, a, base, &streams)?);
+        }
+
         let mut bindings = Vec::new();
         let mut binding_names = BTreeSet::new();
         for b in &raw.bindings {
@@ -625,7 +656,113 @@ impl Cx<'_> {
             max_depth,
             streams,
             plugins,
+            aggregates,
             bindings,
+        })
+    }
+
+    fn aggregate(
+        &self,
+        name: &PluginName,
+        a: &file::Aggregate,
+        base: &Path,
+        streams: &BTreeMap<DestinationName, StreamConfig>,
+    ) -> Result<AggregateConfig, ConfigError> {
+        let path = base.join(a.path.get_ref());
+        if !path.is_file() {
+            return Err(self.err(
+                a.path.span(),
+                format!(
+                    "aggregate `{name}`: component file `{}` does not exist; fix `path` (relative to the config file's directory) or build it (`scripts/build-plugins` builds the examples)",
+                    path.display()
+                ),
+            ));
+        }
+        let store = self.destination(&a.store)?;
+        if !streams.contains_key(&store) {
+            return Err(self.err(
+                a.store.span(),
+                format!(
+                    "aggregate `{name}`: `store` names `{store}`, which is not a declared stream store{}; declare it as [streams.{store}]",
+                    declared_hint(store.as_str(), streams.keys().map(DestinationName::as_str))
+                ),
+            ));
+        }
+        let category = match &a.category {
+            Some(c) => {
+                let text = c.get_ref();
+                let ok = !text.is_empty()
+                    && text.len() <= 128
+                    && !text.contains('-')
+                    && crate::es::StreamName::new(format!("{text}-x")).is_ok();
+                if !ok {
+                    return Err(self.err(
+                        c.span(),
+                        format!("aggregate `{name}`: `category` must be 1 to 128 characters of a stream name without `-`, found {text:?}"),
+                    ));
+                }
+                text.clone()
+            }
+            None => {
+                let text = name.as_str().to_owned();
+                if text.contains('-') || crate::es::StreamName::new(format!("{text}-x")).is_err() {
+                    return Err(self.err(
+                        a.path.span(),
+                        format!("aggregate `{name}`: its name cannot be a stream category (it has a `-`); set `category`"),
+                    ));
+                }
+                text
+            }
+        };
+        let memory_bytes = a.memory.get_ref().0;
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory_bytes) {
+            return Err(self.err(
+                a.memory.span(),
+                format!(
+                    "aggregate `{name}`: `memory` must be between 64KiB and 4GiB, found {}",
+                    a.memory.get_ref()
+                ),
+            ));
+        }
+        let timeout_ms = *a.timeout_ms.get_ref();
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(self.err(
+                a.timeout_ms.span(),
+                format!("aggregate `{name}`: `timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}, found {timeout_ms}"),
+            ));
+        }
+        let fuel = match &a.fuel {
+            Some(f) if *f.get_ref() == 0 => {
+                return Err(self.err(
+                    f.span(),
+                    format!(
+                        "aggregate `{name}`: `fuel` must be positive; omit it for unlimited fuel"
+                    ),
+                ));
+            }
+            Some(f) => Some(*f.get_ref()),
+            None => None,
+        };
+        let retries = *a.conflict_retries.get_ref();
+        if retries > 100 {
+            return Err(self.err(
+                a.conflict_retries.span(),
+                format!(
+                    "aggregate `{name}`: `conflict_retries` must be at most 100, found {retries}"
+                ),
+            ));
+        }
+        Ok(AggregateConfig {
+            path,
+            store,
+            category,
+            limits: Limits {
+                memory_bytes,
+                timeout: Duration::from_millis(timeout_ms),
+                fuel,
+            },
+            snapshot_every: *a.snapshot_every.get_ref(),
+            conflict_retries: retries,
         })
     }
 

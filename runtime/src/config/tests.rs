@@ -166,7 +166,7 @@ fn errors_name_file_line_and_key() {
     );
     check_err(
         "[queue.orders]\n",
-        "weir.toml:1:2: unknown key `queue` at the top level; did you mean `queues`? (valid keys: `server`, `broker`, `queues`, `topics`, `streams`, `plugins`, `bindings`)",
+        "weir.toml:1:2: unknown key `queue` at the top level; did you mean `queues`? (valid keys: `server`, `broker`, `queues`, `topics`, `streams`, `plugins`, `aggregates`, `bindings`)",
     );
     check_err(
         "[server]\nlisten = \"nowhere\"\n",

@@ -256,6 +256,19 @@ impl AggregateRunner {
         result
     }
 
+    /// The current state of instance `id` and the revision it was folded to.
+    pub async fn state(self: &Arc<Self>, id: &str) -> Result<(Option<u64>, Vec<u8>), CommandError> {
+        let stream = self.stream_of(id)?;
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let aggregate = this.aggregate();
+            let c = this.load(&aggregate, &stream)?;
+            Ok((c.next.checked_sub(1), c.state))
+        })
+        .await
+        .map_err(|e| CommandError::Invalid(format!("the state task failed: {e}")))?
+    }
+
     async fn decide_and_append(
         self: &Arc<Self>,
         stream: StreamName,
@@ -311,6 +324,11 @@ impl AggregateRunner {
                             attempts,
                         });
                     }
+                    // The winner's events may not be durable (readable) yet: wait for them,
+                    // so the next attempt decides against the state that beat this one.
+                    self.store
+                        .settle(&stream, std::time::Duration::from_secs(5))
+                        .await;
                     continue;
                 }
                 Err(e) => return Err(e.into()),

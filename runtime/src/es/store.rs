@@ -726,6 +726,19 @@ impl StreamStore {
         }
     }
 
+    /// Waits (at most `limit`) until every event of `stream` handed to the log so far is
+    /// durable, so reads see the revision appends are checked against.
+    pub async fn settle(&self, stream: &StreamName, limit: std::time::Duration) {
+        let last = {
+            let index = self.lock();
+            index.get(stream).and_then(|e| e.positions.last().copied())
+        };
+        if let Some(last) = last {
+            let mut end = self.end.clone();
+            let _ = tokio::time::timeout(limit, end.wait_for(|e| *e > last)).await;
+        }
+    }
+
     /// Where the durable event with this id is stored: its stream and revision.
     pub fn find_event(&self, event_id: &str) -> Option<(String, u64)> {
         let end = *self.end.borrow();

@@ -49,6 +49,8 @@ pub struct Runtime {
     pub bindings: BTreeMap<BindingName, Arc<BindingStats>>,
     /// The stream stores, by name.
     pub streams: BTreeMap<DestinationName, Arc<crate::es::StreamStore>>,
+    /// The aggregates (`[aggregates.<name>]`), each over a stream store.
+    pub aggregates: BTreeMap<crate::names::PluginName, Arc<crate::es::AggregateRunner>>,
     inbox: inbox::Inbox,
     /// Depth limits of the destinations that have one.
     backpressure: backpressure::Limits,
@@ -186,6 +188,26 @@ impl Runtime {
             options = options.cache_dir(config.server.data_dir.join("cache"));
         }
         let host = Host::new(options)?;
+        let mut aggregates = BTreeMap::new();
+        for (name, a) in &config.aggregates {
+            let spec = crate::host::AggregateSpec {
+                name: name.clone(),
+                path: a.path.clone(),
+                limits: a.limits,
+            };
+            let loaded = host
+                .load_aggregate(spec, Arc::clone(&storage))
+                .with_context(|| format!("cannot load the aggregate `{name}`"))?;
+            let runner = crate::es::AggregateRunner::new(
+                loaded,
+                a.category.clone(),
+                Arc::clone(&streams[&a.store]),
+                Arc::clone(&storage),
+                a.snapshot_every,
+                a.conflict_retries,
+            );
+            aggregates.insert(name.clone(), Arc::new(runner));
+        }
         let data_dir = cache.then_some(config.server.data_dir.as_path());
         let plugins = Arc::new(Registry::open(
             &config,
@@ -210,6 +232,7 @@ impl Runtime {
             plugins,
             bindings,
             streams,
+            aggregates,
             inbox,
             redrives,
             metrics: Arc::default(),
