@@ -13,7 +13,9 @@ use weir::host::{
 use weir::names::{Offset, PluginName};
 use weir::storage::{MemoryStorage, Storage};
 
-use crate::support::plugin;
+use serde_json::{Value, json};
+
+use crate::support::{Server, plugin};
 
 fn load(name: &str, limits: Limits) -> Result<Aggregate, LoadError> {
     let host = Host::new(HostOptions::default().max_instances(8)).unwrap();
@@ -61,7 +63,7 @@ fn recorded(decided: &[weir::host::DecidedEvent], revision: u64) -> Vec<Recorded
 }
 
 fn status(state: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(state).unwrap();
+    let v: Value = serde_json::from_slice(state).unwrap();
     v["status"].as_str().unwrap().to_owned()
 }
 
@@ -131,9 +133,6 @@ fn a_handler_is_not_an_aggregate() {
 }
 
 // --- Through the real binary: commands over HTTP. ---
-
-use crate::support::Server;
-use serde_json::{Value, json};
 
 fn config(extra: &str) -> String {
     format!(
