@@ -258,15 +258,19 @@ impl AggregateRunner {
 
     /// The current state of instance `id` and the revision it was folded to.
     pub async fn state(self: &Arc<Self>, id: &str) -> Result<(Option<u64>, Vec<u8>), CommandError> {
-        let stream = self.stream_of(id)?;
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let aggregate = this.aggregate();
-            let c = this.load(&aggregate, &stream)?;
-            Ok((c.next.checked_sub(1), c.state))
-        })
-        .await
-        .map_err(|e| CommandError::Invalid(format!("the state task failed: {e}")))?
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || this.state_blocking(&id))
+            .await
+            .map_err(|e| CommandError::Invalid(format!("the state task failed: {e}")))?
+    }
+
+    /// [`AggregateRunner::state`] on the calling thread (it runs wasm: not on an async worker).
+    pub fn state_blocking(&self, id: &str) -> Result<(Option<u64>, Vec<u8>), CommandError> {
+        let stream = self.stream_of(id)?;
+        let aggregate = self.aggregate();
+        let c = self.load(&aggregate, &stream)?;
+        Ok((c.next.checked_sub(1), c.state))
     }
 
     async fn decide_and_append(

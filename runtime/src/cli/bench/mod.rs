@@ -1,6 +1,7 @@
 //! `weir bench ...`: benchmarks that print human lines and, with `--json`, one JSON object as the
 //! last line. Run them from the repository root after `scripts/build-plugins`.
 
+mod aggregate;
 mod append;
 mod e2e;
 mod invoke;
@@ -20,6 +21,9 @@ pub enum BenchCommand {
     E2e(e2e::E2eArgs),
     /// Appends with `exact` expected revisions to a stream store, over Zipf-chosen streams.
     Streams(streams::StreamsArgs),
+    /// Aggregate commands (load, decide, append, answer) at a fixed rate, and the cost of
+    /// loading a long stream's state from a snapshot.
+    Aggregate(aggregate::AggregateArgs),
     /// Hot swaps of a plugin under steady load on an exactly-once, key-ordered binding.
     Swap(swap::SwapArgs),
 }
@@ -31,6 +35,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::E2e(args) => e2e::run(args),
         BenchCommand::Swap(args) => swap::run(args),
         BenchCommand::Streams(args) => streams::run(args),
+        BenchCommand::Aggregate(args) => aggregate::run(args),
     }
 }
 
