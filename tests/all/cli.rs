@@ -143,6 +143,55 @@ fn check_validates_configs_and_plugins() {
 }
 
 #[test]
+fn bench_aggregate_prints_one_json_object_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = plugin("order-aggregate").display().to_string();
+    let (code, out, err) = weir(
+        &[
+            "bench",
+            "aggregate",
+            "--component",
+            &component,
+            "--commands",
+            "200",
+            "--rate",
+            "2000",
+            "--instances",
+            "4",
+            "--snapshot-every",
+            "10",
+            "--long-stream",
+            "200",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["scenario"], "aggregate");
+    assert_eq!(last["long_stream_events"], 250);
+    // Every cold command loaded a snapshot (each order has more than 10 events by then); a
+    // command decided again after a conflict loads once more.
+    let loads = last["snapshot_loads"].as_u64().unwrap();
+    let conflicts = last["conflicts"].as_u64().unwrap();
+    assert!(loads >= 200 && loads <= 200 + conflicts, "{last}");
+    let (p50, p99) = (
+        last["warm_p50_us"].as_u64().unwrap(),
+        last["warm_p99_us"].as_u64().unwrap(),
+    );
+    assert!(p50 > 0 && p50 <= p99, "{last}");
+    let (code, _, err) = weir(
+        &["bench", "aggregate", "--component", "nope.wasm"],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no aggregate component at `nope.wasm`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bench_invoke_prints_one_json_object_last() {
     let dir = tempfile::tempdir().unwrap();
     let noop = plugin("noop").display().to_string();

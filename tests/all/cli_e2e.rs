@@ -42,6 +42,7 @@ fn every_subcommand_has_help() {
         &["bench", "append"],
         &["bench", "e2e"],
         &["bench", "swap"],
+        &["bench", "aggregate"],
         &["chaos"],
     ];
     for cmd in commands {
