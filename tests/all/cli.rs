@@ -416,10 +416,14 @@ fn chaos_streams_keeps_revisions_and_the_projection_through_sigkills() {
         "partial_appends",
         "duplicate_event_ids",
         "projection_mismatches",
+        "commands_lost",
+        "commands_doubled",
+        "aggregate_mismatches",
     ] {
         assert_eq!(last[field], 0, "{field}: {last}");
     }
     assert!(last["events_acked"].as_u64().unwrap() > 0, "{last}");
+    assert!(last["commands_acked"].as_u64().unwrap() > 0, "{last}");
     assert!(
         last["conflicts"].as_u64().unwrap() > 0,
         "appends raced: {last}"

@@ -11,6 +11,16 @@
 //! - `partial_appends`: an append (acknowledged or cut off by the kill) of which some events
 //!   are stored and some are not;
 //! - `projection_mismatches`: streams whose projected count differs from their stored events.
+//!
+//! Meanwhile command clients send `Pay` commands (each with its own command id) to the
+//! `order-aggregate` example over a few shared orders, and resend a command cut off by a kill
+//! with the same id once the server is back:
+//!
+//! - `commands_lost`: an acknowledged command whose events are missing;
+//! - `commands_doubled`: a command whose events are stored more than once, or a resent command
+//!   answered with new events although its first send had stored them;
+//! - `aggregate_mismatches`: an order whose state (from snapshot, cache and events) is not the
+//!   fold of its stored events.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -24,6 +34,10 @@ use serde_json::{Value, json};
 use super::chaos::{ChaosArgs, Server, XorShift};
 
 const BINDING: &str = "chaos.counter";
+/// Orders the command clients share.
+const ORDERS: u64 = 3;
+/// Command clients.
+const COMMANDERS: usize = 2;
 /// Streams the appenders share: few, so that appends conflict often.
 const STREAMS: u64 = 12;
 
@@ -52,6 +66,15 @@ struct Report {
     projection_mismatches: u64,
     /// The projection's total count and the events it should have counted.
     projection_total: u64,
+    /// Commands acknowledged (201, or 200 for one handled before).
+    commands_acked: u64,
+    /// Commands cut off by a kill, then resent with the same id.
+    commands_resent: u64,
+    /// Commands refused as contended or rejected (nothing stored).
+    commands_refused: u64,
+    commands_lost: u64,
+    commands_doubled: u64,
+    aggregate_mismatches: u64,
     seconds: f64,
 }
 
@@ -73,6 +96,12 @@ struct Book {
     attempts: Vec<Attempt>,
     conflicts: u64,
     in_doubt: u64,
+    /// Acknowledged commands: command id → stream and first revision.
+    commands: HashMap<String, (String, u64)>,
+    commands_resent: u64,
+    commands_refused: u64,
+    /// Resent commands answered with new events although their first send had stored them.
+    commands_doubled: u64,
 }
 
 pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()> {
@@ -83,6 +112,13 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         );
     }
     let plugin = std::path::absolute(&args.plugin)?;
+    let aggregate = plugin.with_file_name("order-aggregate.wasm");
+    if !aggregate.is_file() {
+        bail!(
+            "aggregate `{}` not found (it is looked for beside --plugin); build the example plugins with `scripts/build-plugins`",
+            aggregate.display()
+        );
+    }
     std::fs::write(
         dir.join("weir.toml"),
         format!(
@@ -90,8 +126,10 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
              [broker]\nfsync = \"always\"\nsegment_size = \"1MiB\"\n\
              [streams.chaos]\n\
              [plugins.counter]\npath = {:?}\n\
+             [aggregates.order]\npath = {:?}\nstore = \"chaos\"\nsnapshot_every = 20\nconflict_retries = 100\n\
              [[bindings]]\nsource = \"chaos\"\nplugin = \"counter\"\nguarantee = \"exactly-once\"\nordering = \"key\"\nmax_attempts = 1000\n",
-            plugin.display().to_string()
+            plugin.display().to_string(),
+            aggregate.display().to_string()
         ),
     )?;
     let mut rng = XorShift(seed | 1);
@@ -103,6 +141,8 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         ..Report::default()
     };
     let mut seqs = vec![0u64; args.publishers];
+    // Per command client: its next command number and the command a kill cut off.
+    let mut commanders: Vec<(u64, Option<(String, u64)>)> = vec![(0, None); COMMANDERS];
     println!(
         "chaos: store in {}, seed {seed}, {} appenders on {STREAMS} streams, {} kills",
         dir.display(),
@@ -113,6 +153,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
     for round in 0..=args.kills {
         let mut server = Server::start(dir)?;
         check_store(&server.url, &book.lock().expect("book"), &mut report)?;
+        check_aggregates(&server.url, &mut report)?;
         if round == args.kills {
             drain(&server.url)?;
             check_projection(&server.url, &mut report)?;
@@ -132,11 +173,25 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
                 std::thread::spawn(move || append_until(&url, p, first, seed, &stop, &book))
             })
             .collect();
+        let command_threads: Vec<_> = (0..COMMANDERS)
+            .map(|c| {
+                let (url, stop, book, state) = (
+                    server.url.clone(),
+                    Arc::clone(&stop),
+                    Arc::clone(&book),
+                    commanders[c].clone(),
+                );
+                std::thread::spawn(move || command_until(&url, c, state, &stop, &book))
+            })
+            .collect();
         std::thread::sleep(Duration::from_millis(rng.next() % args.max_run_ms.max(1)));
         server.kill();
         stop.store(true, Ordering::Relaxed);
         for (p, t) in threads.into_iter().enumerate() {
             seqs[p] = t.join().expect("appender thread");
+        }
+        for (c, t) in command_threads.into_iter().enumerate() {
+            commanders[c] = t.join().expect("command thread");
         }
         report.kills += 1;
         progress.set(u64::from(round) + 1);
@@ -158,6 +213,10 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         report.events_acked = b.acked.iter().map(|a| a.events.len() as u64).sum();
         report.conflicts = b.conflicts;
         report.appends_in_doubt = b.in_doubt;
+        report.commands_acked = b.commands.len() as u64;
+        report.commands_resent = b.commands_resent;
+        report.commands_refused = b.commands_refused;
+        report.commands_doubled += b.commands_doubled;
     }
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     let ok = report.lost == 0
@@ -166,7 +225,10 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         && report.stale_appends == 0
         && report.partial_appends == 0
         && report.duplicate_event_ids == 0
-        && report.projection_mismatches == 0;
+        && report.projection_mismatches == 0
+        && report.commands_lost == 0
+        && report.commands_doubled == 0
+        && report.aggregate_mismatches == 0;
     println!(
         "chaos: {} kills, {} appends ({} events) acknowledged, {} conflicts, {} in doubt, {} events stored: lost {}, revisions duplicated {}, skipped {}, stale appends {}, partial appends {}, projection mismatches {} ({})",
         report.kills,
@@ -182,6 +244,15 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         report.partial_appends,
         report.projection_mismatches,
         if ok { "ok" } else { "FAILED" }
+    );
+    println!(
+        "chaos: {} commands acknowledged, {} resent after a kill, {} refused: lost {}, doubled {}, aggregate states not the fold of their events {}",
+        report.commands_acked,
+        report.commands_resent,
+        report.commands_refused,
+        report.commands_lost,
+        report.commands_doubled,
+        report.aggregate_mismatches
     );
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -301,6 +372,134 @@ fn append_until(
     seq
 }
 
+/// Sends commands as client `c` until told to stop or the server dies: first the command a
+/// kill cut off (same id), then `Pay` commands to the shared orders. Returns the client's next
+/// command number and the command cut off, if any.
+fn command_until(
+    url: &str,
+    c: usize,
+    (mut seq, mut pending): (u64, Option<(String, u64)>),
+    stop: &AtomicBool,
+    book: &Mutex<Book>,
+) -> (u64, Option<(String, u64)>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let resent = pending.is_some();
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) {
+        let (id, order) = match pending.take() {
+            Some(p) => p,
+            None => {
+                seq += 1;
+                // Each client first places every order (all but the first placing are
+                // refused), then pays.
+                let kind = if seq <= ORDERS { "place" } else { "pay" };
+                (format!("{kind}-{c}-{seq}"), seq % ORDERS)
+            }
+        };
+        let (kind, data) = if id.starts_with("place-") {
+            ("Place", json!({ "total": u64::MAX / 2 }))
+        } else {
+            ("Pay", json!({ "amount": 1 }))
+        };
+        let body = json!({ "type": kind, "command_id": id, "data": data }).to_string();
+        let answer = agent
+            .post(format!("{url}/v1/aggregates/order/{order}/commands"))
+            .header("content-type", "application/json")
+            .send(body.as_bytes())
+            .ok()
+            .and_then(|mut r| {
+                let status = r.status().as_u16();
+                let text = r.body_mut().read_to_string().ok()?;
+                Some((status, serde_json::from_str::<Value>(&text).ok()?))
+            });
+        let Some((status, answer)) = answer else {
+            // Cut off: resent with the same id once the server is back.
+            return (seq, Some((id, order)));
+        };
+        let mut b = book.lock().expect("book");
+        if first && resent {
+            b.commands_resent += 1;
+        }
+        match status {
+            201 | 200 => {
+                let first_revision = answer["appended"][0].as_u64();
+                if let Some(r) = first_revision {
+                    let stream = answer["stream"].as_str().unwrap_or_default().to_owned();
+                    if let Some(before) = b.commands.insert(id.clone(), (stream.clone(), r))
+                        && before != (stream, r)
+                    {
+                        b.commands_doubled += 1;
+                    }
+                }
+            }
+            409 | 422 => b.commands_refused += 1,
+            _ => {
+                eprintln!("chaos: command client {c} stopped at HTTP {status}: {answer}");
+                return (seq, None);
+            }
+        }
+        first = false;
+    }
+    (seq, pending)
+}
+
+/// Each order's state (as the aggregate loads it: cache, snapshot, events) against a fold of
+/// its stored events, and each acknowledged command's events against the store.
+fn check_aggregates(url: &str, report: &mut Report) -> anyhow::Result<()> {
+    let mut mismatches = 0;
+    for order in 0..ORDERS {
+        let first = agent()
+            .get(format!(
+                "{url}/v1/streams/chaos/streams/order-{order}?limit=1000"
+            ))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .with_context(|| format!("GET order-{order}"))?;
+        let (mut events, mut next) = if first.status().as_u16() == 404 {
+            (Vec::new(), None)
+        } else {
+            let text = { first }.body_mut().read_to_string()?;
+            let page: Value = serde_json::from_str(&text)?;
+            (
+                page["events"].as_array().cloned().unwrap_or_default(),
+                page["next"].as_u64(),
+            )
+        };
+        while let Some(from) = next {
+            let page = get(
+                url,
+                &format!("/v1/streams/chaos/streams/order-{order}?from={from}&limit=1000"),
+            )?;
+            events.extend(page["events"].as_array().cloned().unwrap_or_default());
+            next = page["next"].as_u64();
+        }
+        let paid = events.iter().filter(|e| e["type"] == "OrderPaid").count() as u64;
+        let state = get(url, &format!("/v1/aggregates/order/{order}"))?;
+        let folded = (
+            state["state"]["events"].as_u64(),
+            state["state"]["paid"].as_u64(),
+            state["revision"].as_u64(),
+        );
+        let want = (
+            Some(events.len() as u64),
+            Some(paid),
+            (events.len() as u64).checked_sub(1),
+        );
+        if folded != want {
+            eprintln!("chaos: order-{order}: state {folded:?}, a fold of its events {want:?}");
+            mismatches += 1;
+        }
+    }
+    report.aggregate_mismatches = mismatches;
+    Ok(())
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(30)))
@@ -351,9 +550,10 @@ fn check_store(url: &str, book: &Book, report: &mut Report) -> anyhow::Result<()
         let id = e["id"].as_str().unwrap_or_default().to_owned();
         // Event i of an append that expected revision r is revision r + 1 + i (0 + i for no
         // stream): anything else was appended against a stale revision.
+        // (The aggregate's events are checked by `check_aggregates`.)
         let i = e["data"]["i"].as_u64().unwrap_or(0);
         let want = e["data"]["expected"].as_u64().map_or(i, |r| r + 1 + i);
-        if revision != want {
+        if !stream.starts_with("order-") && revision != want {
             stale += 1;
         }
         revisions.entry(stream.clone()).or_default().push(revision);
@@ -378,6 +578,14 @@ fn check_store(url: &str, book: &Book, report: &mut Report) -> anyhow::Result<()
             }
         }
     }
+    let mut commands_lost = 0;
+    for (id, (stream, revision)) in &book.commands {
+        match by_id.get(&format!("{id}.0")) {
+            Some((s, r, _)) if s == stream && r == revision => {}
+            _ => commands_lost += 1,
+        }
+    }
+    report.commands_lost = commands_lost;
     let mut partial = 0;
     for attempt in &book.attempts {
         let ids: Vec<&String> = attempt.streams.iter().flat_map(|(_, _, ids)| ids).collect();
