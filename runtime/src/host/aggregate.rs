@@ -106,7 +106,24 @@ impl Host {
             path: spec.path.clone(),
             source,
         })?;
+        self.load_aggregate_bytes(spec, &bytes, storage, false)
+    }
+
+    /// Loads an aggregate from the component's bytes (`spec.path` names them in errors); with
+    /// `background`, the compile runs on the background pool (a deploy while commands flow).
+    pub fn load_aggregate_bytes(
+        self: &Arc<Self>,
+        spec: AggregateSpec,
+        bytes: &[u8],
+        storage: Arc<dyn Storage>,
+        background: bool,
+    ) -> Result<Aggregate, LoadError> {
         let name = spec.name.clone();
+        super::plugin::check_header(bytes).map_err(|reason| LoadError::NotAComponent {
+            plugin: name.clone(),
+            path: spec.path.clone(),
+            reason,
+        })?;
         let invalid = |reason: String| LoadError::Invalid {
             plugin: name.clone(),
             path: spec.path.clone(),
@@ -114,8 +131,13 @@ impl Host {
         };
         let metered = spec.limits.fuel.is_some();
         let set = if metered { &self.metered } else { &self.plain };
-        let component =
-            Component::new(&set.engine, &bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let compile = || Component::new(&set.engine, bytes);
+        let component = if background {
+            self.in_background(compile)
+        } else {
+            compile()
+        }
+        .map_err(|e| invalid(format!("{e:#}")))?;
         super::plugin::check_imports_against(&name, &component, &set.engine, AGGREGATE_IMPORTS)?;
         let pre = set
             .aggregate_linker
@@ -135,7 +157,7 @@ impl Host {
         });
         let mut aggregate = Aggregate {
             deadline_ticks: self.deadline_ticks(spec.limits.timeout),
-            hash: content_hash(&bytes),
+            hash: content_hash(bytes),
             spec,
             host: Arc::clone(self),
             metered,

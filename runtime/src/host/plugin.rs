@@ -368,7 +368,7 @@ impl Plugin {
 }
 
 /// Checks the preamble: wasm magic, and the component layer rather than a core module.
-fn check_header(bytes: &[u8]) -> Result<(), String> {
+pub(super) fn check_header(bytes: &[u8]) -> Result<(), String> {
     const MAGIC: &[u8] = b"\0asm";
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
         let shown: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
