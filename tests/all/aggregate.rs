@@ -378,3 +378,80 @@ fn snapshots_are_used_and_ignored_when_the_component_changes() {
     assert_eq!(state["stats"]["snapshots_ignored"], 1, "{state}");
     assert_eq!(state["stats"]["events_folded"], 13, "{state}");
 }
+
+fn deploy(s: &Server, name: &str) -> (u16, Value) {
+    let bytes = std::fs::read(plugin(name)).unwrap();
+    s.post(
+        "/v1/aggregates/order/versions",
+        &bytes,
+        &[("content-type", "application/wasm")],
+    )
+}
+
+#[test]
+fn a_deploy_is_verified_against_the_running_evolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &config("snapshot_every = 2"));
+    for id in ["1", "2"] {
+        assert_eq!(
+            send(&s, id, json!({"type": "Place", "data": {"total": 10}})).0,
+            201
+        );
+        assert_eq!(
+            send(&s, id, json!({"type": "Pay", "data": {"amount": 3}})).0,
+            201
+        );
+        assert_eq!(
+            send(&s, id, json!({"type": "Pay", "data": {"amount": 3}})).0,
+            201
+        );
+    }
+    // Same component again: nothing to do.
+    let (status, body) = deploy(&s, "order-aggregate");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["swapped"], false);
+    // A version whose evolve counts payments twice, same state version: refused, naming the
+    // first stream and revision where the states part.
+    let (status, body) = deploy(&s, "order-aggregate-drift");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "evolve_disagrees", "{body}");
+    assert_eq!(body["error"]["stream"], "order-1");
+    assert_eq!(body["error"]["revision"], 1);
+    // The running version is untouched and goes on serving.
+    let (_, state) = s.get("/v1/aggregates/order/1");
+    assert_eq!(state["state"]["paid"], 6, "{state}");
+    assert_eq!(
+        send(&s, "1", json!({"type": "Pay", "data": {"amount": 1}})).0,
+        201
+    );
+    // Not a component, or not an aggregate: refused too.
+    let (status, body) = s.post("/v1/aggregates/order/versions", b"nope", &[]);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_component")),
+        "{body}"
+    );
+    let (status, _) = deploy(&s, "noop");
+    assert_eq!(status, 400);
+    // A new state encoding with a higher state version: allowed; the states are rebuilt from
+    // the events (the old snapshots are another version's).
+    let (status, body) = deploy(&s, "order-aggregate-v2");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state_version"], 2);
+    assert_eq!(body["streams_checked"], 2);
+    assert_eq!(body["streams_differing"], 2);
+    let (_, state) = s.get("/v1/aggregates/order/1");
+    assert_eq!(state["state"]["v"], 2, "{state}");
+    assert_eq!(state["state"]["paid"], 7, "{state}");
+    assert_eq!(state["stats"]["snapshot_loads"], 0, "{state}");
+    // Going back to a lower state version is refused.
+    let (status, body) = deploy(&s, "order-aggregate");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "state_version_lowered");
+    // The deployed version survives a restart.
+    s.stop();
+    let s = Server::start_existing(dir.path());
+    let (_, state) = s.get("/v1/aggregates/order/2");
+    assert_eq!(state["state"]["v"], 2, "{state}");
+    assert_eq!(state["state"]["paid"], 6, "{state}");
+}

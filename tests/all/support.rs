@@ -23,6 +23,8 @@ pub fn plugin(name: &str) -> PathBuf {
         "tagger" => env!("WEIR_PLUGIN_TAGGER"),
         "legacy-noop" => env!("WEIR_PLUGIN_LEGACY_NOOP"),
         "order-aggregate" => env!("WEIR_PLUGIN_ORDER_AGGREGATE"),
+        "order-aggregate-drift" => env!("WEIR_PLUGIN_ORDER_AGGREGATE_DRIFT"),
+        "order-aggregate-v2" => env!("WEIR_PLUGIN_ORDER_AGGREGATE_V2"),
         other => panic!("no example plugin named {other}"),
     };
     PathBuf::from(path)

@@ -15,7 +15,8 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::es::{AggregateRunner, CommandError, CommandRequest};
+use crate::es::{AggregateDeployed, AggregateRunner, CommandError, CommandRequest, DeployError};
+use crate::host::AggregateSpec;
 use crate::names::PluginName;
 use crate::server::Runtime;
 
@@ -151,4 +152,90 @@ pub(super) async fn state(
         "state": show(&state),
         "stats": runner.stats(),
     })))
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> ApiError {
+        match &e {
+            DeployError::Disagrees {
+                stream, revision, ..
+            } => ApiError::new(StatusCode::CONFLICT, "evolve_disagrees", e.to_string())
+                .with_details(serde_json::json!({ "stream": stream, "revision": revision })),
+            DeployError::Fails {
+                stream, revision, ..
+            } => ApiError::new(StatusCode::CONFLICT, "evolve_fails", e.to_string())
+                .with_details(serde_json::json!({ "stream": stream, "revision": revision })),
+            DeployError::Downgrade { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "state_version_lowered", e.to_string())
+            }
+            DeployError::Stream(s) => ApiError::from(s.clone()),
+        }
+    }
+}
+
+/// `POST /v1/aggregates/{aggregate}/versions`: deploys a new component (the body), verified
+/// against the running one.
+pub(super) async fn deploy(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<AggregateDeployed>), ApiError> {
+    let Path(name) = path.map_err(ApiError::bad_path)?;
+    let runner = aggregate(&rt, &name)?;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "invalid_body",
+            format!(
+                "{} (components up to {} bytes are accepted)",
+                e.body_text(),
+                super::plugins::MAX_COMPONENT_BYTES
+            ),
+        )
+    })?;
+    // Compiles and runs wasm: on a blocking thread, not on an async worker.
+    let deployed = tokio::task::spawn_blocking(move || -> Result<AggregateDeployed, ApiError> {
+        let config = &rt.config.aggregates[runner.name()];
+        let spec = AggregateSpec {
+            name: runner.name().clone(),
+            path: std::path::PathBuf::from("upload"),
+            limits: config.limits,
+        };
+        let loaded = rt
+            .host()
+            .load_aggregate_bytes(spec, &body, Arc::clone(&rt.storage), true)
+            .map_err(|e| ApiError::bad_request("invalid_component", e.to_string()))?;
+        let deployed = runner.deploy(loaded)?;
+        if deployed.swapped {
+            crate::server::aggregates::keep_deployed(
+                &rt.config.server.data_dir,
+                runner.name(),
+                &config.path,
+                &body,
+            )
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage",
+                    format!("the new version runs, but keeping it for restarts failed: {e}"),
+                )
+            })?;
+            tracing::info!(
+                aggregate = %runner.name(),
+                hash = %deployed.hash,
+                state_version = deployed.state_version,
+                streams_checked = deployed.streams_checked,
+                "aggregate deployed"
+            );
+        }
+        Ok(deployed)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let status = if deployed.swapped {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(deployed)))
 }

@@ -261,6 +261,12 @@ pub fn routes() -> Vec<Route> {
             "the current state of aggregate instance `id` (folded from its snapshot and events) and its revision",
         )
         .to(get(aggregates::state)),
+        Route::new(
+            M::POST,
+            "/v1/aggregates/{aggregate}/versions",
+            "deploy a new version of an aggregate (body: the component): up to 100 streams of its category are folded through both versions first; 201 when swapped, 200 when the same component runs already, 409 `evolve_disagrees` (with the first differing `stream` and `revision`) unless the new version declares a higher state-version, 409 `evolve_fails`, `state_version_lowered`, 400 `invalid_component`; kept across restarts while the configured file is unchanged",
+        )
+        .to(post(aggregates::deploy)),
     ]
 }
 

@@ -31,6 +31,82 @@ const CACHE_STREAMS: usize = 100_000;
 /// Snapshot layout version (of the bytes around the state, not the state itself).
 const SNAPSHOT_FORMAT: u8 = 1;
 
+/// Streams a verified deploy folds through both versions, at most.
+pub const DEPLOY_SAMPLE_STREAMS: usize = 100;
+/// Events per sampled stream a verified deploy compares, at most.
+const DEPLOY_SAMPLE_EVENTS: u64 = 10_000;
+
+/// What a verified deploy did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AggregateDeployed {
+    /// The aggregate.
+    pub aggregate: String,
+    /// SHA-256 of the component now running.
+    pub hash: String,
+    /// SHA-256 of the one it replaced.
+    pub previous_hash: String,
+    /// The state version now declared, and the one before.
+    pub state_version: u32,
+    /// The state version of the component replaced.
+    pub previous_state_version: u32,
+    /// Streams folded through both versions.
+    pub streams_checked: u64,
+    /// Events folded through both versions.
+    pub events_checked: u64,
+    /// Streams whose states differ (allowed only with a higher state version).
+    pub streams_differing: u64,
+    /// False when the same component was deployed again (nothing changed).
+    pub swapped: bool,
+}
+
+/// Why a deploy was refused; the running version is left as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// The new version's `evolve` folds a stream to another state, and it does not declare a
+    /// higher state version.
+    #[error("aggregate `{aggregate}`: the new version's evolve disagrees with the running one's on stream `{stream}` at revision {}; deploy it with a higher state-version (now {state_version}) if the state's meaning changed on purpose", revision.map_or("none (the initial state)".to_owned(), |r| r.to_string()))]
+    Disagrees {
+        /// The aggregate.
+        aggregate: String,
+        /// The first stream whose states differ.
+        stream: String,
+        /// The revision after which they first differ (`None`: the initial states differ).
+        revision: Option<u64>,
+        /// The state version both declare (or the new one's, lower).
+        state_version: u32,
+    },
+    /// The new version failed on a stored event.
+    #[error(
+        "aggregate `{aggregate}`: the new version failed folding stream `{stream}` at revision {revision}: {failure}"
+    )]
+    Fails {
+        /// The aggregate.
+        aggregate: String,
+        /// The stream.
+        stream: String,
+        /// The revision.
+        revision: u64,
+        /// What happened.
+        failure: Failure,
+    },
+    /// The new version declares a lower state version than the running one.
+    #[error(
+        "aggregate `{aggregate}`: the new version declares state-version {new}, lower than the running {old}"
+    )]
+    Downgrade {
+        /// The aggregate.
+        aggregate: String,
+        /// The running version's.
+        old: u32,
+        /// The new version's.
+        new: u32,
+    },
+    /// The store could not be read.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
 /// A command as a caller gives it.
 #[derive(Debug, Clone)]
 pub struct CommandRequest {
@@ -477,6 +553,122 @@ impl AggregateRunner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(stream);
+    }
+
+    /// Deploys `new` after folding up to [`DEPLOY_SAMPLE_STREAMS`] streams of the category
+    /// through both versions, event by event: a state that differs refuses the deploy unless
+    /// `new` declares a higher state version (its snapshots are then rebuilt, as snapshots are
+    /// keyed by component and state version). Commands in flight finish on the old version;
+    /// their appends expect exact revisions, so none goes through against a stale state.
+    pub fn deploy(&self, new: Aggregate) -> Result<AggregateDeployed, DeployError> {
+        let old = self.aggregate();
+        let mut report = AggregateDeployed {
+            aggregate: self.name.to_string(),
+            hash: new.hash().to_owned(),
+            previous_hash: old.hash().to_owned(),
+            state_version: new.state_version(),
+            previous_state_version: old.state_version(),
+            streams_checked: 0,
+            events_checked: 0,
+            streams_differing: 0,
+            swapped: false,
+        };
+        if new.hash() == old.hash() {
+            return Ok(report);
+        }
+        if new.state_version() < old.state_version() {
+            return Err(DeployError::Downgrade {
+                aggregate: self.name.to_string(),
+                old: old.state_version(),
+                new: new.state_version(),
+            });
+        }
+        let raised = new.state_version() > old.state_version();
+        let fails = |stream: &StreamName, revision: u64, failure: Failure| DeployError::Fails {
+            aggregate: self.name.to_string(),
+            stream: stream.to_string(),
+            revision,
+            failure,
+        };
+        for stream in self.sample_streams()? {
+            report.streams_checked += 1;
+            let (Ok(mut a), Ok(mut b)) = (old.initial_state(), new.initial_state()) else {
+                continue;
+            };
+            let mut differs = (a != b).then_some(None);
+            let mut from = None;
+            'stream: while differs.is_none() {
+                let page = match self.store.read_stream(&stream, from, false, FOLD_PAGE) {
+                    Ok(p) => p,
+                    Err(StreamError::NotFound(_) | StreamError::Tombstoned(_)) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                for e in &page.events {
+                    if e.revision >= DEPLOY_SAMPLE_EVENTS {
+                        break 'stream;
+                    }
+                    let one = std::slice::from_ref(e);
+                    // A stream the running version cannot fold tells nothing: skip it.
+                    let Ok(next_a) = old.evolve(a, one) else {
+                        break 'stream;
+                    };
+                    a = next_a;
+                    b = new
+                        .evolve(b, one)
+                        .map_err(|f| fails(&stream, e.revision, f))?;
+                    report.events_checked += 1;
+                    if a != b {
+                        differs = Some(Some(e.revision));
+                        break 'stream;
+                    }
+                }
+                match page.next {
+                    Some(n) => from = Some(n),
+                    None => break,
+                }
+            }
+            if let Some(revision) = differs {
+                if !raised {
+                    return Err(DeployError::Disagrees {
+                        aggregate: self.name.to_string(),
+                        stream: stream.to_string(),
+                        revision,
+                        state_version: new.state_version(),
+                    });
+                }
+                report.streams_differing += 1;
+            }
+        }
+        *self
+            .aggregate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+        self.clear_cache();
+        report.swapped = true;
+        Ok(report)
+    }
+
+    /// Up to [`DEPLOY_SAMPLE_STREAMS`] streams of the aggregate's category, oldest first.
+    fn sample_streams(&self) -> Result<Vec<StreamName>, StreamError> {
+        let filter = super::Filter::Category(self.category.clone());
+        let mut seen = std::collections::HashSet::new();
+        let mut streams = Vec::new();
+        let mut from = crate::names::Offset(0);
+        loop {
+            let page = self.store.read_all(from, &filter, FOLD_PAGE)?;
+            for e in page.events {
+                if seen.insert(e.stream.clone()) {
+                    streams.push(e.stream);
+                    if streams.len() == DEPLOY_SAMPLE_STREAMS {
+                        return Ok(streams);
+                    }
+                }
+            }
+            if page.next >= page.end || page.next == from {
+                return Ok(streams);
+            }
+            from = page.next;
+        }
     }
 
     /// Drops every cached state (the component changed).

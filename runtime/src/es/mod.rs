@@ -14,7 +14,10 @@ pub mod store;
 use std::fmt;
 use std::str::FromStr;
 
-pub use aggregate::{AggregateRunner, AggregateStats, CommandAnswer, CommandError, CommandRequest};
+pub use aggregate::{
+    AggregateDeployed, AggregateRunner, AggregateStats, CommandAnswer, CommandError,
+    CommandRequest, DeployError,
+};
 pub use store::{Appended, Filter, StreamAppend, StreamError, StreamStore};
 
 use crate::names::Offset;

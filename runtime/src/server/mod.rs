@@ -1,6 +1,7 @@
 //! A running weir server: the [`Runtime`] (storage, loaded plugins, bindings, the reply inbox)
 //! and [`run`], which serves the HTTP API and drives every binding until shutdown.
 
+pub(crate) mod aggregates;
 mod backpressure;
 mod dlq;
 mod inbox;
@@ -60,7 +61,7 @@ pub struct Runtime {
     pub metrics: Arc<crate::metrics::Registry>,
     /// Turns true when shutdown starts: intake stops, followers (long polls) answer.
     closing: watch::Sender<bool>,
-    _host: Arc<Host>,
+    host: Arc<Host>,
 }
 
 /// A point-in-time view of the server, as served by `GET /v1/stats`.
@@ -134,6 +135,11 @@ pub struct PluginInfo {
 }
 
 impl Runtime {
+    /// The wasm host (for loading aggregate versions).
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
     /// Creates the store and its logs, and loads every plugin. Blocking (plugins compile here).
     pub fn start(config: Config) -> anyhow::Result<Runtime> {
         let storage: Arc<dyn Storage> = Arc::new(open_storage(&config)?);
@@ -190,9 +196,10 @@ impl Runtime {
         let host = Host::new(options)?;
         let mut aggregates = BTreeMap::new();
         for (name, a) in &config.aggregates {
+            let data_dir = cache.then_some(config.server.data_dir.as_path());
             let spec = crate::host::AggregateSpec {
                 name: name.clone(),
-                path: a.path.clone(),
+                path: aggregates::component_to_load(data_dir, name, &a.path),
                 limits: a.limits,
             };
             let loaded = host
@@ -237,7 +244,7 @@ impl Runtime {
             redrives,
             metrics: Arc::default(),
             closing: watch::Sender::new(false),
-            _host: host,
+            host,
         })
     }
 
