@@ -455,3 +455,66 @@ fn a_deploy_is_verified_against_the_running_evolve() {
     assert_eq!(state["state"]["v"], 2, "{state}");
     assert_eq!(state["state"]["paid"], 6, "{state}");
 }
+
+#[test]
+fn the_cli_sends_commands_reads_states_and_deploys() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &config(""));
+    let server = ["--server", s.url.as_str()];
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&server);
+        crate::support::weir(&all, dir.path())
+    };
+    let (code, out, err) = run(&[
+        "aggregate",
+        "command",
+        "order",
+        "5",
+        "-t",
+        "Place",
+        r#"{"total": 4}"#,
+        "--command-id",
+        "k1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("appended to order-5 revisions 0..=0"), "{out}");
+    let (code, out, _) = run(&[
+        "aggregate",
+        "command",
+        "order",
+        "5",
+        "-t",
+        "Place",
+        r#"{"total": 4}"#,
+        "--command-id",
+        "k1",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already handled"), "{out}");
+    let (code, _, err) = run(&[
+        "aggregate",
+        "command",
+        "order",
+        "5",
+        "-t",
+        "Place",
+        r#"{"total": 4}"#,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("command_rejected"), "{err}");
+    let (code, out, _) = run(&["aggregate", "state", "order", "5"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("order-5 at revision 0: "), "{out}");
+    assert!(out.contains(r#""status":"placed""#), "{out}");
+    let drift = plugin("order-aggregate-drift").display().to_string();
+    let (code, _, err) = run(&["aggregate", "deploy", "order", &drift]);
+    assert_eq!(
+        code, 0,
+        "a placed order pays nothing, so the fold agrees: {err}"
+    );
+    let v2 = plugin("order-aggregate-v2").display().to_string();
+    let (code, out, err) = run(&["aggregate", "deploy", "order", &v2]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(state version 2)"), "{out}");
+}

@@ -43,6 +43,9 @@ fn every_subcommand_has_help() {
         &["bench", "e2e"],
         &["bench", "swap"],
         &["bench", "aggregate"],
+        &["aggregate"],
+        &["aggregate", "command"],
+        &["aggregate", "deploy"],
         &["chaos"],
     ];
     for cmd in commands {

@@ -2,6 +2,7 @@
 //! its HTTP API (`publish`, `request`, `stream`, `tail`, `replay`, `stats`, `kv`, `dlq`, `plugin`), plus `check`,
 //! `bench` and `chaos`. Client commands send `--token` / `WEIR_API_TOKEN` as a bearer token.
 
+mod aggregate;
 mod bench;
 mod chaos;
 mod chaos_deliver;
@@ -85,6 +86,9 @@ enum Command {
     /// Event-sourced streams: append (with an expected revision), read, delete.
     #[command(subcommand)]
     Stream(stream::StreamCommand),
+    /// Aggregates: send a command, read an instance's state, deploy a verified version.
+    #[command(subcommand)]
+    Aggregate(aggregate::AggregateCommand),
     /// Prints stored messages of a queue or topic, from an offset or a time; `--follow` keeps
     /// printing new ones.
     Tail(client::TailArgs),
@@ -173,6 +177,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Request(args) => request::request(args),
         Command::Tail(args) => client::tail(args),
         Command::Stream(cmd) => stream::run(cmd),
+        Command::Aggregate(cmd) => aggregate::run(cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Replay(args) => replay::run(args),
         Command::Stats(args) => client::stats(args),
