@@ -518,3 +518,61 @@ fn the_cli_sends_commands_reads_states_and_deploys() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("(state version 2)"), "{out}");
 }
+
+#[test]
+fn the_python_aggregate_folds_as_the_rust_one_and_replaces_it_verified() {
+    let python = crate::support::orders_plugin("order-aggregate-py");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &config(""));
+    for id in ["1", "2", "3"] {
+        assert_eq!(
+            send(&s, id, json!({"type": "Place", "data": {"total": 5}})).0,
+            201
+        );
+        assert_eq!(
+            send(&s, id, json!({"type": "Pay", "data": {"amount": 5}})).0,
+            201
+        );
+    }
+    assert_eq!(send(&s, "3", json!({"type": "Ship"})).0, 201);
+    let (_, rust_state) = s.get("/v1/aggregates/order/3");
+    // Same states, event by event, in another language: the verified deploy agrees.
+    let bytes = std::fs::read(&python).unwrap();
+    let (status, body) = s.post(
+        "/v1/aggregates/order/versions",
+        &bytes,
+        &[("content-type", "application/wasm")],
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["streams_checked"], 3, "{body}");
+    assert_eq!(body["events_checked"], 10, "{body}");
+    assert_eq!(body["streams_differing"], 0, "{body}");
+    let (_, py_state) = s.get("/v1/aggregates/order/3");
+    assert_eq!(py_state["state"], rust_state["state"]);
+    // Python decides now: the lifecycle goes on, rules and failures as before.
+    let (status, body) = send(&s, "4", json!({"type": "Place", "data": {"total": 2}}));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["reply"], json!({"events": 1, "status": "new"}));
+    let (status, body) = send(&s, "4", json!({"type": "Pay", "data": {"amount": 3}}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("command_rejected")),
+        "{body}"
+    );
+    let (status, body) = send(&s, "4", json!({"type": "Trap"}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("aggregate_failed")),
+        "{body}"
+    );
+    let (status, body) = send(&s, "3", json!({"type": "Cancel"}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("aggregate_terminal")),
+        "{body}"
+    );
+    let (status, body) = send(&s, "4", json!({"type": "Pay", "data": {"amount": 2}}));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["appended"], json!([1, 2]));
+    assert_eq!(stream_len(&s, "order-4"), Some(3));
+}

@@ -58,6 +58,10 @@ pub fn orders_plugin(name: &str) -> PathBuf {
             option_env!("WEIR_PLUGIN_ORDERS_ZIG"),
             option_env!("WEIR_PLUGIN_SKIPPED_ORDERS_ZIG"),
         ),
+        "order-aggregate-py" => (
+            option_env!("WEIR_PLUGIN_ORDER_AGGREGATE_PY"),
+            option_env!("WEIR_PLUGIN_SKIPPED_ORDER_AGGREGATE_PY"),
+        ),
         other => panic!("no orders plugin named {other}"),
     };
     match (built, skipped) {

@@ -284,8 +284,8 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             route
                 .handler
                 .layer(DefaultBodyLimit::max(batch::MAX_BATCH_BYTES))
-        } else if route.path.starts_with("/v1/streams/")
-            || route.path.starts_with("/v1/aggregates/")
+        } else if !route.path.ends_with("/versions")
+            && (route.path.starts_with("/v1/streams/") || route.path.starts_with("/v1/aggregates/"))
         {
             route
                 .handler

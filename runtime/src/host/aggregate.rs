@@ -285,6 +285,11 @@ impl Aggregate {
         );
         store.limiter(|s| s);
         store.epoch_deadline_trap();
+        // Instantiating runs the component's start-up code, under the same limits as a call.
+        store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(fuel) = self.spec.limits.fuel {
+            store.set_fuel(fuel)?;
+        }
         let exports = self.pre.instantiate(&mut store)?;
         Ok(Instance { store, exports })
     }

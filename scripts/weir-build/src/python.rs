@@ -1,6 +1,7 @@
 //! Python plugins: componentize-py (from PyPI, into a venv under `toolchains/python`) turns
 //! the plugin's `app.py` (and any modules next to it) into a component of the
-//! `message-handler` world. It bundles CPython, so the component is large (about 18 MB).
+//! `message-handler` world, or of the world named in the plugin's `world` file (e.g.
+//! `aggregate`). It bundles CPython, so the component is large (about 18 MB).
 //!
 //! `--stub-wasi` replaces every WASI import with a trap, so the component imports nothing
 //! but `weir:plugin/*`, as weir requires; the interpreter's start-up already ran at build
@@ -36,10 +37,14 @@ pub(crate) fn build(opts: &Options, plugin: &Plugin, out: &Path) -> Result<()> {
         purpose: "Python plugins",
     }
     .pip_install(opts)?;
+    let world = match std::fs::read_to_string(plugin.dir.join("world")) {
+        Ok(w) => w.trim().to_owned(),
+        Err(_) => "message-handler".to_owned(),
+    };
     let mut cmd = clean_command(venv.join("bin/componentize-py"));
     cmd.arg("-d")
         .arg(&opts.wit_dir)
-        .args(["-w", "message-handler", "componentize", "--stub-wasi"])
+        .args(["-w", world.as_str(), "componentize", "--stub-wasi"])
         .arg("-p")
         .arg(&plugin.dir)
         .arg(APP)
