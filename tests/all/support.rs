@@ -25,6 +25,7 @@ pub fn plugin(name: &str) -> PathBuf {
         "order-aggregate" => env!("WEIR_PLUGIN_ORDER_AGGREGATE"),
         "order-aggregate-drift" => env!("WEIR_PLUGIN_ORDER_AGGREGATE_DRIFT"),
         "order-aggregate-v2" => env!("WEIR_PLUGIN_ORDER_AGGREGATE_V2"),
+        "order-totals" => env!("WEIR_PLUGIN_ORDER_TOTALS"),
         other => panic!("no example plugin named {other}"),
     };
     PathBuf::from(path)

@@ -42,6 +42,11 @@ pub const CAUSATION: &str = "weir-es-causation";
 /// revision the stream's next event gets.
 pub const MARKER: &str = "weir-es-marker";
 
+/// Whether a header name is weir's (`weir-` in any case), not the application's.
+pub fn is_reserved(name: &str) -> bool {
+    name.len() >= 5 && name[..5].eq_ignore_ascii_case("weir-")
+}
+
 /// Most events in one append.
 pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 

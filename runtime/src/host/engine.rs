@@ -183,6 +183,14 @@ fn engine_set(options: &HostOptions, fuel: bool) -> anyhow::Result<EngineSet> {
     let engine = Engine::new(&engine_config(options, fuel)?)?;
     let mut linker = Linker::new(&engine);
     Handler::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    // The projection world imports the same interfaces (defined again, identically) plus the
+    // type-only `es-types`.
+    linker.allow_shadowing(true);
+    super::bindings::projection::Projection::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |s| s,
+    )?;
+    linker.allow_shadowing(false);
     let aggregate_linker = super::aggregate::linker(&engine)?;
     Ok(EngineSet {
         engine,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use wasmtime::Trap;
 
 use super::bindings;
+use super::bindings::Exports;
 use super::plugin::{Instance, Plugin};
 use crate::names::{Attempt, DestinationName};
 use crate::storage::{Record, Stored};
@@ -246,11 +247,75 @@ impl Plugin {
         if let Some(fuel) = self.limits().fuel {
             instance.store.set_fuel(fuel)?;
         }
-        instance
-            .handler
-            .weir_plugin_handler()
-            .call_handle(&mut instance.store, &message.0)
+        match &instance.exports {
+            Exports::Handler(h) => h
+                .weir_plugin_handler()
+                .call_handle(&mut instance.store, &message.0),
+            Exports::Projection(p) => {
+                let event = match recorded_event(&message.0) {
+                    Ok(Some(e)) => e,
+                    // A delete marker: not an event; nothing to project.
+                    Ok(None) => return Ok(Ok(bindings::Outcome::Ack)),
+                    Err(message) => {
+                        return Ok(Err(bindings::HandlerError {
+                            message,
+                            retryable: false,
+                        }));
+                    }
+                };
+                Ok(p.weir_plugin_projector()
+                    .call_project(&mut instance.store, &event)?
+                    .map(|()| bindings::Outcome::Ack))
+            }
+        }
     }
+}
+
+/// The event a stream store's record carries, for a projection; `None` for a delete marker.
+fn recorded_event(
+    m: &bindings::Message,
+) -> Result<Option<bindings::projection::weir::plugin::es_types::RecordedEvent>, String> {
+    use crate::es::store::{CAUSATION, MARKER, REVISION, SCHEMA, TYPE};
+    let header = |name: &str| {
+        m.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if header(MARKER).is_some() {
+        return Ok(None);
+    }
+    let not_an_event = || {
+        format!(
+            "message `{}` of `{}` is not an event of a stream store: a projection consumes only stream stores ([streams.<name>])",
+            m.id, m.source
+        )
+    };
+    let revision = header(REVISION)
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(not_an_event)?;
+    let event_type = header(TYPE).ok_or_else(not_an_event)?.to_owned();
+    let stream_name = m.key.clone().ok_or_else(not_an_event)?;
+    Ok(Some(
+        bindings::projection::weir::plugin::es_types::RecordedEvent {
+            stream_name,
+            revision,
+            position: m.offset,
+            event_id: m.id.clone(),
+            event_type,
+            schema_version: header(SCHEMA).and_then(|s| s.parse().ok()).unwrap_or(1),
+            headers: m
+                .headers
+                .iter()
+                .filter(|(n, _)| !crate::es::store::is_reserved(n))
+                .cloned()
+                .collect(),
+            payload: m.payload.clone(),
+            timestamp_ms: m.timestamp_ms,
+            correlation_id: m.correlation_id.clone(),
+            causation_id: header(CAUSATION).map(str::to_owned),
+        },
+    ))
 }
 
 fn failed(class: FailureClass, message: String, retryable: bool) -> Invocation {

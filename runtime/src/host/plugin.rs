@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Store;
 use wasmtime::component::{Component, types::ComponentItem};
 
-use super::bindings::{MessageHandler as Handler, MessageHandlerPre as HandlerPre};
+use super::bindings::{Exports, MessageHandlerPre, Pre, projection::ProjectionPre};
 use super::engine::{EngineSet, Host};
 use super::gate::KvGate;
 use super::state::{Grants, HostState};
@@ -34,6 +34,7 @@ pub(super) const GRANTED_IMPORTS: &[&str] = &[
     "weir:plugin/publish@0.1.1",
     "weir:plugin/kv@0.1.1",
     "weir:plugin/clock@0.1.1",
+    "weir:plugin/es-types@0.1.1",
 ];
 
 /// What to load.
@@ -144,7 +145,7 @@ impl LoadedFrom {
 /// A warm instance: a store and the handler exports in it.
 pub(super) struct Instance {
     pub store: Store<HostState>,
-    pub handler: Handler,
+    pub exports: Exports,
 }
 
 /// A loaded, validated plugin. Invocations take instances from its pool; share it behind an `Arc`.
@@ -155,7 +156,7 @@ pub struct Plugin {
     load_time: Duration,
     pub(super) host: Arc<Host>,
     metered: bool,
-    pre: HandlerPre<HostState>,
+    pre: Pre,
     grants: Arc<Grants>,
     pub(super) deadline_ticks: u64,
     idle: Mutex<Vec<Instance>>,
@@ -220,15 +221,23 @@ impl Host {
                         }
                     })?;
                 check_imports(&name, &component, &set.engine)?;
-                let pre = set
+                let wrong = |reason: String| LoadError::WrongWorld {
+                    plugin: name.clone(),
+                    path: spec.path.clone(),
+                    reason,
+                };
+                let instance_pre = set
                     .linker
                     .instantiate_pre(&component)
-                    .and_then(HandlerPre::new)
-                    .map_err(|e| LoadError::WrongWorld {
-                        plugin: name.clone(),
-                        path: spec.path.clone(),
-                        reason: format!("{e:#}"),
-                    })?;
+                    .map_err(|e| wrong(format!("{e:#}")))?;
+                // A message handler, or else a projection.
+                let pre = match MessageHandlerPre::new(instance_pre.clone()) {
+                    Ok(p) => Pre::Handler(p),
+                    Err(handler) => match ProjectionPre::new(instance_pre) {
+                        Ok(p) => Pre::Projection(p),
+                        Err(_) => return Err(wrong(format!("{handler:#}"))),
+                    },
+                };
                 (pre, from)
             }
         };
@@ -314,6 +323,14 @@ impl Plugin {
         self.load_time
     }
 
+    /// The world it exports: `message-handler` or `projection`.
+    pub fn world(&self) -> &'static str {
+        match self.pre {
+            Pre::Handler(_) => "message-handler",
+            Pre::Projection(_) => "projection",
+        }
+    }
+
     /// The file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.spec.path
@@ -347,8 +364,11 @@ impl Plugin {
         if let Some(fuel) = self.spec.limits.fuel {
             store.set_fuel(fuel)?;
         }
-        let handler = self.pre.instantiate(&mut store)?;
-        Ok(Instance { store, handler })
+        let exports = match &self.pre {
+            Pre::Handler(p) => Exports::Handler(p.instantiate(&mut store)?),
+            Pre::Projection(p) => Exports::Projection(p.instantiate(&mut store)?),
+        };
+        Ok(Instance { store, exports })
     }
 
     pub(super) fn take_instance(&self) -> wasmtime::Result<Instance> {

@@ -12,8 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::bindings::MessageHandlerPre as HandlerPre;
-use super::state::HostState;
+use super::bindings::Pre as HandlerPre;
 
 /// Most components kept, whatever their size (a lookup scans them).
 const MAX_ENTRIES: usize = 64;
@@ -29,7 +28,7 @@ struct Entry {
     metered: bool,
     hash: String,
     size: usize,
-    pre: HandlerPre<HostState>,
+    pre: HandlerPre,
 }
 
 impl Recent {
@@ -42,7 +41,7 @@ impl Recent {
     }
 
     /// The component of content `hash` for the engine with or without fuel, if kept.
-    pub fn get(&self, metered: bool, hash: &str) -> Option<HandlerPre<HostState>> {
+    pub fn get(&self, metered: bool, hash: &str) -> Option<HandlerPre> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let i = entries
             .iter()
@@ -55,7 +54,7 @@ impl Recent {
 
     /// Keeps a component that loaded and instantiated, dropping the least recently used ones
     /// over the budget. One larger than the whole budget is not kept.
-    pub fn put(&self, metered: bool, hash: &str, pre: &HandlerPre<HostState>) {
+    pub fn put(&self, metered: bool, hash: &str, pre: &HandlerPre) {
         let range = pre.instance_pre().component().image_range();
         let size = (range.end as usize).saturating_sub(range.start as usize);
         if size > self.budget {

@@ -222,6 +222,18 @@ impl Runtime {
             Arc::clone(&storage),
             data_dir,
         )?);
+        for b in &config.bindings {
+            let world = plugins.slot(&b.plugin).map(|s| s.plugin().world());
+            if world == Some("projection") && !streams.contains_key(&b.source) {
+                anyhow::bail!(
+                    "binding `{}`: plugin `{}` is a projection (world weir:plugin/projection), which consumes only stream stores, and `{}` is not one (declare it as [streams.{}], or bind a message handler)",
+                    b.name,
+                    b.plugin,
+                    b.source,
+                    b.source
+                );
+            }
+        }
         let bindings = config
             .bindings
             .iter()
