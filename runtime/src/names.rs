@@ -137,6 +137,23 @@ impl DestinationName {
 /// binding's own.
 const INTERNAL_SEP: char = '~';
 
+impl PluginName {
+    /// The key-value namespace a shadow rebuild of this plugin writes (`<plugin>~rebuild`):
+    /// never a configured plugin's name, so it cannot collide with one.
+    pub fn shadow(&self) -> PluginName {
+        PluginName(format!("{self}{INTERNAL_SEP}rebuild"))
+    }
+
+    /// Reads a key-value namespace as the store keeps it: a plugin name, or one of weir's own
+    /// (valid names joined by `~`, see [`PluginName::shadow`]).
+    pub fn from_stored(name: String) -> Result<PluginName, NameError> {
+        for part in name.split(INTERNAL_SEP) {
+            validate("plugin", part)?;
+        }
+        Ok(PluginName(name))
+    }
+}
+
 impl BindingName {
     /// The cursor recording how far `dead_letter` has been redriven for this binding:
     /// `<binding>~redrive~<dead_letter>`. Naming the queue keeps the position right if the

@@ -133,3 +133,202 @@ fn a_projection_bound_to_a_queue_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// The projection's keys that are not per order (the per-order status keys run to thousands).
+fn counters(s: &Server) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for prefix in ["amount/", "events", "orders/", "position", "types/"] {
+        let (status, page) = s.get(&format!(
+            "/v1/plugins/order-totals/kv?prefix={prefix}&limit=1000"
+        ));
+        assert_eq!(status, 200, "{page}");
+        for e in page["entries"].as_array().unwrap() {
+            out.insert(
+                e["key"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    out
+}
+
+fn rebuild_config(totals: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[streams.shop]\n\
+         [plugins.order-totals]\npath = {totals:?}\n\
+         [plugins.spare]\npath = {totals:?}\n\
+         [[bindings]]\nsource = \"shop\"\nplugin = \"order-totals\"\nguarantee = \"exactly-once\"\n",
+    )
+}
+
+fn append_many(url: &str, body: &Value) {
+    let (status, answer) = crate::support::call_json(
+        "POST",
+        &format!("{url}/v1/streams/shop/append"),
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{answer}");
+}
+
+#[test]
+fn a_shadow_rebuild_is_swapped_in_under_load_with_nothing_lost_or_doubled() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = plugin("order-totals").display().to_string();
+    let s = Server::start(dir.path(), &rebuild_config(&v1));
+    // History: 3,000 orders placed, in batches of 50 streams per append.
+    const ORDERS: u64 = 3000;
+    for batch in 0..ORDERS / 50 {
+        let appends: Vec<Value> = (0..50)
+            .map(|i| {
+                json!({"stream": format!("order-{}", batch * 50 + i), "expected_revision": "no-stream",
+                       "events": [{"type": "OrderPlaced", "data": {"total": 1}}]})
+            })
+            .collect();
+        append_many(&s.url, &json!({ "appends": appends }));
+    }
+    // Load: payments appended one at a time, all through the rebuild and after it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let paid = Arc::new(AtomicU64::new(0));
+    let loader = {
+        let (url, stop, paid) = (s.url.clone(), Arc::clone(&stop), Arc::clone(&paid));
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Relaxed) {
+                let (status, answer) = crate::support::call_json(
+                    "POST",
+                    &format!("{url}/v1/streams/shop/streams/order-{}", i % ORDERS),
+                    &[("content-type", "application/json")],
+                    br#"{"events": [{"type": "OrderPaid", "data": {"amount": 1}}]}"#,
+                );
+                assert_eq!(status, 201, "{answer}");
+                paid.fetch_add(1, Relaxed);
+                i += 1;
+            }
+        })
+    };
+    wait_for("payments to flow", Duration::from_secs(30), || {
+        (paid.load(Relaxed) >= 20).then_some(())
+    });
+    let before = s.stats()["bindings"][BINDING]["cursor"].as_u64().unwrap();
+    let v2 = plugin("order-totals-v2").display().to_string();
+    let (code, out, err) = crate::support::weir(
+        &[
+            "plugin",
+            "deploy",
+            "order-totals",
+            &v2,
+            "--rebuild",
+            "--json",
+            "--server",
+            &s.url,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}\n{}", s.stderr());
+    let done: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(done["phase"], "done", "{done}");
+    assert_eq!(done["version"], 2, "{done}");
+    assert_eq!(done["failed"], 0, "{done}");
+    // The running version kept serving while the new one rebuilt.
+    assert!(
+        done["live_cursor"].as_u64().unwrap() > before,
+        "{done} {before}"
+    );
+    // It handled exactly what the live binding had acknowledged when it stopped for the swap.
+    assert_eq!(done["handled"], done["live_cursor"], "{done}");
+    // The new version serves after the swap, under the same load.
+    let swapped_at = done["live_cursor"].as_u64().unwrap();
+    wait_for(
+        "the new version to handle new events",
+        Duration::from_secs(30),
+        || {
+            let c = s.stats()["bindings"][BINDING]["cursor"].as_u64().unwrap();
+            (c >= swapped_at + 20).then_some(())
+        },
+    );
+    stop.store(true, Relaxed);
+    loader.join().unwrap();
+    caught_up(&s);
+    let paid = paid.load(Relaxed);
+    let have = counters(&s);
+    // Every event folded once, history by the rebuild and the rest live: the per-type counts
+    // only the new version keeps cover all of them.
+    let events = ORDERS + paid;
+    assert_eq!(have["events"], events.to_string());
+    assert_eq!(have["types/OrderPlaced"], ORDERS.to_string());
+    assert_eq!(have["types/OrderPaid"], paid.to_string());
+    assert_eq!(have["orders/placed"], ORDERS.to_string());
+    assert_eq!(have["amount/ordered"], ORDERS.to_string());
+    assert_eq!(have["amount/paid"], paid.to_string());
+    assert_eq!(have["position"], (events - 1).to_string());
+    assert_eq!(s.stats()["rebuilds"]["order-totals"]["phase"], "done");
+    let (_, view) = s.get("/v1/plugins/order-totals");
+    assert_eq!(view["active"], 2, "{view}");
+    // The rebuilt version and its state stay across a restart; the shadow state is gone.
+    s.stop();
+    let s = Server::start_existing(dir.path());
+    let (status, body) = s.post(
+        "/v1/streams/shop/streams/order-0",
+        br#"{"events": [{"type": "OrderPaid", "data": {"amount": 1}}]}"#,
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(status, 201, "{body}");
+    caught_up(&s);
+    let have = counters(&s);
+    assert_eq!(have["events"], (events + 1).to_string());
+    assert_eq!(have["types/OrderPaid"], (paid + 1).to_string());
+    let (_, view) = s.get("/v1/plugins/order-totals");
+    assert_eq!(view["active"], 2, "{view}");
+}
+
+#[test]
+fn a_rebuild_that_cannot_run_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = plugin("order-totals").display().to_string();
+    let s = Server::start(dir.path(), &rebuild_config(&v1));
+    let v2 = std::fs::read(plugin("order-totals-v2")).unwrap();
+    let (status, body) = s.get("/v1/plugins/order-totals/rebuild");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("no_rebuild")),
+        "{body}"
+    );
+    // A plugin with no binding has no source to rebuild from.
+    let (status, body) = s.post("/v1/plugins/spare/versions?rebuild=true", &v2, &[]);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_rebuildable", "{body}");
+    // Not a component: refused like any deploy.
+    let (status, body) = s.post(
+        "/v1/plugins/order-totals/versions?rebuild=true",
+        b"nope",
+        &[],
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_plugin", "{body}");
+    let (status, body) = s.post("/v1/plugins/order-totals/versions?rebuild=yes", &v2, &[]);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = s.post("/v1/plugins/nope/versions?rebuild=true", &v2, &[]);
+    assert_eq!(status, 404, "{body}");
+    let (_, view) = s.get("/v1/plugins/order-totals");
+    assert_eq!(view["active"], 1, "{view}");
+    assert_eq!(view["versions"].as_array().unwrap().len(), 1, "{view}");
+    // The CLI says why, and fails.
+    let (code, _, err) = crate::support::weir(
+        &[
+            "plugin",
+            "deploy",
+            "spare",
+            &plugin("order-totals-v2").display().to_string(),
+            "--rebuild",
+            "--server",
+            &s.url,
+        ],
+        dir.path(),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("exactly one"), "{err}");
+}

@@ -26,6 +26,7 @@ pub fn plugin(name: &str) -> PathBuf {
         "order-aggregate-drift" => env!("WEIR_PLUGIN_ORDER_AGGREGATE_DRIFT"),
         "order-aggregate-v2" => env!("WEIR_PLUGIN_ORDER_AGGREGATE_V2"),
         "order-totals" => env!("WEIR_PLUGIN_ORDER_TOTALS"),
+        "order-totals-v2" => env!("WEIR_PLUGIN_ORDER_TOTALS_V2"),
         other => panic!("no example plugin named {other}"),
     };
     PathBuf::from(path)

@@ -117,7 +117,10 @@ impl From<DeployError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             DeployError::Refused(..) => StatusCode::UNPROCESSABLE_ENTITY,
-            DeployError::NoPrevious(_) | DeployError::AlreadyActive { .. } => StatusCode::CONFLICT,
+            DeployError::NoPrevious(_)
+            | DeployError::AlreadyActive { .. }
+            | DeployError::Changed { .. } => StatusCode::CONFLICT,
+            DeployError::TooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.code(), e.to_string())

@@ -143,9 +143,16 @@ pub fn routes() -> Vec<Route> {
         Route::new(
             M::POST,
             "/v1/plugins/{name}/versions",
-            "deploy: body = the component (`.wasm`, up to 256 MiB); 201 when swapped in, 200 when that content is already active, 422 `invalid_plugin` when refused (the running version stays)",
+            "deploy: body = the component (`.wasm`, up to 256 MiB); 201 when swapped in, 200 when that content is already active, 422 `invalid_plugin` when refused (the running version stays); with `rebuild=true`, 202: the new version rebuilds its key-value state from offset 0 of its binding's source in shadow while the running version serves, and is swapped in once caught up (follow it at /v1/plugins/{name}/rebuild)",
         )
+        .query(&[("rebuild", "`true`: rebuild the key-value state in shadow before the swap")])
         .to(post(plugins::deploy)),
+        Route::new(
+            M::GET,
+            "/v1/plugins/{name}/rebuild",
+            "the plugin's latest shadow rebuild: phase (`rebuilding`, `swapping`, `done`, `failed`), position, live cursor, records handled and failed, error",
+        )
+        .to(get(plugins::rebuild)),
         Route::new(
             M::POST,
             "/v1/plugins/{name}/rollback",

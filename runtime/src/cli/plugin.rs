@@ -40,7 +40,12 @@ pub struct DeployArgs {
     plugin: String,
     /// The component file (`.wasm`).
     file: PathBuf,
-    /// Print the server's JSON answer.
+    /// Rebuild the plugin's key-value state with the new version in shadow, from offset 0 of
+    /// its binding's source, while the running version keeps serving; swap it in once it has
+    /// caught up. Waits until the swap (or a failure) and shows progress.
+    #[arg(long)]
+    rebuild: bool,
+    /// Print the server's JSON answer (with `--rebuild`: the rebuild's final state).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -153,7 +158,10 @@ fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let server = &args.server.server;
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let path = format!("/v1/plugins/{}/versions", encode(&args.plugin));
+    let mut path = format!("/v1/plugins/{}/versions", encode(&args.plugin));
+    if args.rebuild {
+        path.push_str("?rebuild=true");
+    }
     let agent = super::client::agent_waiting(std::time::Duration::from_secs(300));
     let body = answer(
         server,
@@ -162,6 +170,9 @@ fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             .header("content-type", "application/wasm")
             .send(&bytes[..]),
     )?;
+    if args.rebuild {
+        return follow_rebuild(&args, body);
+    }
     if args.json {
         println!("{body}");
         return Ok(());
@@ -186,6 +197,66 @@ fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             "`{}` version {} has that content and is already active; nothing changed",
             args.plugin, v["version"]
         );
+    }
+    Ok(())
+}
+
+/// Follows a shadow rebuild until it is done or failed.
+fn follow_rebuild(args: &DeployArgs, mut body: Value) -> anyhow::Result<()> {
+    let server = &args.server.server;
+    let path = format!("/v1/plugins/{}/rebuild", encode(&args.plugin));
+    let interactive = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut shown = std::time::Instant::now();
+    if !args.json {
+        eprintln!(
+            "rebuilding `{}` in shadow from `{}` (version {} keeps serving)",
+            args.plugin,
+            body["source"].as_str().unwrap_or("?"),
+            body["from_version"]
+        );
+    }
+    loop {
+        if let Some("done" | "failed") = body["phase"].as_str() {
+            break;
+        }
+        if interactive && shown.elapsed() >= std::time::Duration::from_secs(1) {
+            eprintln!(
+                "  {}: at offset {} of {} acknowledged by `{}`, {} handled",
+                body["phase"].as_str().unwrap_or("?"),
+                body["position"],
+                body["live_cursor"],
+                body["binding"].as_str().unwrap_or("?"),
+                body["handled"]
+            );
+            shown = std::time::Instant::now();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        body = answer(server, agent().get(url(server, &path)).call())?;
+    }
+    if args.json {
+        println!("{body}");
+    }
+    if body["phase"] == "failed" {
+        anyhow::bail!(
+            "the rebuild of `{}` failed: {}",
+            args.plugin,
+            body["error"].as_str().unwrap_or("unknown error")
+        );
+    }
+    if !args.json {
+        println!(
+            "rebuilt `{}` in shadow ({} records handled, {} failed) and swapped in version {}; the binding was stopped for {:.1} ms",
+            args.plugin,
+            body["handled"],
+            body["failed"],
+            body["version"],
+            body["paused_ms"].as_f64().unwrap_or(0.0)
+        );
+        if let Some(f) = body["first_failure"].as_str() {
+            eprintln!(
+                "warning: records the new version failed are not in its state; the first: {f}"
+            );
+        }
     }
     Ok(())
 }

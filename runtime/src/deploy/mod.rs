@@ -15,6 +15,7 @@
 //! attempts, so they are retried on the restored version. Versions are kept on disk
 //! ([`store`]) and survive restarts.
 
+pub mod shadow;
 mod store;
 mod watch;
 
@@ -25,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +38,7 @@ use crate::delivery::Handler;
 use crate::host::{Host, Invocation, KvGate, LoadError, Message, Plugin, PluginSpec};
 use crate::ids::now_ms;
 use crate::names::PluginName;
-use crate::storage::Storage;
+use crate::storage::{Commit, Storage, StorageError};
 use store::{VersionRecord, VersionStore};
 
 /// What a binding invokes: the active version of one plugin, swappable while it runs.
@@ -393,6 +395,35 @@ pub enum DeployError {
     /// The version store failed; the running version stays.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store of logs and key-value state failed; the running version stays.
+    #[error("the store failed: {0}")]
+    Storage(#[from] StorageError),
+    /// Another version became active while a shadow rebuild ran: its result is stale.
+    #[error(
+        "plugin `{plugin}` changed from version {expected} to {active} during the rebuild; version {active} keeps serving (rebuild again)"
+    )]
+    Changed {
+        /// The plugin.
+        plugin: String,
+        /// The version active when the rebuild started.
+        expected: u64,
+        /// The version active now.
+        active: u64,
+    },
+    /// The rebuilt state is too large to swap in one commit.
+    #[error(
+        "the rebuilt key-value state of plugin `{plugin}` is {bytes} bytes; a rebuild swaps at most {max} in one commit; version {active} keeps serving"
+    )]
+    TooLarge {
+        /// The plugin.
+        plugin: String,
+        /// The size of the rebuilt state.
+        bytes: usize,
+        /// [`shadow::MAX_COPY_BYTES`].
+        max: usize,
+        /// The version that keeps serving.
+        active: u64,
+    },
 }
 
 impl DeployError {
@@ -404,7 +435,9 @@ impl DeployError {
             DeployError::UnknownVersion { .. } => "unknown_version",
             DeployError::NoPrevious(_) => "no_previous_version",
             DeployError::AlreadyActive { .. } => "already_active",
-            DeployError::Store(_) => "storage_unavailable",
+            DeployError::Store(_) | DeployError::Storage(_) => "storage_unavailable",
+            DeployError::Changed { .. } => "version_changed",
+            DeployError::TooLarge { .. } => "state_too_large",
         }
     }
 }
@@ -448,6 +481,20 @@ impl Registry {
         mut store: VersionStore,
     ) -> anyhow::Result<Entry> {
         let gate = Arc::new(KvGate::default());
+        // A shadow rebuild's swap cut off between recording its version and copying its state:
+        // the copy is done now, before anything runs on that version. Otherwise whatever a
+        // rebuild left in the shadow namespace (one abandoned by a restart) goes.
+        if store.copy_pending() {
+            let keys = shadow::copy(&*self.storage, &name.shadow(), name).with_context(|| {
+                format!("plugin `{name}`: cannot finish the swap of its shadow rebuild")
+            })?;
+            store.copy_done()?;
+            tracing::warn!(plugin = %name, keys, "finished the swap of a shadow rebuild cut off by a stop");
+        }
+        let cleared = shadow::clear(&*self.storage, &name.shadow())?;
+        if cleared > 0 {
+            tracing::info!(plugin = %name, keys = cleared, "removed the state of an unfinished shadow rebuild");
+        }
         let file = std::fs::read(&p.path);
         let file_hash = file.as_ref().ok().map(|b| crate::host::content_hash(b));
         let taken = file_hash.is_some() && file_hash.as_deref() == store.file_sha256();
@@ -785,6 +832,113 @@ impl Registry {
         let live = entry.slot.live.load_full();
         Ok(Deployed {
             version: st.view(target, &live),
+            swapped: true,
+            load_ms,
+            loaded_from: loaded_from.as_str().to_owned(),
+        })
+    }
+
+    /// Loads a version for a shadow rebuild: validated like a deploy, with the plugin's limits
+    /// and grants, but reading and writing the shadow key-value namespace
+    /// ([`PluginName::shadow`]) under a gate of its own. Returns it with the version active
+    /// now. Nothing is swapped; a refusal is recorded like a deploy's.
+    pub fn load_shadow(&self, plugin: &str, bytes: &[u8]) -> Result<(Plugin, u64), DeployError> {
+        let (name, entry) = self.entry(plugin)?;
+        let active = entry.slot.version();
+        let path = PathBuf::from("uploaded component");
+        let gate = Arc::new(KvGate::default());
+        match self.load(&name.shadow(), &entry.config, &path, bytes, &gate, true) {
+            Ok(p) => Ok((p, active)),
+            Err(e) => {
+                tracing::error!(plugin = %name, "rebuild refused: {e}; version {active} keeps serving");
+                entry.lock().store.refuse(Refusal {
+                    at_ms: now_ms(),
+                    sha256: crate::host::content_hash(bytes),
+                    origin: Origin::Upload,
+                    error: e.to_string(),
+                })?;
+                Err(DeployError::Refused(e, active))
+            }
+        }
+    }
+
+    /// Swaps in a version rebuilt in shadow, if `base` is still active: records it as the
+    /// active version (with its state copy marked due), replaces the plugin's key-value state
+    /// with the shadow namespace's in one commit, marks the copy done and swaps the slot (no
+    /// probation: the version before does not fit the rebuilt state). Whatever consumes the
+    /// plugin's state must be stopped; a crash after the record and before the copy is
+    /// finished by [`Registry::open`].
+    pub fn swap_rebuilt(
+        &self,
+        plugin: &PluginName,
+        bytes: &[u8],
+        base: u64,
+    ) -> Result<Deployed, DeployError> {
+        let (name, entry) = self.entry(plugin.as_str())?;
+        let hash = crate::host::content_hash(bytes);
+        let path = PathBuf::from("uploaded component");
+        // Compiled already by the shadow's load: this one comes from the cache.
+        let loaded = self
+            .load(name, &entry.config, &path, bytes, &entry.gate, true)
+            .map_err(|e| DeployError::Refused(e, base))?;
+        let (load_ms, loaded_from) = (loaded.load_time().as_secs_f64() * 1e3, loaded.loaded_from());
+        let (writes, size) = shadow::copy_writes(&*self.storage, &name.shadow(), name);
+        if size > shadow::MAX_COPY_BYTES {
+            return Err(DeployError::TooLarge {
+                plugin: name.to_string(),
+                bytes: size,
+                max: shadow::MAX_COPY_BYTES,
+                active: base,
+            });
+        }
+        let mut st = entry.lock();
+        let active = entry.slot.version();
+        if active != base {
+            return Err(DeployError::Changed {
+                plugin: name.to_string(),
+                expected: base,
+                active,
+            });
+        }
+        let record = st.store.deploy_rebuilt(bytes, &hash, Origin::Upload)?;
+        if !writes.1.is_empty()
+            && let Err(e) = self.storage.commit(Commit {
+                kv: Some(writes),
+                ..Commit::default()
+            })
+        {
+            // Not copied: the version before stays (the restart would redo the copy if this
+            // record cannot be written either).
+            if st
+                .store
+                .roll_back(base, "its shadow rebuild's state could not be swapped in")
+                .is_ok()
+            {
+                let _ = st.store.copy_done();
+            }
+            return Err(e.into());
+        }
+        if let Err(e) = st.store.copy_done() {
+            // The copy is done; a restart redoes it (it is idempotent).
+            tracing::warn!(plugin = %name, "cannot record the rebuild's copy as done ({e}); a restart copies again");
+        }
+        let seq = record.seq;
+        let stats = Arc::clone(
+            st.stats
+                .entry(seq)
+                .or_insert_with(|| VersionStats::new(seq)),
+        );
+        let before = entry.slot.swap(Live {
+            plugin: Arc::new(loaded),
+            version: stats,
+            activation: activation(),
+            probation: None,
+        });
+        st.swaps += 1;
+        tracing::info!(plugin = %name, version = seq, previous = before.version.seq, "swapped in a version rebuilt in shadow");
+        let live = entry.slot.live.load_full();
+        Ok(Deployed {
+            version: st.view(seq, &live),
             swapped: true,
             load_ms,
             loaded_from: loaded_from.as_str().to_owned(),

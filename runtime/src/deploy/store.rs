@@ -70,6 +70,11 @@ struct Manifest {
     /// The latest refused deploys, oldest first.
     #[serde(default)]
     refusals: Vec<super::Refusal>,
+    /// A shadow rebuild's swap recorded the active version but may not have copied the
+    /// rebuilt key-value state from the shadow namespace yet: the copy is redone before any
+    /// binding starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    copy_pending: bool,
 }
 
 /// Why the version store could not be used.
@@ -286,6 +291,37 @@ impl VersionStore {
             self.save()?;
         }
         Ok(self.get(seq).cloned().expect("just recorded"))
+    }
+
+    /// Whether a shadow rebuild's copy of its key-value state is still due.
+    pub fn copy_pending(&self) -> bool {
+        self.manifest.copy_pending
+    }
+
+    /// Makes `bytes` the active version as a shadow rebuild's result, recording (in the same
+    /// manifest write) that its key-value state is still to be copied from the shadow
+    /// namespace.
+    pub fn deploy_rebuilt(
+        &mut self,
+        bytes: &[u8],
+        sha256: &str,
+        origin: Origin,
+    ) -> Result<VersionRecord, StoreError> {
+        self.manifest.copy_pending = true;
+        let deployed = self.deploy(bytes, sha256, origin, false);
+        if deployed.is_err() {
+            self.manifest.copy_pending = false;
+        }
+        deployed
+    }
+
+    /// Records that a rebuild's copy is done.
+    pub fn copy_done(&mut self) -> Result<(), StoreError> {
+        if !self.manifest.copy_pending {
+            return Ok(());
+        }
+        self.manifest.copy_pending = false;
+        self.save()
     }
 
     /// Makes `to` active again after a rollback away from the active version.

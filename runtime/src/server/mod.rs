@@ -7,6 +7,7 @@ mod dlq;
 mod inbox;
 mod metrics;
 mod publish;
+mod rebuild;
 mod replay;
 mod request;
 
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 pub use backpressure::RETRY_AFTER_SECS;
 pub use dlq::{DeadLetter, DeadLetterPage, DlqError, REDRIVEN_FROM, Redriven};
 pub use publish::{MAX_HEADER_BYTES, MAX_HEADERS, PublishError, PublishRequest, Published};
+pub use rebuild::{RebuildError, RebuildView};
 pub use replay::{
     MAX_REPLAY_CHUNK, REPLAY_FOR, REPLAYED_FROM, ReplayError, Replayed, replayed_for_another,
 };
@@ -61,6 +63,10 @@ pub struct Runtime {
     pub metrics: Arc<crate::metrics::Registry>,
     /// Turns true when shutdown starts: intake stops, followers (long polls) answer.
     closing: watch::Sender<bool>,
+    /// Stops and starts each binding while the server runs (for shadow rebuilds).
+    controls: BTreeMap<BindingName, Arc<rebuild::BindingControl>>,
+    /// Shadow rebuilds, the latest per plugin.
+    rebuilds: rebuild::Rebuilds,
     host: Arc<Host>,
 }
 
@@ -76,6 +82,9 @@ pub struct StatsSnapshot {
     /// Requests waiting for a reply.
     #[serde(default)]
     pub requests_waiting: usize,
+    /// Shadow rebuilds of this server's life, the latest per plugin.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rebuilds: BTreeMap<String, RebuildView>,
 }
 
 /// Counters of one destination.
@@ -244,6 +253,11 @@ impl Runtime {
             .iter()
             .map(|b| (b.name.clone(), std::sync::Mutex::default()))
             .collect();
+        let controls = config
+            .bindings
+            .iter()
+            .map(|b| (b.name.clone(), Arc::default()))
+            .collect();
         Ok(Runtime {
             backpressure: backpressure::Limits::new(&config),
             config,
@@ -256,6 +270,8 @@ impl Runtime {
             redrives,
             metrics: Arc::default(),
             closing: watch::Sender::new(false),
+            controls,
+            rebuilds: rebuild::Rebuilds::default(),
             host,
         })
     }
@@ -449,6 +465,7 @@ impl Runtime {
             bindings,
             plugins,
             requests_waiting: self.inbox.waiting(),
+            rebuilds: self.rebuilds.views(),
         }
     }
 }
@@ -545,11 +562,12 @@ pub async fn run(
                 .expect("bindings name configured plugins"),
         );
         let stats = Arc::clone(&runtime.bindings[&b.name]);
-        let fut = crate::delivery::run_binding(
+        let fut = rebuild::supervise(
             b.clone(),
             plugin,
             Arc::clone(&runtime.storage),
             stats,
+            Arc::clone(&runtime.controls[&b.name]),
             stop_rx.clone(),
         );
         let task = format!("binding `{}`", b.name);

@@ -260,7 +260,7 @@ pub(crate) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
         bytes = rest;
         let op = match tag {
             KV_SET | KV_DELETE => {
-                let plugin = take_name(&mut bytes, 2, PluginName::new)
+                let plugin = take_name(&mut bytes, 2, PluginName::from_stored)
                     .map_err(|e| format!("{e} at byte {at}"))?;
                 let key = take(&mut bytes, 4).map_err(|e| format!("{e} at byte {at}"))?;
                 let key = String::from_utf8(key.to_vec())
