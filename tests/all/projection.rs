@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, plugin, wait_for};
+use crate::support::{Server, orders_plugin, plugin, wait_for};
 
 const BINDING: &str = "shop.order-totals";
 
@@ -62,9 +62,19 @@ fn totals(s: &Server) -> BTreeMap<String, String> {
 
 #[test]
 fn a_projection_folds_the_store_once_in_commit_order_across_restarts() {
+    folds_once_across_restarts(&plugin("order-totals").display().to_string());
+}
+
+#[test]
+fn the_python_projection_folds_the_store_like_the_rust_one() {
+    folds_once_across_restarts(&orders_plugin("order-totals-py").display().to_string());
+}
+
+/// Drives three orders and a foreign event through the aggregate; `totals_path` must fold them
+/// into the same read model, once, across a restart.
+fn folds_once_across_restarts(totals_path: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let totals_path = plugin("order-totals").display().to_string();
-    let s = Server::start(dir.path(), &config(&totals_path));
+    let s = Server::start(dir.path(), &config(totals_path));
     // Three orders: one settled and shipped, one cancelled, one half paid.
     send(&s, "1", json!({"type": "Place", "data": {"total": 10}}));
     send(&s, "2", json!({"type": "Place", "data": {"total": 7}}));
@@ -331,4 +341,77 @@ fn a_rebuild_that_cannot_run_is_refused_and_changes_nothing() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("exactly one"), "{err}");
+}
+
+#[test]
+fn a_rebuild_from_rust_to_python_keeps_the_read_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = plugin("order-totals").display().to_string();
+    let s = Server::start(dir.path(), &rebuild_config(&v1));
+    let appends: Vec<Value> = (0..40)
+        .map(|i| {
+            let mut events = vec![json!({"type": "OrderPlaced", "data": {"total": 3 + i}})];
+            if i % 2 == 0 {
+                events.push(json!({"type": "OrderPaid", "data": {"amount": 3 + i}}));
+                events.push(json!({"type": "OrderSettled", "data": {}}));
+            }
+            if i % 5 == 0 {
+                events.push(json!({"type": "OrderShipped", "data": {}}));
+            } else if i % 7 == 0 {
+                events.push(json!({"type": "OrderCancelled", "data": {}}));
+            }
+            json!({"stream": format!("order-{i}"), "expected_revision": "no-stream", "events": events})
+        })
+        .collect();
+    append_many(&s.url, &json!({ "appends": appends }));
+    caught_up(&s);
+    let rust = totals(&s);
+    assert_eq!(rust["orders/placed"], "40", "{rust:?}");
+    let python = orders_plugin("order-totals-py").display().to_string();
+    let (code, out, err) = crate::support::weir(
+        &[
+            "plugin",
+            "deploy",
+            "order-totals",
+            &python,
+            "--rebuild",
+            "--json",
+            "--server",
+            &s.url,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}\n{}", s.stderr());
+    let done: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (done["phase"].as_str(), done["failed"].as_u64()),
+        (Some("done"), Some(0)),
+        "{done}"
+    );
+    assert_eq!(totals(&s), rust);
+    // The Python version serves what comes next.
+    send_append(
+        &s,
+        "order-1",
+        json!({"type": "OrderPaid", "data": {"amount": 4}}),
+    );
+    caught_up(&s);
+    let python = totals(&s);
+    assert_eq!(
+        python["amount/paid"],
+        (rust["amount/paid"].parse::<u64>().unwrap() + 4).to_string()
+    );
+    assert_eq!(
+        python["events"],
+        (rust["events"].parse::<u64>().unwrap() + 1).to_string()
+    );
+}
+
+fn send_append(s: &Server, stream: &str, event: Value) {
+    let (status, body) = s.post(
+        &format!("/v1/streams/shop/streams/{stream}"),
+        json!({ "events": [event] }).to_string().as_bytes(),
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(status, 201, "{body}");
 }

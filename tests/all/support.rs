@@ -64,6 +64,10 @@ pub fn orders_plugin(name: &str) -> PathBuf {
             option_env!("WEIR_PLUGIN_ORDER_AGGREGATE_PY"),
             option_env!("WEIR_PLUGIN_SKIPPED_ORDER_AGGREGATE_PY"),
         ),
+        "order-totals-py" => (
+            option_env!("WEIR_PLUGIN_ORDER_TOTALS_PY"),
+            option_env!("WEIR_PLUGIN_SKIPPED_ORDER_TOTALS_PY"),
+        ),
         other => panic!("no orders plugin named {other}"),
     };
     match (built, skipped) {

@@ -903,7 +903,12 @@ impl Cx<'_> {
             ));
         }
         let guarantee = self.choice(&b.guarantee, &name)?;
-        let ordering = self.choice(&b.ordering, &name)?;
+        // A stream store is consumed in commit order unless the binding asks otherwise: a
+        // projection then sees the store's global order, not only each stream's.
+        let ordering = match b.ordering {
+            None if destinations.get(&source) == Some(&DestinationKind::Stream) => Ordering::Fifo,
+            _ => self.choice(&b.ordering, &name)?,
+        };
         let poison = self.choice(&b.poison, &name)?;
         let concurrency = match &b.concurrency {
             None if ordering == Ordering::Fifo => 1,

@@ -408,6 +408,17 @@ plugin = "p"
         Some(Duration::from_secs(7 * 86400))
     );
     assert_eq!(c.bindings[0].source, orders);
+    // Consumed in commit order, one event at a time, unless the binding asks otherwise.
+    assert_eq!(
+        (c.bindings[0].ordering, c.bindings[0].concurrency),
+        (Ordering::Fifo, 1)
+    );
+    let keyed = parse(
+        "[streams.orders]\n[plugins.p]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"orders\"\nplugin = \"p\"\nordering = \"key\"\n",
+    )
+    .unwrap();
+    assert_eq!(keyed.bindings[0].ordering, Ordering::Key);
+    assert!(keyed.bindings[0].concurrency > 1);
     check_err(
         "[queues.orders]\n[streams.orders]\n",
         "weir.toml:2:10: `orders` is declared both as a stream store and as a queue or topic; destination names are shared",
