@@ -3,7 +3,8 @@
 //! when header `forward-to` is present, also publishes the payload (with the key, and the new
 //! total in header `count`) there, so every counted message leaves one output carrying its
 //! identity and the state it saw (`weir chaos --scenario deliver` checks the counter and the
-//! outputs against the inputs).
+//! outputs against the inputs). Header `forward-copies: N` (1 to 16) makes it N outputs, each
+//! with header `copy` (0 to N-1).
 
 use weir_sdk::{HandlerError, Message, Outcome, Outgoing, kv};
 
@@ -32,12 +33,28 @@ fn handle(msg: Message) -> Result<Outcome, HandlerError> {
         increment(&format!("count/{key}"))?;
     }
     if let Some(destination) = msg.header("forward-to") {
-        let out = Outgoing {
-            key: msg.key.clone(),
-            headers: vec![("count".to_owned(), total.to_string())],
-            payload: msg.payload.clone(),
+        let copies = match msg.header("forward-copies") {
+            None => 1,
+            Some(n) => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=16).contains(n))
+                .ok_or_else(|| {
+                    HandlerError::fatal(format!("forward-copies must be 1 to 16, found `{n}`"))
+                })?,
         };
-        weir_sdk::publish(destination, out)?;
+        for copy in 0..copies {
+            let mut headers = vec![("count".to_owned(), total.to_string())];
+            if msg.header("forward-copies").is_some() {
+                headers.push(("copy".to_owned(), copy.to_string()));
+            }
+            let out = Outgoing {
+                key: msg.key.clone(),
+                headers,
+                payload: msg.payload.clone(),
+            };
+            weir_sdk::publish(destination, out)?;
+        }
     }
     if msg.has_header("reply") {
         return Ok(Outcome::Reply(total.to_string().into_bytes()));

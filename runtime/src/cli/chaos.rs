@@ -53,6 +53,9 @@ pub struct ChaosArgs {
     /// its header `forward-to`).
     #[arg(long, default_value = "plugins/target/components/counter.wasm")]
     pub(super) plugin: PathBuf,
+    /// `deliver`: outputs per input (the plugin publishes this many, each with header `copy`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub(super) outputs: u32,
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub(super) json: bool,

@@ -13,10 +13,10 @@
 //! Each output also carries, in header `count`, the total its handling saw. Under
 //! `exactly-once` an output must come from the same handling as the key-value writes that were
 //! kept, so the outputs carry 1, 2, ... up to the counter, each once; a total repeated or missing
-//! means an output survived from a handling whose key-value writes did not (reported as
-//! `count_repeats` and `count_gaps`). That stricter check is reported with a warning but is not
-//! yet part of the verdict: weir does not pass it under every crash (a known gap, written up in
-//! ARCHITECTURE.md).
+//! means an output survived from a handling whose key-value writes did not (`count_repeats`,
+//! `count_gaps`), and fails the run. With `--outputs N` every input asks for N outputs (header
+//! `forward-copies`), each with header `copy`: each (input, copy) and each (total, copy) must
+//! then be there once.
 //!
 //! The kills that matter most land between a handler's return and its commit becoming durable.
 //! There is no fault hook for that moment (the delivery engine has none); instead the
@@ -62,6 +62,8 @@ struct Report {
     counter: u64,
     /// Records in `out`.
     outputs: u64,
+    /// Outputs per input.
+    outputs_per_input: u32,
     /// Inputs whose effects are missing: without an output, or not counted (per key).
     lost: u64,
     /// Effects beyond one per input: extra outputs, or counted more than once (per key).
@@ -70,11 +72,11 @@ struct Report {
     duplicate_outputs: u64,
     counter_lost: u64,
     counter_duplicates: u64,
-    /// Outputs whose `count` header (the total their handling saw) another output also carries:
-    /// under exactly-once, every handling sees the state of all handlings before it and no
-    /// other, so the outputs carry 1, 2, ... up to the counter, each once.
+    /// Outputs whose `count` header (the total their handling saw) and `copy` another output
+    /// also carries: under exactly-once, every handling sees the state of all handlings before
+    /// it and no other, so the outputs carry 1, 2, ... up to the counter, each once per copy.
     count_repeats: u64,
-    /// Totals in 1..=counter that no output carries.
+    /// (Total in 1..=counter, copy) pairs that no output carries.
     count_gaps: u64,
     dead_lettered: u64,
     kills_with_work_in_flight: u32,
@@ -123,6 +125,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         scenario: "deliver",
         guarantee: args.guarantee.to_string(),
         seed,
+        outputs_per_input: args.outputs,
         ..Report::default()
     };
     let mut publishers: Vec<Publisher> = vec![(0, None); args.publishers];
@@ -138,7 +141,14 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
     for round in 0..args.kills {
         let mut server = Server::start(dir)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = spawn_publishers(&server.url, &publishers, &stop, &inputs, false);
+        let threads = spawn_publishers(
+            &server.url,
+            &publishers,
+            &stop,
+            &inputs,
+            args.outputs,
+            false,
+        );
         std::thread::sleep(Duration::from_millis(rng.next() % args.max_run_ms.max(1)));
         // Sampled just before the kill: were handled messages waiting for durable commits?
         if let Ok(b) = binding_stats(&server.url) {
@@ -170,7 +180,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
     // and read the durable state from a fresh process.
     let server = Server::start(dir)?;
     let stop = Arc::new(AtomicBool::new(false));
-    for t in spawn_publishers(&server.url, &publishers, &stop, &inputs, true) {
+    for t in spawn_publishers(&server.url, &publishers, &stop, &inputs, args.outputs, true) {
         let (_, pending) = t.join().expect("publisher thread");
         if pending.is_some() {
             bail!("a publish failed with no kill in between; the server's errors are above");
@@ -185,21 +195,12 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
     server.stop();
 
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-    // Whether every output comes from the same handling as the key-value writes that were kept
-    // (the totals the outputs carry are then 1..=counter, each once). Reported, not yet part of
-    // the verdict: a crash can keep an exactly-once output durable while its journal record is
-    // lost, and the handling that runs again may see a different total (known gap; the fix is a
-    // transactional outbox, see ARCHITECTURE.md). The verdict is the guarantee's own terms:
-    // nothing lost, nothing handled twice.
+    // Exactly-once: nothing lost, nothing handled twice, and every output from the same
+    // handling as the key-value writes that were kept (the totals the outputs carry are then
+    // 1..=counter, each once per copy).
     let consistent = report.count_repeats == 0 && report.count_gaps == 0;
-    if !consistent {
-        eprintln!(
-            "warning: output totals repeated {} and missing {}: outputs kept from a handling whose key-value writes were lost in a crash",
-            report.count_repeats, report.count_gaps
-        );
-    }
     let ok = match args.guarantee {
-        Guarantee::ExactlyOnce => report.lost == 0 && report.duplicates == 0,
+        Guarantee::ExactlyOnce => report.lost == 0 && report.duplicates == 0 && consistent,
         Guarantee::AtLeastOnce => report.lost == 0,
         Guarantee::AtMostOnce => report.duplicates == 0,
     };
@@ -222,10 +223,12 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
     }
     if !ok {
         bail!(
-            "the {} guarantee was broken: lost {}, duplicates {}",
+            "the {} guarantee was broken: lost {}, duplicates {}, output totals repeated {}, missing {}",
             args.guarantee,
             report.lost,
-            report.duplicates
+            report.duplicates,
+            report.count_repeats,
+            report.count_gaps
         );
     }
     Ok(())
@@ -244,6 +247,7 @@ fn spawn_publishers(
     state: &[Publisher],
     stop: &Arc<AtomicBool>,
     inputs: &Arc<Inputs>,
+    outputs: u32,
     only_pending: bool,
 ) -> Vec<std::thread::JoinHandle<Publisher>> {
     state
@@ -253,7 +257,16 @@ fn spawn_publishers(
         .map(|(p, (next, pending))| {
             let (url, stop, inputs) = (url.to_owned(), Arc::clone(stop), Arc::clone(inputs));
             std::thread::spawn(move || {
-                publish_until(&url, p, next, pending, &stop, &inputs, only_pending)
+                publish_until(
+                    &url,
+                    p,
+                    next,
+                    pending,
+                    &stop,
+                    &inputs,
+                    outputs,
+                    only_pending,
+                )
             })
         })
         .collect()
@@ -267,6 +280,7 @@ fn publish_until(
     mut pending: Option<u64>,
     stop: &AtomicBool,
     inputs: &Inputs,
+    outputs: u32,
     only_pending: bool,
 ) -> Publisher {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -288,12 +302,15 @@ fn publish_until(
         }
         let body = identity(publisher, seq);
         let key = format!("k{}", seq % KEYS);
-        let resp = agent
+        let mut req = agent
             .post(format!("{url}/v1/destinations/in/messages"))
             .header("weir-id", format!("p{publisher}-{seq}"))
             .header("weir-key", &key)
-            .header("weir-header-forward-to", "out")
-            .send(body.as_bytes());
+            .header("weir-header-forward-to", "out");
+        if outputs > 1 {
+            req = req.header("weir-header-forward-copies", outputs.to_string());
+        }
+        let resp = req.send(body.as_bytes());
         // 201: stored; 200: stored before (a retried publish that had been stored).
         let ok = matches!(&resp, Ok(r) if matches!(r.status().as_u16(), 200 | 201));
         if !ok {
@@ -367,30 +384,38 @@ fn check(url: &str, inputs: &HashMap<String, String>, report: &mut Report) -> an
 
     report.published = inputs.len() as u64;
     report.inputs_stored = read_all("in")?.len() as u64;
-    let mut outputs: HashMap<String, u64> = HashMap::new();
-    let mut totals: HashMap<u64, u64> = HashMap::new();
+    // Per (input, copy) and per (total, copy).
+    let mut outputs: HashMap<(String, u64), u64> = HashMap::new();
+    let mut totals: HashMap<(u64, u64), u64> = HashMap::new();
+    let copies = u64::from(report.outputs_per_input);
     for m in read_all("out")? {
         let payload = m["payload"].as_str().unwrap_or("<binary>").to_owned();
-        *outputs.entry(payload).or_default() += 1;
+        let header = |name: &str| {
+            m["headers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|h| h[0] == name)
+                .and_then(|h| h[1].as_str()?.parse::<u64>().ok())
+        };
+        let copy = header("copy").unwrap_or(0);
+        *outputs.entry((payload, copy)).or_default() += 1;
         report.outputs += 1;
-        let total = m["headers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|h| h[0] == "count")
-            .and_then(|h| h[1].as_str()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        *totals.entry(total).or_default() += 1;
+        *totals
+            .entry((header("count").unwrap_or(0), copy))
+            .or_default() += 1;
     }
     for input in inputs.keys() {
-        match outputs.get(input).copied().unwrap_or(0) {
-            0 => report.lost_outputs += 1,
-            n => report.duplicate_outputs += n - 1,
+        for copy in 0..copies {
+            match outputs.get(&(input.clone(), copy)).copied().unwrap_or(0) {
+                0 => report.lost_outputs += 1,
+                n => report.duplicate_outputs += n - 1,
+            }
         }
     }
     report.duplicate_outputs += outputs
         .iter()
-        .filter(|(payload, _)| !inputs.contains_key(*payload))
+        .filter(|((payload, copy), _)| !inputs.contains_key(payload) || *copy >= copies)
         .map(|(_, n)| n)
         .sum::<u64>();
 
@@ -403,7 +428,8 @@ fn check(url: &str, inputs: &HashMap<String, String>, report: &mut Report) -> an
     report.counter = counters.get("count").copied().unwrap_or(0);
     report.count_repeats = totals.values().map(|n| n - 1).sum();
     report.count_gaps = (1..=report.counter)
-        .filter(|t| !totals.contains_key(t))
+        .flat_map(|t| (0..copies).map(move |c| (t, c)))
+        .filter(|tc| !totals.contains_key(tc))
         .count() as u64;
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     for key in inputs.values() {

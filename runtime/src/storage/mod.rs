@@ -9,6 +9,7 @@
 mod embedded;
 pub mod log;
 mod memory;
+mod outbox;
 mod state;
 
 use std::collections::BTreeMap;
@@ -61,7 +62,10 @@ pub struct Commit {
     /// Records to append, in order.
     pub publishes: Vec<(DestinationName, Record)>,
     /// Append the publishes with dedup: a record whose id is already stored in its log is not
-    /// stored again (exactly-once redeliveries publish records with the same ids).
+    /// stored again. For commits of publishes alone; a commit with key-value writes or
+    /// acknowledgements needs none: in the durable store its publishes go through the outbox
+    /// (appended only once the commit's journal record is durable), so a message delivered
+    /// again never finds its own earlier output.
     pub dedup: bool,
     /// Acknowledge these offsets of the bindings' sources: the bindings are done with them. A
     /// binding's cursor (the first offset not yet acknowledged) advances over every offset
@@ -74,9 +78,12 @@ pub struct Commit {
 #[must_use = "a commit is durable only when its ticket says so"]
 #[derive(Debug)]
 pub struct CommitTicket {
-    /// Offsets of the published records, in order (the original's for a dedup duplicate).
+    /// Offsets of the published records, in order (the original's for a dedup duplicate), when
+    /// known at submit: empty for a commit whose publishes go through the outbox (they are
+    /// appended once its journal record is durable; `wait` and `durable` return them).
     pub offsets: Vec<Offset>,
     pending: Vec<log::AppendTicket>,
+    outbox: Option<Arc<outbox::Slot>>,
 }
 
 impl CommitTicket {
@@ -85,27 +92,57 @@ impl CommitTicket {
         CommitTicket {
             offsets,
             pending: Vec::new(),
+            outbox: None,
         }
     }
 
     pub(crate) fn new(offsets: Vec<Offset>, pending: Vec<log::AppendTicket>) -> CommitTicket {
-        CommitTicket { offsets, pending }
+        CommitTicket {
+            offsets,
+            pending,
+            outbox: None,
+        }
     }
 
-    /// Blocks until the commit is durable; returns the offsets of its published records.
+    /// A commit whose publishes are appended by the outbox once its journal record is durable.
+    pub(crate) fn outboxed(journal: log::AppendTicket, slot: Arc<outbox::Slot>) -> CommitTicket {
+        CommitTicket {
+            offsets: Vec::new(),
+            pending: vec![journal],
+            outbox: Some(slot),
+        }
+    }
+
+    /// Blocks until the commit is durable (its published records too); returns the offsets of
+    /// its published records.
     pub fn wait(self) -> Result<Vec<Offset>, StorageError> {
         for t in self.pending {
             t.wait()?;
         }
-        Ok(self.offsets)
+        let Some(slot) = self.outbox else {
+            return Ok(self.offsets);
+        };
+        let (offsets, tickets) = slot.wait()?;
+        for t in tickets {
+            t.wait()?;
+        }
+        Ok(offsets)
     }
 
-    /// Resolves when the commit is durable; returns the offsets of its published records.
+    /// Resolves when the commit is durable (its published records too); returns the offsets of
+    /// its published records.
     pub async fn durable(self) -> Result<Vec<Offset>, StorageError> {
         for t in self.pending {
             t.await?;
         }
-        Ok(self.offsets)
+        let Some(slot) = self.outbox else {
+            return Ok(self.offsets);
+        };
+        let (offsets, tickets) = std::future::poll_fn(|cx| slot.poll(cx)).await?;
+        for t in tickets {
+            t.await?;
+        }
+        Ok(offsets)
     }
 }
 

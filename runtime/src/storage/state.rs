@@ -9,11 +9,15 @@
 //! Encoding: a sequence of operations, each a tag byte then length-prefixed fields
 //! (little-endian): `1` kv-set (u16 plugin, u32 key, u32 value), `2` kv-delete (u16 plugin, u32
 //! key), `3` cursor (u16 binding, u64 offset), `4` ack (u16 binding, u64 offset), `5` delivered
-//! (u16 binding, u64 offset, u32 count), `6` published (u16 log, u64 end). Decoding checks every
-//! length against the input.
+//! (u16 binding, u64 offset, u32 count), `6` published (u16 log, u64 end; written by versions
+//! before the outbox, still read), `7` outbox (u16 log, then the record: u32 id, u8 flags (bit 0
+//! key, bit 1 reply-to, bit 2 correlation id), each present one as u32-prefixed text, u64
+//! timestamp, u32 header count and per header u32 name and u32 value, u32 payload). Decoding
+//! checks every length against the input.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::Record;
 use crate::names::{BindingName, DestinationName, Offset, PluginName};
 
 const KV_SET: u8 = 1;
@@ -22,6 +26,11 @@ const CURSOR: u8 = 3;
 const ACK: u8 = 4;
 const DELIVERED: u8 = 5;
 const PUBLISHED: u8 = 6;
+const OUTBOX: u8 = 7;
+
+const HAS_KEY: u8 = 1;
+const HAS_REPLY_TO: u8 = 2;
+const HAS_CORRELATION: u8 = 4;
 
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +63,12 @@ pub(crate) enum Op {
         log: DestinationName,
         end: Offset,
     },
+    /// A record the commit publishes to `log`, appended there once this journal record is
+    /// durable (the transactional outbox; re-appended on recovery if a crash cut it off).
+    Outbox {
+        log: DestinationName,
+        record: Record,
+    },
 }
 
 impl Op {
@@ -62,7 +77,7 @@ impl Op {
     pub fn is_effect(&self) -> bool {
         matches!(
             self,
-            Op::KvSet { .. } | Op::KvDelete { .. } | Op::Published { .. }
+            Op::KvSet { .. } | Op::KvDelete { .. } | Op::Published { .. } | Op::Outbox { .. }
         )
     }
 }
@@ -122,7 +137,7 @@ impl State {
                     }
                 }
             }
-            Op::Published { .. } => {}
+            Op::Published { .. } | Op::Outbox { .. } => {}
             Op::Delivered {
                 binding,
                 offset,
@@ -227,10 +242,36 @@ pub(crate) fn encode_delivered(
     buf.extend_from_slice(&count.to_le_bytes());
 }
 
+/// Journals before the outbox wrote these; kept to test that they are still read.
+#[cfg(test)]
 pub(crate) fn encode_published(buf: &mut Vec<u8>, log: &DestinationName, end: Offset) {
     buf.push(PUBLISHED);
     put_str16(buf, log.as_str());
     buf.extend_from_slice(&end.0.to_le_bytes());
+}
+
+pub(crate) fn encode_outbox(buf: &mut Vec<u8>, log: &DestinationName, record: &Record) {
+    buf.push(OUTBOX);
+    put_str16(buf, log.as_str());
+    put_bytes32(buf, record.id.as_bytes());
+    let flags = u8::from(record.key.is_some()) * HAS_KEY
+        | u8::from(record.reply_to.is_some()) * HAS_REPLY_TO
+        | u8::from(record.correlation_id.is_some()) * HAS_CORRELATION;
+    buf.push(flags);
+    for text in [&record.key, &record.reply_to, &record.correlation_id]
+        .into_iter()
+        .flatten()
+    {
+        put_bytes32(buf, text.as_bytes());
+    }
+    buf.extend_from_slice(&record.timestamp_ms.to_le_bytes());
+    let headers = u32::try_from(record.headers.len()).expect("headers are bounded by the frame");
+    buf.extend_from_slice(&headers.to_le_bytes());
+    for (name, value) in &record.headers {
+        put_bytes32(buf, name.as_bytes());
+        put_bytes32(buf, value.as_bytes());
+    }
+    put_bytes32(buf, &record.payload);
 }
 
 fn encode_offset(buf: &mut Vec<u8>, tag: u8, binding: &BindingName, offset: Offset) {
@@ -246,7 +287,7 @@ fn put_str16(buf: &mut Vec<u8>, s: &str) {
 }
 
 fn put_bytes32(buf: &mut Vec<u8>, b: &[u8]) {
-    let len = u32::try_from(b.len()).expect("kv keys and values are at most 1 MiB");
+    let len = u32::try_from(b.len()).expect("fields are bounded by a journal record (64 MiB)");
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(b);
 }
@@ -302,11 +343,68 @@ pub(crate) fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
                     end: take_offset(&mut bytes, at)?,
                 }
             }
+            OUTBOX => {
+                let log = take_name(&mut bytes, 2, DestinationName::new)
+                    .map_err(|e| format!("{e} at byte {at}"))?;
+                let record = take_record(&mut bytes)
+                    .map_err(|e| format!("outbox record {e} at byte {at}"))?;
+                Op::Outbox { log, record }
+            }
             other => return Err(format!("unknown state operation {other} at byte {at}")),
         };
         ops.push(op);
     }
     Ok(ops)
+}
+
+/// Takes an outbox record (see the module's encoding).
+fn take_record(bytes: &mut &[u8]) -> Result<Record, String> {
+    let text = |bytes: &mut &[u8], what: &str| -> Result<String, String> {
+        let raw = take(bytes, 4).map_err(|e| format!("{what}: {e}"))?;
+        String::from_utf8(raw.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+    };
+    let id = text(bytes, "id")?;
+    let (&flags, rest) = bytes.split_first().ok_or("flags truncated")?;
+    *bytes = rest;
+    let optional = |bit: u8, what: &str, bytes: &mut &[u8]| -> Result<Option<String>, String> {
+        if flags & bit == 0 {
+            Ok(None)
+        } else {
+            text(bytes, what).map(Some)
+        }
+    };
+    let key = optional(HAS_KEY, "key", bytes)?;
+    let reply_to = optional(HAS_REPLY_TO, "reply-to", bytes)?;
+    let correlation_id = optional(HAS_CORRELATION, "correlation id", bytes)?;
+    let (raw, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or("timestamp truncated")?;
+    let timestamp_ms = u64::from_le_bytes(*raw);
+    let (raw, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or("header count truncated")?;
+    *bytes = rest;
+    let count = u32::from_le_bytes(*raw) as usize;
+    // Every header takes at least 8 bytes: a count larger than what is left is damage.
+    if count > bytes.len() / 8 {
+        return Err(format!("{count} headers in {} bytes", bytes.len()));
+    }
+    let mut headers = Vec::with_capacity(count);
+    for _ in 0..count {
+        headers.push((text(bytes, "header name")?, text(bytes, "header value")?));
+    }
+    let payload = take(bytes, 4)
+        .map_err(|e| format!("payload: {e}"))?
+        .to_vec();
+    Ok(Record {
+        id,
+        key,
+        headers,
+        payload,
+        timestamp_ms,
+        reply_to,
+        correlation_id,
+    })
 }
 
 /// Takes a little-endian u64 offset.
@@ -362,6 +460,26 @@ mod tests {
         encode_delivered(&mut buf, &b, Offset(44), 3);
         let d = DestinationName::new("out").unwrap();
         encode_published(&mut buf, &d, Offset(7));
+        let full = Record {
+            id: "b@1#0".into(),
+            key: Some("k".into()),
+            headers: vec![("h".into(), "v".into()), ("".into(), "".into())],
+            payload: b"body".to_vec(),
+            timestamp_ms: 1_700_000_000_000,
+            reply_to: Some("inbox".into()),
+            correlation_id: Some("c-1".into()),
+        };
+        let bare = Record {
+            id: "x".into(),
+            key: None,
+            headers: Vec::new(),
+            payload: Vec::new(),
+            timestamp_ms: 0,
+            reply_to: None,
+            correlation_id: Some("only".into()),
+        };
+        encode_outbox(&mut buf, &d, &full);
+        encode_outbox(&mut buf, &d, &bare);
         let ops = decode(&buf).unwrap();
         assert_eq!(
             ops,
@@ -389,8 +507,16 @@ mod tests {
                     count: 3
                 },
                 Op::Published {
-                    log: d,
+                    log: d.clone(),
                     end: Offset(7)
+                },
+                Op::Outbox {
+                    log: d.clone(),
+                    record: full
+                },
+                Op::Outbox {
+                    log: d,
+                    record: bare
                 },
             ]
         );
@@ -401,6 +527,16 @@ mod tests {
         let p = PluginName::new("p").unwrap();
         let mut buf = Vec::new();
         encode_kv(&mut buf, &p, "key", Some(b"value"));
+        let record = Record {
+            id: "id".into(),
+            key: Some("k".into()),
+            headers: vec![("h".into(), "v".into())],
+            payload: b"p".to_vec(),
+            timestamp_ms: 1,
+            reply_to: None,
+            correlation_id: None,
+        };
+        encode_outbox(&mut buf, &DestinationName::new("out").unwrap(), &record);
         for cut in 0..buf.len() {
             let _ = decode(&buf[..cut]);
         }

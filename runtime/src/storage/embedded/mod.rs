@@ -2,31 +2,41 @@
 //! binding cursors and plugin key-value state live in a state journal (`<dir>/state/journal/`,
 //! itself a `Log`) with periodic snapshots (`<dir>/state/snapshot`).
 //!
-//! A [`Commit`] appends its published records to their logs and, in the same step, one journal
-//! record with its key-value writes, its acknowledgements and where its publishes end in each
-//! log (`Published` operations); both are fsynced by their logs' group commit, in parallel. The
-//! commit is durable when all of them are. A crash can make the journal record durable while a
-//! publish is lost: recovery checks every record's `Published` ends against the recovered logs,
-//! and from the first record whose publishes are missing on, it discards every record carrying
-//! effects (key-value writes or publishes; a later one may have read the state the lost one
-//! wrote), keeping facts about deliveries (counts, at-most-once acknowledgements). A snapshot
-//! written right then makes the decision final. The messages of the discarded records are
-//! delivered again: a cursor never stays past a message whose effects were lost.
+//! A [`Commit`] with key-value writes or acknowledgements is one journal record, and its
+//! published records go in that record too (`Outbox` operations: the transactional outbox). The
+//! outbox thread appends them to their logs only once the journal record is durable, in journal
+//! order; the commit is durable when its journal record and those appends are. So a published
+//! record is never durable without the key-value writes and acknowledgement of the invocation
+//! that made it: a crash either loses the whole commit (the message is delivered again and
+//! publishes afresh) or keeps the journal record, and then recovery appends whatever of its
+//! outbox the crash cut off. Per log, the outbox records a crash kept are a prefix of those the
+//! outbox thread appended (it appends in journal order, and a log keeps a prefix of its
+//! appends), so recovery finds, from the newest backwards, the last one stored (by its id) and
+//! appends those after it. A commit of publishes alone (external publishes, stream appends)
+//! needs no journal record and appends at once.
+//!
+//! Journals written before the outbox carry `Published` operations instead (where a commit's
+//! publishes, appended in parallel with the journal record, end in each log): recovery still
+//! checks them, and from the first record whose publishes are missing on it discards every
+//! record carrying effects, keeping facts about deliveries (counts, at-most-once
+//! acknowledgements); a snapshot written right then makes the decision final.
 //!
 //! **Invariant:** journal records are applied to the in-memory state in journal order (append
 //! and apply happen under one lock), so a state read never reflects a change that a crash could
-//! undo while keeping a later one. A snapshot only covers records whose publishes are durable.
+//! undo while keeping a later one. A snapshot only covers records whose outbox records are
+//! durable in their logs.
 
 mod snapshot;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, mpsc};
 
 use tokio::sync::watch;
 
 use super::log::{Durability, Io, Log, LogError, LogOptions, Recovery, RecoveryReport, StdIo};
+use super::outbox::{Landed, Slot};
 use super::state::{self, Op, State};
 use super::{Commit, CommitTicket, Reclaimed, Record, Storage, StorageError, Stored};
 use crate::config::Retention;
@@ -48,6 +58,11 @@ pub struct EmbeddedOptions {
     pub snapshot_bytes: u64,
     /// The file system (a fault-injecting one in tests). Default: the real one.
     pub io: Arc<dyn Io>,
+    /// Fault injection for crash tests: the outbox thread stops for good once the journal
+    /// record of this many commits with publishes is durable, before appending that commit's
+    /// publishes (it prints `weir: outbox stalled` to stderr; the commits then fail). Default:
+    /// `WEIR_FAULT_OUTBOX_STALL` from the environment, else never.
+    pub outbox_stall_after: Option<u64>,
 }
 
 impl Default for EmbeddedOptions {
@@ -58,6 +73,7 @@ impl Default for EmbeddedOptions {
             segment_bytes: 256 << 20,
             snapshot_bytes: 64 << 20,
             io: Arc::new(StdIo),
+            outbox_stall_after: std::env::var(STALL_ENV).ok().and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -78,11 +94,123 @@ pub struct EmbeddedStorage {
     dir: PathBuf,
     options: EmbeddedOptions,
     logs: RwLock<HashMap<DestinationName, Arc<Log>>>,
-    journal: Log,
+    journal: Arc<Log>,
     state: Mutex<Applied>,
     snapshotting: AtomicBool,
+    /// Commits whose publishes wait for their journal record, in journal order (sent under the
+    /// state lock); `None` once the store is dropped.
+    outbox: Mutex<Option<mpsc::Sender<OutboxItem>>>,
+    outbox_thread: Option<std::thread::JoinHandle<()>>,
+    outbox_progress: Arc<OutboxProgress>,
     /// Held for the store's lifetime: one process per store directory.
     _lock: std::fs::File,
+}
+
+/// One commit's publishes, waiting for its journal record to be durable.
+struct OutboxItem {
+    /// The journal offset after the commit's record.
+    journal_end: Offset,
+    groups: Vec<Group>,
+    total: usize,
+    slot: Arc<Slot>,
+}
+
+/// How far the outbox thread has got: every commit whose journal record ends at or before
+/// `journal` has its publishes appended, and they end at `ends` in their logs; `sent` is the
+/// journal end of the last commit handed to it.
+#[derive(Debug, Default)]
+struct OutboxProgress {
+    state: Mutex<OutboxState>,
+    moved: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    sent: Offset,
+    journal: Offset,
+    ends: HashMap<DestinationName, Offset>,
+    /// The thread stopped (the journal or a log failed): no snapshot may be taken any more.
+    failed: bool,
+}
+
+impl OutboxProgress {
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// See [`EmbeddedOptions::outbox_stall_after`].
+const STALL_ENV: &str = "WEIR_FAULT_OUTBOX_STALL";
+
+/// The outbox thread: appends each commit's publishes once its journal record is durable.
+fn run_outbox(
+    journal: Arc<Log>,
+    items: mpsc::Receiver<OutboxItem>,
+    progress: Arc<OutboxProgress>,
+    stall_after: Option<u64>,
+) {
+    let mut seen = 0u64;
+    let mut items = items.into_iter();
+    while let Some(item) = items.next() {
+        seen += 1;
+        if let Err(e) = journal.wait_durable(item.journal_end) {
+            progress.lock().failed = true;
+            item.slot.set(Err(e.into()));
+            continue;
+        }
+        if stall_after == Some(seen) {
+            eprintln!(
+                "weir: outbox stalled after journal offset {} ({STALL_ENV}): its publishes are not appended",
+                item.journal_end
+            );
+            progress.lock().failed = true;
+            progress.moved.notify_all();
+            let stalled = || {
+                Err(StorageError::Corrupt(
+                    "the outbox stalled (fault injection)".into(),
+                ))
+            };
+            item.slot.set(stalled());
+            for rest in items {
+                rest.slot.set(stalled());
+            }
+            return;
+        }
+        let landed = append_outbox(&item);
+        let mut p = progress.lock();
+        match &landed {
+            Ok((offsets, _)) => {
+                p.journal = p.journal.max(item.journal_end);
+                for (_, dest, idx, _) in &item.groups {
+                    if let Some(last) = idx.iter().map(|i| offsets[*i]).max() {
+                        let e = p.ends.entry(dest.clone()).or_default();
+                        *e = (*e).max(last.next());
+                    }
+                }
+            }
+            Err(_) => p.failed = true,
+        }
+        drop(p);
+        progress.moved.notify_all();
+        item.slot.set(landed);
+    }
+}
+
+/// Appends one commit's publishes to their logs (not waiting for them to be durable).
+fn append_outbox(item: &OutboxItem) -> Landed {
+    let mut offsets = vec![Offset(0); item.total];
+    let mut tickets = Vec::with_capacity(item.groups.len());
+    for (log, _, idx, records) in &item.groups {
+        let ticket = log.append(records);
+        let Some(appended) = ticket.offsets() else {
+            return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
+        };
+        for (n, i) in idx.iter().enumerate() {
+            offsets[*i] = Offset(appended.first.0 + n as u64);
+        }
+        tickets.push(ticket);
+    }
+    Ok((offsets, tickets))
 }
 
 /// The in-memory state and the journal offset it reflects.
@@ -141,6 +269,8 @@ impl EmbeddedStorage {
         // The first record whose publishes were lost, and how many records were discarded.
         let mut lost_at: Option<Offset> = None;
         let mut discarded = 0u64;
+        // The outbox records of the records kept, in journal order, per log.
+        let mut outboxes: HashMap<DestinationName, Vec<Record>> = HashMap::new();
         loop {
             let entries = journal.read(next, 1024, READ_BYTES)?;
             let Some(last) = entries.last() else { break };
@@ -156,7 +286,12 @@ impl EmbeddedStorage {
                     discarded += 1;
                     continue;
                 }
-                ops.into_iter().for_each(|op| state.apply(op));
+                for op in ops {
+                    match op {
+                        Op::Outbox { log, record } => outboxes.entry(log).or_default().push(record),
+                        op => state.apply(op),
+                    }
+                }
             }
         }
         if let Some(at) = lost_at {
@@ -166,6 +301,27 @@ impl EmbeddedStorage {
             // Final: later records must never be checked against logs that have grown since.
             snapshot::write(&state_dir, &state, next).map_err(|e| io_error(&state_dir, e))?;
         }
+        for (name, records) in outboxes {
+            match logs.get(&name) {
+                Some(log) => recover_outbox(&name, log, records)?,
+                None => tracing::warn!(
+                    "state journal: {} published records to `{name}` cannot be checked: the log is gone",
+                    records.len()
+                ),
+            }
+        }
+        let journal = Arc::new(journal);
+        let (outbox, items) = mpsc::channel();
+        let outbox_progress = Arc::new(OutboxProgress::default());
+        outbox_progress.lock().journal = next;
+        let outbox_thread = {
+            let (journal, progress) = (Arc::clone(&journal), Arc::clone(&outbox_progress));
+            let stall_after = options.outbox_stall_after;
+            std::thread::Builder::new()
+                .name("weir-outbox".into())
+                .spawn(move || run_outbox(journal, items, progress, stall_after))
+                .map_err(|e| io_error(&dir, e))?
+        };
         Ok(EmbeddedStorage {
             dir,
             options,
@@ -177,6 +333,9 @@ impl EmbeddedStorage {
                 published: HashMap::new(),
             }),
             snapshotting: AtomicBool::new(false),
+            outbox: Mutex::new(Some(outbox)),
+            outbox_thread: Some(outbox_thread),
+            outbox_progress,
             _lock: lock,
         })
     }
@@ -232,6 +391,66 @@ impl EmbeddedStorage {
         Ok(ticket)
     }
 
+    /// As [`EmbeddedStorage::journal_ops`], then runs `then` with the journal offset after the
+    /// record, still holding `applied` (so what `then` hands on is in journal order). An error
+    /// of `then` stops the store: the record is in the journal and cannot be taken back.
+    fn journal_ops_then<E: std::fmt::Display>(
+        &self,
+        mut applied: MutexGuard<'_, Applied>,
+        payload: Vec<u8>,
+        ops: Vec<Op>,
+        then: impl FnOnce(Offset) -> Result<(), E>,
+    ) -> Result<super::log::AppendTicket, StorageError> {
+        let ticket = self
+            .journal
+            .append(std::slice::from_ref(&journal_record(payload)));
+        let Some(appended) = ticket.offsets() else {
+            drop(applied);
+            return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
+        };
+        applied.next = appended.end();
+        for op in ops {
+            applied.state.apply(op);
+        }
+        if let Err(e) = then(appended.end()) {
+            drop(applied);
+            return Err(StorageError::Corrupt(format!(
+                "the outbox thread is gone ({e}); restart to recover the journal's outbox"
+            )));
+        }
+        Ok(ticket)
+    }
+
+    /// Appends a commit of publishes alone to their logs at once.
+    fn append_now(
+        &self,
+        groups: Vec<Group>,
+        total: usize,
+        dedup: bool,
+    ) -> Result<CommitTicket, StorageError> {
+        let mut offsets = vec![Offset(0); total];
+        let mut pending = Vec::with_capacity(groups.len());
+        for (log, _, idx, records) in &groups {
+            if dedup {
+                let (outcome, ticket) = log.append_dedup(records).into_parts();
+                for (i, d) in idx.iter().zip(&outcome?) {
+                    offsets[*i] = d.offset;
+                }
+                pending.extend(ticket);
+            } else {
+                let ticket = log.append(records);
+                let Some(appended) = ticket.offsets() else {
+                    return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
+                };
+                for (n, i) in idx.iter().enumerate() {
+                    offsets[*i] = Offset(appended.first.0 + n as u64);
+                }
+                pending.push(ticket);
+            }
+        }
+        Ok(CommitTicket::new(offsets, pending))
+    }
+
     /// Journals the delivery counts of `offsets` (the next count of each, or `set`) in one
     /// record and applies them; returns the counts and the record's ticket, not waited for.
     fn journal_deliveries(
@@ -277,16 +496,36 @@ impl EmbeddedStorage {
         {
             return;
         }
-        let (state, next, published) = {
+        let (state, next, mut published, sent) = {
             let applied = self.lock_state();
             (
                 applied.state.clone(),
                 applied.next,
                 applied.published.clone(),
+                self.outbox_progress.lock().sent,
             )
         };
-        // The snapshot replaces journal records that recovery would check: it may only cover
-        // records whose publishes are durable.
+        // The snapshot replaces journal records that recovery would read: it may only cover
+        // records whose outbox records are durable in their logs.
+        {
+            let mut p = self.outbox_progress.lock();
+            while p.journal < sent && !p.failed {
+                p = self
+                    .outbox_progress
+                    .moved
+                    .wait(p)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if p.failed {
+                tracing::warn!("no state snapshot: the outbox stopped after a failed write");
+                self.snapshotting.store(false, Ordering::Release);
+                return;
+            }
+            for (name, end) in &p.ends {
+                let e = published.entry(name.clone()).or_default();
+                *e = (*e).max(*end);
+            }
+        }
         for (name, end) in published {
             if let Some(log) = self.log(&name)
                 && let Err(e) = log.wait_durable(end)
@@ -315,6 +554,32 @@ impl EmbeddedStorage {
 /// The records a commit appends to one log: the log, its name, the records' indexes in the
 /// commit, and the records.
 type Group = (Arc<Log>, DestinationName, Vec<usize>, Vec<Record>);
+
+/// Appends the outbox records of durable journal records that a crash cut off before they were
+/// stored in `log`: those after the newest one found by its id (see the module docs).
+fn recover_outbox(
+    name: &DestinationName,
+    log: &Log,
+    records: Vec<Record>,
+) -> Result<(), StorageError> {
+    let mut stored_upto = 0;
+    for (i, r) in records.iter().enumerate().rev() {
+        if log.find_id(&r.id)?.is_some() {
+            stored_upto = i + 1;
+            break;
+        }
+    }
+    let missing = &records[stored_upto..];
+    if missing.is_empty() {
+        return Ok(());
+    }
+    log.append(missing).wait()?;
+    tracing::info!(
+        "log `{name}`: appended {} published records whose commit was durable but whose append a crash cut off",
+        missing.len()
+    );
+    Ok(())
+}
 
 /// Whether a journal record's publishes are missing from the recovered logs (a log that is gone
 /// altogether cannot be checked and counts as present).
@@ -578,44 +843,10 @@ impl Storage for EmbeddedStorage {
             }
         }
         let total: usize = groups.iter().map(|(_, _, idx, _)| idx.len()).sum();
-        let mut offsets = vec![Offset(0); total];
-        let mut pending = Vec::with_capacity(groups.len() + 1);
+        // 2. Key-value writes and acknowledgements: one journal record, which carries the
+        //    publishes too (the outbox).
         let mut payload = Vec::new();
         let mut ops = Vec::new();
-        for (log, dest, idx, records) in &groups {
-            let end = if commit.dedup {
-                let (outcome, ticket) = log.append_dedup(records).into_parts();
-                let deduped = outcome?;
-                let mut end = None;
-                for (i, d) in idx.iter().zip(&deduped) {
-                    offsets[*i] = d.offset;
-                    if !d.duplicate {
-                        end = Some(d.offset.next());
-                    }
-                }
-                pending.extend(ticket);
-                end
-            } else {
-                let ticket = log.append(records);
-                let Some(appended) = ticket.offsets() else {
-                    return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
-                };
-                for (n, i) in idx.iter().enumerate() {
-                    offsets[*i] = Offset(appended.first.0 + n as u64);
-                }
-                pending.push(ticket);
-                Some(appended.end())
-            };
-            if let Some(end) = end {
-                state::encode_published(&mut payload, dest, end);
-                ops.push(Op::Published {
-                    log: dest.clone(),
-                    end,
-                });
-            }
-        }
-
-        // 2. Key-value writes, acknowledgements and where the publishes end: one journal record.
         if let Some((plugin, writes)) = commit.kv {
             for (key, value) in writes {
                 state::encode_kv(&mut payload, &plugin, &key, value.as_deref());
@@ -636,17 +867,58 @@ impl Storage for EmbeddedStorage {
             state::encode_ack(&mut payload, &binding, offset);
             ops.push(Op::Ack { binding, offset });
         }
-        // Publishes alone need no journal record: nothing depends on them.
-        if ops.iter().any(|op| !matches!(op, Op::Published { .. })) {
-            pending.push(self.journal_ops(self.lock_state(), payload, ops)?);
+        if ops.is_empty() {
+            // Publishes alone: no journal record, nothing depends on them.
+            return self.append_now(groups, total, commit.dedup);
         }
-        Ok(CommitTicket::new(offsets, pending))
+        if total == 0 {
+            return Ok(CommitTicket::new(
+                Vec::new(),
+                vec![self.journal_ops(self.lock_state(), payload, ops)?],
+            ));
+        }
+        for (_, dest, _, records) in &groups {
+            for r in records {
+                state::encode_outbox(&mut payload, dest, r);
+            }
+        }
+        // The outbox records are not applied to the state: the journal keeps them (for
+        // recovery) and the item hands them to the outbox thread.
+        let slot = Arc::new(Slot::default());
+        let applied = self.lock_state();
+        let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(sender) = outbox.as_ref() else {
+            return Err(LogError::Closed.into());
+        };
+        let journal = self.journal_ops_then(applied, payload, ops, |journal_end| {
+            self.outbox_progress.lock().sent = journal_end;
+            sender.send(OutboxItem {
+                journal_end,
+                groups,
+                total,
+                slot: Arc::clone(&slot),
+            })
+        })?;
+        Ok(CommitTicket::outboxed(journal, slot))
     }
 
     fn commit(&self, commit: Commit) -> Result<Vec<Offset>, StorageError> {
         let offsets = self.submit(commit)?.wait()?;
         self.maybe_snapshot();
         Ok(offsets)
+    }
+}
+
+impl Drop for EmbeddedStorage {
+    fn drop(&mut self) {
+        // The outbox thread finishes what it was given (the journal and logs are still open).
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = self.outbox_thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

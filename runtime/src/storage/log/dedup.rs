@@ -236,6 +236,35 @@ impl Log {
     }
 }
 
+impl Log {
+    /// The offset of the stored record with `id`, if any: the in-memory ids (active segment and
+    /// records waiting to be written) first, then the sealed segments' id indexes. Waits for a
+    /// candidate record to be acknowledged before reading it. Fails with
+    /// [`LogError::DedupOff`] on a log opened without dedup.
+    pub fn find_id(&self, id: &str) -> Result<Option<Offset>, LogError> {
+        let shared = &self.shared;
+        if !shared.opts.dedup {
+            return Err(LogError::DedupOff);
+        }
+        let hash = shared.opts.hash(id.as_bytes());
+        let candidates: Vec<u64> = {
+            let p = super::shared::lock(&shared.pending);
+            match p.ids.as_ref() {
+                Some(ids) => ids.get(hash).collect(),
+                None => return Err(LogError::DedupOff),
+            }
+        };
+        for offset in candidates {
+            if self.is_stored_at(offset, id)? {
+                return Ok(Some(Offset(offset)));
+            }
+        }
+        let mut found = [None];
+        shared.find_sealed(&[hash], &mut found, |_| id, 0)?;
+        Ok(found[0].map(Offset))
+    }
+}
+
 impl Shared {
     /// Looks the ids not `found` yet up in the sealed segments starting at or after `from`,
     /// oldest first; returns the end of the sealed segments searched.
