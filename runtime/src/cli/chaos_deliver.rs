@@ -260,8 +260,7 @@ fn spawn_publishers(
                 publish_until(
                     &url,
                     p,
-                    next,
-                    pending,
+                    (next, pending),
                     &stop,
                     &inputs,
                     outputs,
@@ -276,8 +275,7 @@ fn spawn_publishers(
 fn publish_until(
     url: &str,
     publisher: usize,
-    mut next: u64,
-    mut pending: Option<u64>,
+    (mut next, mut pending): Publisher,
     stop: &AtomicBool,
     inputs: &Inputs,
     outputs: u32,

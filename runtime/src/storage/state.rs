@@ -254,9 +254,16 @@ pub(crate) fn encode_outbox(buf: &mut Vec<u8>, log: &DestinationName, record: &R
     buf.push(OUTBOX);
     put_str16(buf, log.as_str());
     put_bytes32(buf, record.id.as_bytes());
-    let flags = u8::from(record.key.is_some()) * HAS_KEY
-        | u8::from(record.reply_to.is_some()) * HAS_REPLY_TO
-        | u8::from(record.correlation_id.is_some()) * HAS_CORRELATION;
+    let mut flags = 0;
+    for (present, bit) in [
+        (record.key.is_some(), HAS_KEY),
+        (record.reply_to.is_some(), HAS_REPLY_TO),
+        (record.correlation_id.is_some(), HAS_CORRELATION),
+    ] {
+        if present {
+            flags |= bit;
+        }
+    }
     buf.push(flags);
     for text in [&record.key, &record.reply_to, &record.correlation_id]
         .into_iter()
