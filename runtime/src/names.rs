@@ -164,6 +164,13 @@ impl BindingName {
         ))
     }
 
+    /// The key-value namespace holding the binding's parked keys (`<binding>~parked`): one
+    /// entry per parked key, written by the delivery engine when a key parks and deleted when it
+    /// is unparked. Never a configured plugin's name, so it cannot collide with one.
+    pub fn parked_namespace(&self) -> PluginName {
+        PluginName(format!("{self}{INTERNAL_SEP}parked"))
+    }
+
     /// Reads a cursor name as the store keeps it: a binding name, or the name of one of weir's
     /// own cursors (valid names joined by `~`, see [`BindingName::redrive_cursor`]).
     pub fn from_stored(name: String) -> Result<BindingName, NameError> {
@@ -282,6 +289,13 @@ mod tests {
         assert_eq!(stored, cursor);
         assert_eq!(BindingName::from_stored("orders.p".into()).unwrap(), b);
         assert!(BindingName::from_stored("a~".into()).is_err());
+        let parked = b.parked_namespace();
+        assert_eq!(parked.as_str(), "orders.p~parked");
+        assert!(
+            PluginName::new(parked.as_str()).is_err(),
+            "no plugin has it"
+        );
+        assert_eq!(PluginName::from_stored(parked.to_string()).unwrap(), parked);
         assert!(BindingName::from_stored("a b".into()).is_err());
     }
 

@@ -5,7 +5,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::deploy::DeployError;
-use crate::server::{DlqError, PublishError, RETRY_AFTER_SECS, ReplayError, RequestError};
+use crate::server::{
+    DlqError, PublishError, RETRY_AFTER_SECS, ReplayError, RequestError, UnparkError,
+};
 
 /// An error answer: a status and `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -78,6 +80,18 @@ impl From<DlqError> for ApiError {
         let status = match &e {
             DlqError::UnknownBinding(_) | DlqError::NotFound { .. } => StatusCode::NOT_FOUND,
             DlqError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<UnparkError> for ApiError {
+    fn from(e: UnparkError) -> ApiError {
+        let status = match &e {
+            UnparkError::UnknownBinding(_) => StatusCode::NOT_FOUND,
+            UnparkError::NotParked { .. } => StatusCode::CONFLICT,
+            UnparkError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code(), e.to_string())

@@ -14,6 +14,7 @@ mod error;
 mod follow;
 mod messages;
 mod openapi;
+mod park;
 mod plugins;
 mod replay;
 mod requests;
@@ -199,6 +200,13 @@ pub fn routes() -> Vec<Route> {
             ("run", "the replay's id: calls with the same run store each copy once"),
         ])
         .to(post(replay::replay)),
+        Route::new(
+            M::POST,
+            "/v1/bindings/{name}/unpark",
+            "release parked keys: each one's parked message runs again from its first attempt, then the key's later messages in order; answers what was released (404 `unknown_binding`, 409 `key_not_parked`)",
+        )
+        .query(&[("key", "the key to unpark (default: every parked key of the binding)")])
+        .to(post(park::unpark)),
         Route::new(
             M::POST,
             "/v1/streams/{store}/streams/{stream}",

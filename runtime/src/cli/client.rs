@@ -315,9 +315,10 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "BINDING", "LAG", "ACKED", "RETRIED", "DLQ", "FAILED", "INFLIGHT"
+        "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "BINDING", "LAG", "ACKED", "RETRIED", "DLQ", "FAILED", "INFLIGHT", "PARKED"
     );
+    let mut parked = Vec::new();
     for (name, b) in body["bindings"].as_object().into_iter().flatten() {
         let failed: u64 = b["failures"]
             .as_object()
@@ -326,13 +327,34 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
             .map(|(_, v)| n(v))
             .sum();
         println!(
-            "{name:<32} {:>10} {:>10} {:>8} {:>8} {failed:>8} {:>8}",
+            "{name:<32} {:>10} {:>10} {:>8} {:>8} {failed:>8} {:>8} {:>8}",
             n(&b["lag"]),
             n(&b["acked"]),
             n(&b["retried"]),
             n(&b["dead_lettered"]),
-            n(&b["in_flight"])
+            n(&b["in_flight"]),
+            n(&b["parked_keys"])
         );
+        for k in b["parked"].as_array().into_iter().flatten() {
+            parked.push((name.clone(), k.clone()));
+        }
+    }
+    if !parked.is_empty() {
+        println!();
+        println!(
+            "{:<32} {:<24} {:>10} {:<24}  REASON",
+            "PARKED BINDING", "KEY", "OFFSET", "SINCE"
+        );
+        for (name, k) in &parked {
+            println!(
+                "{name:<32} {:<24} {:>10} {:<24}  {}",
+                k["key"].as_str().unwrap_or("?"),
+                n(&k["offset"]),
+                k["since"].as_str().unwrap_or("?"),
+                k["reason"].as_str().unwrap_or("?"),
+            );
+        }
+        println!("(release with: weir binding unpark BINDING [KEY])");
     }
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! The `weir` command line: `run` a server, and client commands that talk to a running one over
-//! its HTTP API (`publish`, `request`, `stream`, `tail`, `replay`, `stats`, `kv`, `dlq`, `plugin`), plus `check`,
+//! its HTTP API (`publish`, `request`, `stream`, `tail`, `replay`, `stats`, `kv`, `dlq`,
+//! `binding`, `plugin`), plus `check`,
 //! `bench` and `chaos`. Client commands send `--token` / `WEIR_API_TOKEN` as a bearer token.
 
 mod aggregate;
 mod bench;
+mod binding;
 mod chaos;
 mod chaos_deliver;
 mod chaos_streams;
@@ -101,6 +103,9 @@ enum Command {
     /// A binding's dead letters: list, show, redrive.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// A binding's parked keys: unpark.
+    #[command(subcommand)]
+    Binding(binding::BindingCommand),
     /// A running server's plugin versions: list, deploy, rollback.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -183,6 +188,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Stats(args) => client::stats(args),
         Command::Kv(args) => client::kv(args),
         Command::Dlq(cmd) => dlq::run(cmd),
+        Command::Binding(cmd) => binding::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Chaos(args) => chaos::run(args),
     }

@@ -40,8 +40,10 @@ pub enum Poison {
     /// The message goes to the dead-letter queue and the key moves on.
     #[default]
     DeadLetter,
-    /// The message goes to the dead-letter queue and the key's later messages wait (parked)
-    /// until an operator redrives or restarts.
+    /// The message does not go to the dead-letter queue: it parks its key. The key's later
+    /// messages wait, across restarts too, until an operator unparks it (`weir binding
+    /// unpark`); then the message runs again from its first attempt and the rest follow in
+    /// order.
     Park,
 }
 

@@ -21,6 +21,7 @@
 //! first key-value call until their commit is submitted, so commits apply in the order the
 //! invocations read and wrote.
 
+pub mod park;
 mod stats;
 mod window;
 
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+pub use park::{ParkedKey, Parking};
 pub use stats::{BindingSnapshot, BindingStats, CLASSES as FAILURE_CLASSES};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -80,17 +82,25 @@ impl Handler for Plugin {
 }
 
 /// Runs one binding until `shutdown` turns true; the batch running then finishes and every
-/// submitted commit becomes durable before it returns.
+/// submitted commit becomes durable before it returns. Keys parked in the store stay parked
+/// until `parking` says they were unparked.
 pub async fn run_binding(
     binding: BindingConfig,
     handler: Arc<dyn Handler>,
     storage: Arc<dyn Storage>,
     stats: Arc<BindingStats>,
+    parking: Arc<Parking>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StorageError> {
     let mut end = storage.watch_end(&binding.source)?;
     let mut next_read = storage.cursor(&binding.name);
     let mut window = Window::new(binding.ordering);
+    // Subscribed before the parked keys are read: an unpark from then on is seen.
+    let mut released = parking.subscribe();
+    let mut unparked = false;
+    for p in park::parked(&*storage, &binding.name, usize::MAX) {
+        window.park_key(p.key, p.offset);
+    }
     let max_in_flight = binding.max_in_flight as usize;
     let ctx = Arc::new(Ctx {
         binding,
@@ -107,10 +117,15 @@ pub async fn run_binding(
             }
             return Ok(());
         }
-        // 0. Let go of messages whose commits became durable (without waiting).
+        // 0. Let go of messages whose commits became durable (without waiting), and release
+        // keys unparked in the store.
         while let Some(done) = commits.try_join_next() {
             let done = done.expect("commit waits do not panic")?;
             finish(&mut window, &ctx.stats, done);
+        }
+        if std::mem::take(&mut unparked) || released.has_changed().unwrap_or(false) {
+            released.borrow_and_update();
+            ctx.release_unparked(&mut window, &mut next_read)?;
         }
         // 1. Read ahead, as far as the window has room.
         let end_now = *end.borrow_and_update();
@@ -146,7 +161,7 @@ pub async fn run_binding(
                 })
                 .collect();
             let c = Arc::clone(&ctx);
-            let (results, durable) = tokio::task::spawn_blocking(move || c.run_batch(jobs))
+            let (results, mut durable) = tokio::task::spawn_blocking(move || c.run_batch(jobs))
                 .await
                 .expect("invocations do not panic")?;
             for r in results {
@@ -164,9 +179,26 @@ pub async fn run_binding(
                         }
                         window.set(offset, Phase::RetryAt(Instant::now() + delay));
                     }
-                    Ran::Park { offset, failure } => {
-                        window.failed(offset, failure);
-                        window.park(offset);
+                    Ran::Park {
+                        offset,
+                        failure,
+                        attempts,
+                    } => {
+                        if let Some(key) = window.park(offset) {
+                            let parked = ParkedKey {
+                                key,
+                                offset,
+                                attempts,
+                                reason: failure,
+                                since_ms: crate::ids::now_ms(),
+                            };
+                            let ticket =
+                                ctx.storage.submit(park::park(&ctx.binding.name, &parked))?;
+                            durable.push(Submitted {
+                                ticket,
+                                done: Vec::new(),
+                            });
+                        }
                     }
                     Ran::Skipped { offset, .. } => window.unselect(offset),
                 }
@@ -198,6 +230,7 @@ pub async fn run_binding(
                 finish(&mut window, &ctx.stats, done);
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+            Ok(()) = released.changed() => unparked = true,
             _ = shutdown.changed() => {}
         }
     }
@@ -256,8 +289,13 @@ enum Ran {
         /// version that failed is on probation).
         give_back: Option<u32>,
     },
-    /// Failed for good; its key is parked.
-    Park { offset: Offset, failure: String },
+    /// Failed for good; its key parks.
+    Park {
+        offset: Offset,
+        failure: String,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// Not run: an earlier message it must follow failed in the same batch. `count` is the
     /// delivery count recorded for it, one too many.
     Skipped { offset: Offset, count: u32 },
@@ -400,6 +438,17 @@ impl Ctx {
                     count - 1
                 );
                 let attempts = Attempt::new(count - 1).unwrap_or(attempt);
+                if self.parks(&key) {
+                    hold();
+                    let failure = format!("attempt {attempts}: interrupted: {reason}");
+                    tracing::warn!(binding = %b.name, offset = %offset, key = key.as_deref().unwrap_or_default(), "key parked: {failure}");
+                    out.push(Ran::Park {
+                        offset,
+                        failure,
+                        attempts: attempts.get(),
+                    });
+                    continue;
+                }
                 self.dead_letter(&mut gather, &job, attempts, "interrupted", &reason);
                 out.push(Ran::Handled { offset });
                 continue;
@@ -503,10 +552,14 @@ impl Ctx {
                         give_back: None,
                     });
                 }
-                _ if b.ordering == Ordering::Key && b.poison == Poison::Park && key.is_some() => {
+                _ if self.parks(&key) => {
                     hold();
                     tracing::warn!(binding = %b.name, offset = %offset, key = key.as_deref().unwrap_or_default(), "key parked: {failure}");
-                    out.push(Ran::Park { offset, failure });
+                    out.push(Ran::Park {
+                        offset,
+                        failure,
+                        attempts: count,
+                    });
                 }
                 _ => {
                     let mut job = job;
@@ -519,6 +572,50 @@ impl Ctx {
         submitted.extend(self.flush(&mut gather)?);
         handler_time.flush_into(&self.stats.handler);
         Ok((out, submitted))
+    }
+
+    /// Whether a message with `key` that failed for good parks it (instead of going to the
+    /// dead-letter queue).
+    fn parks(&self, key: &Option<String>) -> bool {
+        let b = &self.binding;
+        b.ordering == Ordering::Key && b.poison == Poison::Park && key.is_some()
+    }
+
+    /// Releases the keys the window holds parked that are no longer parked in the store: each
+    /// one's parked message is put back (to run from its first attempt, its delivery count
+    /// reset by the unpark), and reading goes back to just after it, so the key's later
+    /// messages are read again and follow in order (what is acknowledged or in the window
+    /// already is skipped).
+    fn release_unparked(
+        &self,
+        window: &mut Window,
+        next_read: &mut Offset,
+    ) -> Result<(), StorageError> {
+        let b = &self.binding;
+        let still: HashSet<String> = park::parked(&*self.storage, &b.name, usize::MAX)
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        let gone: Vec<String> = window
+            .parked()
+            .filter(|k| !still.contains(*k))
+            .map(str::to_owned)
+            .collect();
+        for key in gone {
+            let Some(offset) = window.unpark(&key) else {
+                continue;
+            };
+            match self.storage.read(&b.source, offset, 1)?.into_iter().next() {
+                Some(stored) if stored.offset == offset => window.push(stored),
+                _ => {
+                    tracing::warn!(binding = %b.name, offset = %offset, key, "the unparked message is no longer stored (retention); the key's later messages go on")
+                }
+            }
+            *next_read = (*next_read).min(offset.next());
+            tracing::info!(binding = %b.name, offset = %offset, key, "key unparked");
+        }
+        self.stats.gauges(window.len(), window.parked_keys());
+        Ok(())
     }
 
     /// Submits what a lane gathered, if anything.

@@ -97,6 +97,7 @@ fn binding(ordering: Ordering, concurrency: u32) -> BindingConfig {
 struct Run {
     storage: Arc<MemoryStorage>,
     stats: Arc<BindingStats>,
+    parking: Arc<Parking>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), StorageError>>,
 }
@@ -120,18 +121,26 @@ fn start(b: BindingConfig, handler: Arc<Stand>, messages: &[(Option<&str>, Strin
         })
         .collect();
     storage.append(&b.source, records).unwrap();
+    run_on(storage, b, handler)
+}
+
+/// Starts the binding on a store (again, after a stop).
+fn run_on(storage: Arc<MemoryStorage>, b: BindingConfig, handler: Arc<Stand>) -> Run {
     let stats = Arc::new(BindingStats::default());
+    let parking = Arc::new(Parking::default());
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(run_binding(
         b,
         handler,
         Arc::clone(&storage) as Arc<dyn Storage>,
         Arc::clone(&stats),
+        Arc::clone(&parking),
         rx,
     ));
     Run {
         storage,
         stats,
+        parking,
         stop,
         task,
     }
@@ -328,6 +337,138 @@ async fn a_poison_key_is_parked_while_other_keys_flow() {
         "the parked message is not acknowledged"
     );
     assert!(!run.storage.is_acked(&binding, Offset(3)));
+    run.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_key_stays_parked_across_a_restart_and_unparks_in_order() {
+    // `poison` fails (retryably) until the operator has fixed the cause.
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_fixed = Arc::clone(&fixed);
+    let h = stand(move |m| {
+        if m.payload() == b"poison" && !is_fixed.load(Relaxed) {
+            Err(failure(FailureClass::HandlerError, true))
+        } else {
+            Ok(Outcome::Ack)
+        }
+    });
+    let mut b = binding(Ordering::Key, 4);
+    b.poison = Poison::Park;
+    let messages = [
+        (Some("bad"), "1".to_owned()),
+        (Some("bad"), "poison".to_owned()),
+        (Some("good"), "2".to_owned()),
+        (Some("bad"), "3".to_owned()),
+    ];
+    let run = start(b.clone(), Arc::clone(&h), &messages);
+    run.until("parked while good flows", |r| {
+        r.stats.acked.load(Relaxed) == 2 && r.stats.parked_keys.load(Relaxed) == 1
+    })
+    .await;
+    let storage = Arc::clone(&run.storage);
+    run.stop().await;
+    let parked = park::parked(&*storage, &b.name, 10);
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(
+        (parked[0].key.as_str(), parked[0].offset),
+        ("bad", Offset(1))
+    );
+    assert_eq!(parked[0].attempts, 5);
+    assert!(
+        parked[0]
+            .reason
+            .starts_with("attempt 5: handler-error: injected"),
+        "{parked:?}"
+    );
+
+    // After a restart the key is still parked: nothing of it runs, other keys flow.
+    let calls = h.calls.lock().unwrap().len();
+    let run = run_on(Arc::clone(&storage), b.clone(), Arc::clone(&h));
+    storage
+        .append(
+            &b.source,
+            vec![Record {
+                id: "good-4".into(),
+                key: Some("good".into()),
+                headers: Vec::new(),
+                payload: b"4".to_vec(),
+                timestamp_ms: 0,
+                reply_to: None,
+                correlation_id: None,
+            }],
+        )
+        .unwrap();
+    run.until("good flows after the restart", |r| {
+        r.stats.acked.load(Relaxed) == 1
+    })
+    .await;
+    assert_eq!(
+        h.calls.lock().unwrap().len(),
+        calls + 1,
+        "only good's message ran"
+    );
+    assert_eq!(run.stats.parked_keys.load(Relaxed), 1);
+
+    // Unparked once fixed: the parked message runs from its first attempt, then bad's next.
+    fixed.store(true, Relaxed);
+    park::unpark(&*storage, &b.name, b.guarantee, &parked).unwrap();
+    run.parking.released();
+    run.until("bad's messages ran", |r| r.stats.acked.load(Relaxed) == 3)
+        .await;
+    let after: Vec<(u64, u32)> = h.calls.lock().unwrap()[calls + 1..]
+        .iter()
+        .map(|c| (c.0, c.2))
+        .collect();
+    assert_eq!(after, [(1, 1), (3, 1)], "offset and attempt");
+    assert_eq!(run.stats.parked_keys.load(Relaxed), 0);
+    assert!(park::parked(&*storage, &b.name, 10).is_empty());
+    assert_eq!(
+        storage.cursor(&b.name),
+        Offset(5),
+        "everything acknowledged"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_message_parks_its_key_under_park() {
+    let h = stand(|_| Ok(Outcome::Ack));
+    let mut b = binding(Ordering::Key, 1);
+    b.poison = Poison::Park;
+    b.max_attempts = 2;
+    let storage = Arc::new(MemoryStorage::new());
+    for log in [&b.source, &b.dead_letter] {
+        storage.open_log(log).unwrap();
+    }
+    let record = |key: &str| Record {
+        id: crate::ids::new_message_id(),
+        key: Some(key.to_owned()),
+        headers: Vec::new(),
+        payload: Vec::new(),
+        timestamp_ms: 0,
+        reply_to: None,
+        correlation_id: None,
+    };
+    storage
+        .append(&b.source, vec![record("k"), record("k"), record("j")])
+        .unwrap();
+    // Delivered twice before, each time without an outcome (the host died).
+    for _ in 0..2 {
+        storage.begin_deliveries(&b.name, &[Offset(0)]).unwrap();
+    }
+    let run = run_on(Arc::clone(&storage), b.clone(), Arc::clone(&h));
+    run.until("j flows", |r| r.stats.acked.load(Relaxed) == 1)
+        .await;
+    assert_eq!(run.stats.dead_lettered.load(Relaxed), 0);
+    assert_eq!(run.stats.parked_keys.load(Relaxed), 1);
+    let parked = park::parked(&*storage, &b.name, 10);
+    assert_eq!(parked[0].offset, Offset(0));
+    assert!(
+        parked[0]
+            .reason
+            .starts_with("attempt 2: interrupted: delivered 2 times"),
+        "{parked:?}"
+    );
     run.stop().await;
 }
 

@@ -3,9 +3,11 @@
 //!
 //! **Invariant (ordering):** under `fifo`, a message is selected only when every earlier message
 //! in the window has been handled (its commit submitted); under `key`, only when every earlier
-//! message of its key has. A message that waits to retry, is running, or is parked holds what
-//! comes after it; a handled message whose commit is still becoming durable does not (its
-//! effects are already visible to later invocations).
+//! message of its key has. A message that waits to retry or is running holds what comes after
+//! it; a handled message whose commit is still becoming durable does not (its effects are
+//! already visible to later invocations). A parked key has no message in the window at all:
+//! every message of it read is left out until the key is unparked, when its parked message is
+//! put back and the rest are read again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -24,8 +26,6 @@ pub(super) enum Phase {
     Running,
     /// Failed; runs again at the instant.
     RetryAt(Instant),
-    /// Failed for good under `key` ordering with `poison = "park"`: holds its key.
-    Parked,
     /// Handled; its commit is becoming durable.
     Committing,
 }
@@ -47,9 +47,10 @@ const HISTORY: usize = 10;
 pub(super) struct Window {
     ordering: Ordering,
     entries: BTreeMap<Offset, Entry>,
-    /// Parked keys and the offsets of their later messages, which are not kept in the window
-    /// (so a parked key cannot fill it) and are read again if the key is unparked.
-    parked: HashMap<String, Vec<Offset>>,
+    /// Parked keys and the offsets of their parked messages. No message of a parked key is
+    /// kept in the window (so parked keys cannot fill it); they are read again when the key is
+    /// unparked.
+    parked: HashMap<String, Offset>,
 }
 
 impl Window {
@@ -61,7 +62,7 @@ impl Window {
         }
     }
 
-    /// Messages in the window (parked keys' later messages not counted).
+    /// Messages in the window (parked keys' messages are not in it).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -71,12 +72,20 @@ impl Window {
         self.parked.len()
     }
 
-    /// Adds a message read from the source.
+    /// The parked keys.
+    pub fn parked(&self) -> impl Iterator<Item = &str> {
+        self.parked.keys().map(String::as_str)
+    }
+
+    /// Adds a message read from the source, unless its key is parked or it is in the window
+    /// already (read again after an unpark).
     pub fn push(&mut self, stored: Stored) {
         if let Some(key) = stored.record.key.as_deref()
-            && let Some(later) = self.parked.get_mut(key)
+            && self.parked.contains_key(key)
         {
-            later.push(stored.offset);
+            return;
+        }
+        if self.entries.contains_key(&stored.offset) {
             return;
         }
         self.entries.insert(
@@ -118,26 +127,26 @@ impl Window {
         }
     }
 
-    /// Parks the message's key: it stays, holding the key; later messages of the key are set
-    /// aside.
-    pub fn park(&mut self, offset: Offset) {
-        let Some(e) = self.entries.get_mut(&offset) else {
-            return;
-        };
-        e.phase = Phase::Parked;
-        let Some(key) = e.stored.record.key.clone() else {
-            return;
-        };
-        let later: Vec<Offset> = self
-            .entries
-            .range(offset.next()..)
-            .filter(|(_, e)| e.stored.record.key.as_deref() == Some(key.as_str()))
-            .map(|(o, _)| *o)
-            .collect();
-        for o in &later {
-            self.entries.remove(o);
-        }
-        self.parked.entry(key).or_default().extend(later);
+    /// Parks the message's key: the message and the key's later messages leave the window.
+    /// Returns the key (`None` for a message without one, or not in the window, which stays).
+    pub fn park(&mut self, offset: Offset) -> Option<String> {
+        let key = self.entries.get(&offset)?.stored.record.key.clone()?;
+        self.park_key(key.clone(), offset);
+        Some(key)
+    }
+
+    /// Parks `key` at the message at `offset` (also for a key found parked in the store): that
+    /// message and the key's later ones leave the window (earlier ones are handled already).
+    pub fn park_key(&mut self, key: String, offset: Offset) {
+        self.entries
+            .retain(|o, e| *o < offset || e.stored.record.key.as_deref() != Some(key.as_str()));
+        self.parked.insert(key, offset);
+    }
+
+    /// Unparks a key; returns the offset of its parked message, to be read again with the
+    /// key's later messages.
+    pub fn unpark(&mut self, key: &str) -> Option<Offset> {
+        self.parked.remove(key)
     }
 
     /// Removes a finished message.
@@ -165,7 +174,7 @@ impl Window {
                 break;
             }
             let holds = match e.phase {
-                Phase::Running | Phase::Parked => true,
+                Phase::Running => true,
                 Phase::RetryAt(at) => at > now,
                 Phase::Waiting | Phase::Committing => false,
             };
@@ -288,15 +297,37 @@ mod tests {
     }
 
     #[test]
-    fn a_parked_key_sets_its_later_messages_aside() {
+    fn a_parked_key_keeps_its_messages_out_until_unparked() {
         let now = Instant::now();
         let mut w = window(Ordering::Key, &[Some("a"), Some("a"), Some("b")]);
         assert_eq!(w.select(now, 1), offsets(&[0]));
-        w.park(Offset(0));
+        assert_eq!(w.park(Offset(0)).as_deref(), Some("a"));
         w.push(stored(3, Some("a")));
         w.push(stored(4, Some("b")));
-        assert_eq!(w.len(), 3, "the parked head and b's two messages");
-        assert_eq!(w.parked_keys(), 1);
+        assert_eq!(w.len(), 2, "b's two messages");
+        assert_eq!(w.parked().collect::<Vec<_>>(), ["a"]);
         assert_eq!(w.select(now, 10), offsets(&[2, 4]));
+
+        assert_eq!(w.unpark("a"), Some(Offset(0)));
+        assert_eq!(w.unpark("a"), None);
+        for o in [0, 1, 3] {
+            w.push(stored(o, Some("a")));
+        }
+        w.push(stored(4, Some("b")));
+        assert_eq!(w.len(), 5, "read again: a's three, b's two (not twice)");
+        w.set(Offset(2), Phase::Committing);
+        w.set(Offset(4), Phase::Committing);
+        assert_eq!(w.select(now, 10), offsets(&[0, 1, 3]), "a resumes in order");
+    }
+
+    #[test]
+    fn a_key_parked_in_the_store_leaves_the_window() {
+        let now = Instant::now();
+        let mut w = window(Ordering::Key, &[Some("a"), Some("b"), Some("a")]);
+        w.park_key("a".to_owned(), Offset(0));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.parked_keys(), 1);
+        assert_eq!(w.select(now, 10), offsets(&[1]));
+        assert_eq!(w.park(Offset(9)), None, "not in the window");
     }
 }

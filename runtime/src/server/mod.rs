@@ -6,6 +6,7 @@ mod backpressure;
 mod dlq;
 mod inbox;
 mod metrics;
+mod park;
 mod publish;
 mod rebuild;
 mod replay;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 pub use backpressure::RETRY_AFTER_SECS;
 pub use dlq::{DeadLetter, DeadLetterPage, DlqError, REDRIVEN_FROM, Redriven};
+pub use park::{ParkedView, UnparkError};
 pub use publish::{MAX_HEADER_BYTES, MAX_HEADERS, PublishError, PublishRequest, Published};
 pub use rebuild::{RebuildError, RebuildView};
 pub use replay::{
@@ -31,7 +33,7 @@ pub use request::{DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, Replied, Request
 
 use crate::config::FsyncPolicy;
 use crate::config::{Config, DestinationKind, Retention};
-use crate::delivery::{BindingSnapshot, BindingStats};
+use crate::delivery::{BindingSnapshot, BindingStats, Parking};
 use crate::deploy::{Registry, Reloader};
 use crate::host::{Host, HostOptions};
 use crate::names::{BindingName, DestinationName};
@@ -50,6 +52,10 @@ pub struct Runtime {
     pub plugins: Arc<Registry>,
     /// Binding counters by name.
     pub bindings: BTreeMap<BindingName, Arc<BindingStats>>,
+    /// What each binding's engine is told when its keys are unparked.
+    parking: BTreeMap<BindingName, Arc<Parking>>,
+    /// Held by an unpark: one at a time.
+    unparking: std::sync::Mutex<()>,
     /// The stream stores, by name.
     pub streams: BTreeMap<DestinationName, Arc<crate::es::StreamStore>>,
     /// The aggregates (`[aggregates.<name>]`), each over a stream store.
@@ -125,6 +131,10 @@ pub struct BindingStatsView {
     /// Its counters.
     #[serde(flatten)]
     pub counters: BindingSnapshot,
+    /// Its parked keys, in key order, with why and since when (the first 100; `parked_keys`
+    /// counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parked: Vec<ParkedView>,
 }
 
 /// What is known about a loaded plugin.
@@ -258,12 +268,19 @@ impl Runtime {
             .iter()
             .map(|b| (b.name.clone(), Arc::default()))
             .collect();
+        let parking = config
+            .bindings
+            .iter()
+            .map(|b| (b.name.clone(), Arc::default()))
+            .collect();
         Ok(Runtime {
             backpressure: backpressure::Limits::new(&config),
             config,
             storage,
             plugins,
             bindings,
+            parking,
+            unparking: std::sync::Mutex::default(),
             streams,
             aggregates,
             inbox,
@@ -440,6 +457,7 @@ impl Runtime {
                     cursor,
                     lag: end(&b.source).saturating_sub(cursor),
                     counters: self.bindings[&b.name].snapshot(),
+                    parked: self.parked_views(b, park::LISTED),
                 };
                 (b.name.to_string(), view)
             })
@@ -567,6 +585,7 @@ pub async fn run(
             plugin,
             Arc::clone(&runtime.storage),
             stats,
+            Arc::clone(&runtime.parking[&b.name]),
             Arc::clone(&runtime.controls[&b.name]),
             stop_rx.clone(),
         );

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use super::Runtime;
 use crate::config::BindingConfig;
-use crate::delivery::{BindingStats, Handler};
+use crate::delivery::{BindingStats, Handler, Parking};
 use crate::deploy::{DeployError, shadow};
 use crate::host::{Message, Outcome, Plugin};
 use crate::ids::now_ms;
@@ -80,6 +80,7 @@ pub(crate) async fn supervise(
     handler: Arc<dyn Handler>,
     storage: Arc<dyn Storage>,
     stats: Arc<BindingStats>,
+    parking: Arc<Parking>,
     control: Arc<BindingControl>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StorageError> {
@@ -99,6 +100,7 @@ pub(crate) async fn supervise(
             Arc::clone(&handler),
             Arc::clone(&storage),
             Arc::clone(&stats),
+            Arc::clone(&parking),
             rx,
         );
         tokio::pin!(run);

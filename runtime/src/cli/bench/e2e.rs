@@ -178,8 +178,14 @@ fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> 
         .build()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let storage: Arc<dyn Storage> = setup.storage.clone();
-    let consume =
-        crate::delivery::run_binding(binding, handler, storage, Arc::clone(&stats), stop_rx);
+    let consume = crate::delivery::run_binding(
+        binding,
+        handler,
+        storage,
+        Arc::clone(&stats),
+        Arc::default(),
+        stop_rx,
+    );
     let publishers = Publishers {
         log: setup
             .storage

@@ -202,6 +202,7 @@ fn measure(args: &SwapArgs, original: &[u8], at: usize, dir: &Path) -> anyhow::R
         Arc::clone(&slot) as Arc<dyn crate::delivery::Handler>,
         Arc::clone(&runtime.storage),
         stats,
+        Arc::default(),
         stop_rx,
     ));
     let reloader = Reloader::start(Arc::clone(&runtime.plugins))?;
