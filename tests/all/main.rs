@@ -14,6 +14,7 @@ mod http;
 mod languages;
 mod metrics;
 mod ops_http;
+mod outbox;
 mod park;
 mod projection;
 mod reload;

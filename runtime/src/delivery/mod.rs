@@ -11,9 +11,11 @@
 //! - `at-least-once`: the acknowledgement is in the same commit as the effects, so it is never
 //!   durable before them; a crash before that delivers the message again.
 //! - `exactly-once`: as at-least-once, and published records get ids derived from the binding
-//!   and the message offset and are appended with dedup, so a redelivery after a crash (whose
-//!   commit was lost) stores nothing twice; its key-value writes were lost with the commit and
-//!   apply once. A message whose commit is durable is acknowledged and never runs again.
+//!   and the message offset. The store appends a commit's publishes only once its journal
+//!   record (key-value writes and acknowledgement) is durable (the outbox, see
+//!   `storage/embedded`), so a crash loses a commit whole, and the redelivery publishes and
+//!   writes once, against the state as it is then; a message whose commit is durable is
+//!   acknowledged and never runs again.
 //!
 //! **Invariant:** an invocation's effects are committed only when its outcome is `ack` or
 //! `reply`, together with its acknowledgement (except under at-most-once, acknowledged before).
@@ -274,7 +276,13 @@ struct Submitted {
 struct Gather {
     commit: Commit,
     done: Vec<(Offset, Finished)>,
+    /// About how many bytes the commit's journal record takes (its publishes go in it too).
+    bytes: usize,
 }
+
+/// A lane submits what it gathered once it is this large, so that one commit stays well
+/// within a journal record (64 MiB) however large a batch's outputs are.
+const GATHER_BYTES: usize = 8 << 20;
 
 /// What running one message came to.
 enum Ran {
@@ -416,6 +424,9 @@ impl Ctx {
         let mut rng = Jitter::new();
         let mut handler_time = crate::metrics::LocalHistogram::default();
         for (job, count) in jobs {
+            if gather.bytes >= GATHER_BYTES {
+                submitted.extend(self.flush(&mut gather)?);
+            }
             let offset = job.stored.offset;
             let key = job.stored.record.key.clone();
             if all_held || key.as_ref().is_some_and(|k| held_keys.contains(k)) {
@@ -623,7 +634,7 @@ impl Ctx {
         if gather.done.is_empty() {
             return Ok(None);
         }
-        let Gather { commit, done } = std::mem::take(gather);
+        let Gather { commit, done, .. } = std::mem::take(gather);
         let ticket = self.storage.submit(commit)?;
         Ok(Some(Submitted { ticket, done }))
     }
@@ -641,16 +652,33 @@ impl Ctx {
         let b = &self.binding;
         let mut publishes = effects.publishes;
         publishes.extend(extra);
-        let exactly = b.guarantee == Guarantee::ExactlyOnce;
-        if exactly {
-            // Ids a redelivery reproduces: dedup stores each of them once.
+        if b.guarantee == Guarantee::ExactlyOnce {
+            // Ids derived from the message: a consumer can tell outputs apart by them, and the
+            // store's recovery finds which of a commit's outputs a crash kept.
             for (n, (_, record)) in publishes.iter_mut().enumerate() {
                 record.id = format!("{}@{}#{n}", b.name, offset);
             }
         }
+        gather.bytes += publishes
+            .iter()
+            .map(|(_, r)| {
+                r.id.len()
+                    + r.key.as_ref().map_or(0, String::len)
+                    + r.headers
+                        .iter()
+                        .map(|(n, v)| n.len() + v.len() + 8)
+                        .sum::<usize>()
+                    + r.payload.len()
+                    + 64
+            })
+            .sum::<usize>()
+            + effects
+                .kv
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+                .sum::<usize>();
         let c = &mut gather.commit;
         c.publishes.extend(publishes);
-        c.dedup = exactly;
         if !effects.kv.is_empty() {
             let plugin = self.handler.plugin().clone();
             c.kv.get_or_insert_with(|| (plugin, Vec::new()))
