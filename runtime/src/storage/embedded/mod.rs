@@ -142,7 +142,12 @@ impl OutboxProgress {
 /// See [`EmbeddedOptions::outbox_stall_after`].
 const STALL_ENV: &str = "WEIR_FAULT_OUTBOX_STALL";
 
-/// The outbox thread: appends each commit's publishes once its journal record is durable.
+/// Commits the outbox thread takes at once at most.
+const OUTBOX_BATCH: usize = 1024;
+
+/// The outbox thread: appends each commit's publishes once its journal record is durable. It
+/// takes every commit waiting (up to [`OUTBOX_BATCH`]) and appends their records to each log
+/// in one call, in journal order.
 fn run_outbox(
     journal: Arc<Log>,
     items: mpsc::Receiver<OutboxItem>,
@@ -150,67 +155,133 @@ fn run_outbox(
     stall_after: Option<u64>,
 ) {
     let mut seen = 0u64;
-    let mut items = items.into_iter();
-    while let Some(item) = items.next() {
-        seen += 1;
-        if let Err(e) = journal.wait_durable(item.journal_end) {
-            progress.lock().failed = true;
-            item.slot.set(Err(e.into()));
-            continue;
-        }
-        if stall_after == Some(seen) {
-            eprintln!(
-                "weir: outbox stalled after journal offset {} ({STALL_ENV}): its publishes are not appended",
-                item.journal_end
-            );
-            progress.lock().failed = true;
-            progress.moved.notify_all();
-            let stalled = || {
-                Err(StorageError::Corrupt(
-                    "the outbox stalled (fault injection)".into(),
-                ))
-            };
-            item.slot.set(stalled());
-            for rest in items {
-                rest.slot.set(stalled());
+    while let Ok(first) = items.recv() {
+        let mut batch = vec![first];
+        while batch.len() < OUTBOX_BATCH {
+            match items.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
             }
+        }
+        if let Some(n) = stall_after
+            && seen < n
+            && seen + batch.len() as u64 >= n
+        {
+            let stalled = batch.split_off((n - seen - 1) as usize);
+            if !batch.is_empty() {
+                append_outbox(&journal, batch, &progress);
+            }
+            stall(&journal, stalled, &items, &progress);
             return;
         }
-        let landed = append_outbox(&item);
-        let mut p = progress.lock();
-        match &landed {
-            Ok((offsets, _)) => {
-                p.journal = p.journal.max(item.journal_end);
-                for (_, dest, idx, _) in &item.groups {
-                    if let Some(last) = idx.iter().map(|i| offsets[*i]).max() {
-                        let e = p.ends.entry(dest.clone()).or_default();
-                        *e = (*e).max(last.next());
-                    }
-                }
-            }
-            Err(_) => p.failed = true,
-        }
-        drop(p);
-        progress.moved.notify_all();
-        item.slot.set(landed);
+        seen += batch.len() as u64;
+        append_outbox(&journal, batch, &progress);
     }
 }
 
-/// Appends one commit's publishes to their logs (not waiting for them to be durable).
-fn append_outbox(item: &OutboxItem) -> Landed {
-    let mut offsets = vec![Offset(0); item.total];
-    let mut tickets = Vec::with_capacity(item.groups.len());
-    for (log, _, idx, records) in &item.groups {
-        let ticket = log.append(records);
-        let Some(appended) = ticket.offsets() else {
-            return Err(ticket.wait().err().unwrap_or(LogError::Closed).into());
-        };
-        for (n, i) in idx.iter().enumerate() {
-            offsets[*i] = Offset(appended.first.0 + n as u64);
-        }
-        tickets.push(ticket);
+/// The fault injection of [`EmbeddedOptions::outbox_stall_after`]: `stalled[0]`'s journal
+/// record is made durable and then nothing more is appended.
+fn stall(
+    journal: &Log,
+    stalled: Vec<OutboxItem>,
+    items: &mpsc::Receiver<OutboxItem>,
+    progress: &OutboxProgress,
+) {
+    let end = stalled[0].journal_end;
+    let durable = journal.wait_durable(end);
+    eprintln!(
+        "weir: outbox stalled after journal offset {end} ({STALL_ENV}; journal record durable: {}): its publishes are not appended",
+        durable.is_ok()
+    );
+    progress.lock().failed = true;
+    progress.moved.notify_all();
+    let failed = || {
+        Err(StorageError::Corrupt(
+            "the outbox stalled (fault injection)".into(),
+        ))
+    };
+    for item in stalled.into_iter().chain(items.iter()) {
+        item.slot.set(failed());
     }
-    Ok((offsets, tickets))
+}
+
+/// Appends a batch of commits' publishes once the last one's journal record is durable (the
+/// journal is durable in order, so all of theirs are), not waiting for the appends to be
+/// durable: each commit gets tickets for its own records.
+fn append_outbox(journal: &Log, mut batch: Vec<OutboxItem>, progress: &OutboxProgress) {
+    let end = batch.last().map_or(Offset(0), |i| i.journal_end);
+    if let Err(e) = journal.wait_durable(end) {
+        progress.lock().failed = true;
+        progress.moved.notify_all();
+        for item in batch {
+            item.slot.set(Err(e.clone().into()));
+        }
+        return;
+    }
+    // Per log: the records of every commit in the batch, in order, and whose they are (commit,
+    // group in it, how many).
+    type Spans = Vec<(usize, usize, usize)>;
+    let mut per_log: Vec<(Arc<Log>, DestinationName, Vec<Record>, Spans)> = Vec::new();
+    for (c, item) in batch.iter_mut().enumerate() {
+        for (g, (log, dest, _, records)) in item.groups.iter_mut().enumerate() {
+            let at = match per_log.iter().position(|(l, ..)| Arc::ptr_eq(l, log)) {
+                Some(at) => at,
+                None => {
+                    per_log.push((Arc::clone(log), dest.clone(), Vec::new(), Vec::new()));
+                    per_log.len() - 1
+                }
+            };
+            let (_, _, all, spans) = &mut per_log[at];
+            spans.push((c, g, records.len()));
+            all.append(records);
+        }
+    }
+    let mut landed: Vec<Landed> = batch
+        .iter()
+        .map(|i| Ok((vec![Offset(0); i.total], Vec::new())))
+        .collect();
+    let mut ends = Vec::with_capacity(per_log.len());
+    for (log, dest, records, spans) in per_log {
+        let ticket = log.append(&records);
+        let Some(appended) = ticket.offsets() else {
+            let e = ticket.wait().err().unwrap_or(LogError::Closed);
+            for (c, ..) in spans {
+                landed[c] = Err(e.clone().into());
+            }
+            continue;
+        };
+        drop(ticket);
+        let mut at = appended.first.0;
+        for (c, g, n) in spans {
+            if let Ok((offsets, tickets)) = &mut landed[c] {
+                for (k, i) in batch[c].groups[g].2.iter().enumerate() {
+                    offsets[*i] = Offset(at + k as u64);
+                }
+                tickets.push(log.ticket_for(super::log::Appended {
+                    first: Offset(at),
+                    count: n as u64,
+                }));
+            }
+            at += n as u64;
+        }
+        ends.push((dest, appended.end()));
+    }
+    {
+        let mut p = progress.lock();
+        if landed.iter().all(Result::is_ok) {
+            p.journal = p.journal.max(end);
+        } else {
+            p.failed = true;
+        }
+        for (dest, end) in ends {
+            let e = p.ends.entry(dest).or_default();
+            *e = (*e).max(end);
+        }
+    }
+    progress.moved.notify_all();
+    for (item, landed) in batch.into_iter().zip(landed) {
+        item.slot.set(landed);
+    }
 }
 
 /// The in-memory state and the journal offset it reflects.

@@ -186,6 +186,12 @@ impl Log {
         AppendTicket::waiting(shared.clone(), appended)
     }
 
+    /// A ticket for records appended earlier (part of one [`Log::append`]): it completes when
+    /// they are acknowledged, like the append's own ticket.
+    pub fn ticket_for(&self, appended: Appended) -> AppendTicket {
+        AppendTicket::waiting(self.shared.clone(), appended)
+    }
+
     /// Blocks until every record before `end` is acknowledged (durable, for
     /// `Durability::Always`), or fails if the log stopped first.
     pub fn wait_durable(&self, end: Offset) -> Result<(), LogError> {
