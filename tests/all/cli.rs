@@ -1,6 +1,9 @@
 //! The `weir` command line as a person uses it: publish, tail, stats, check, bench, and bad input.
 
-use crate::support::{Server, plugin, plugin_toml, weir};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Server, plugin, plugin_toml, wait_for, weir, weir_bin};
 
 #[test]
 fn publish_and_tail_from_a_second_terminal() {
@@ -288,6 +291,49 @@ fn bench_e2e_prints_one_json_object_last() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(leftovers.is_empty(), "the store is removed: {leftovers:?}");
+}
+
+#[test]
+fn bench_removes_its_directory_when_terminated() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().display().to_string();
+    // Killed if the test fails before the benchmark exits.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Child(
+        Command::new(weir_bin())
+            .args(["bench", "append", "--records", "1000000000", "--dir", &base])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log = wait_for("the benchmark's log", Duration::from_secs(30), || {
+        let entries = std::fs::read_dir(dir.path()).unwrap();
+        let bench = entries.map(|e| e.unwrap().path()).find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(".weir-bench-append-")
+        })?;
+        bench.join("log").exists().then_some(bench)
+    });
+    let pid = child.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = wait_for("the benchmark to exit", Duration::from_secs(30), || {
+        child.0.try_wait().unwrap()
+    });
+    let err = std::io::read_to_string(child.0.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(!log.exists(), "{} is removed: {err}", log.display());
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing is left"
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 
+use super::workdir::WorkDir;
 use super::{percentile, round3};
 use crate::config::Limits;
 use crate::es::{
@@ -67,11 +68,8 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
         );
     }
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("weir-bench-aggregate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(&args, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let dir = WorkDir::new("aggregate", &base)?;
+    measure(&args, dir.path())
 }
 
 fn measure(args: &AggregateArgs, dir: &std::path::Path) -> anyhow::Result<()> {

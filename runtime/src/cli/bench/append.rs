@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 
+use super::workdir::WorkDir;
 use super::{Histogram, round3, rss_mib};
 use crate::storage::Record;
 use crate::storage::log::{Durability, FaultyIo, Log, LogOptions};
@@ -39,7 +40,8 @@ pub struct AppendArgs {
     /// afterwards, so the benchmark measures the disk the project lives on).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Keep the written log (in `<dir>/.weir-bench-append-<pid>/log`) instead of removing it.
+    /// Keep the written log (in `<dir>/.weir-bench-append-XXXXXX/log`) instead of removing it
+    /// (an interrupted run removes it all the same).
     #[arg(long)]
     keep: bool,
     /// Print one JSON object as the last line.
@@ -62,14 +64,11 @@ pub fn run(args: AppendArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::current_dir()?,
     };
-    let dir = base.join(format!(".weir-bench-append-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(&args, &dir);
+    let dir = WorkDir::new("append", &base)?;
+    let result = measure(&args, dir.path());
     if args.keep {
-        let _ = std::fs::remove_file(dir.join("ceiling"));
-        eprintln!("kept the log in {}", dir.join("log").display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(dir.path().join("ceiling"));
+        eprintln!("kept the log in {}", dir.keep().join("log").display());
     }
     result
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 
+use super::workdir::WorkDir;
 use crate::config::Limits;
 use crate::host::{Host, HostOptions, LoadedFrom, Message, Outcome, Plugin, PluginSpec};
 use crate::names::{Attempt, DestinationName, Offset, PluginName};
@@ -167,29 +168,26 @@ struct Loads {
 /// Loads the plugin twice with a fresh precompiled cache: compiled, then from the cache.
 /// Returns the second, warm plugin.
 fn load_twice(spec: PluginSpec, storage: Arc<dyn Storage>) -> anyhow::Result<(Plugin, Loads)> {
-    let cache = std::env::temp_dir().join(format!("weir-bench-invoke-{}", std::process::id()));
-    let result = (|| {
-        let load = |expected: LoadedFrom| -> anyhow::Result<(Plugin, Duration)> {
-            let host = Host::new(HostOptions::default().cache_dir(&cache))?;
-            let started = Instant::now();
-            let plugin = host
-                .load(spec.clone(), Arc::clone(&storage))
-                .context("loading the plugin")?;
-            let took = started.elapsed();
-            if plugin.loaded_from() != expected {
-                bail!(
-                    "expected the plugin to load from {expected:?}, it loaded from {:?}",
-                    plugin.loaded_from()
-                );
-            }
-            Ok((plugin, took))
-        };
-        let (_, compiled) = load(LoadedFrom::Compiled)?;
-        let (plugin, cached) = load(LoadedFrom::Cache)?;
-        Ok((plugin, Loads { compiled, cached }))
-    })();
-    let _ = std::fs::remove_dir_all(&cache);
-    result
+    let dir = WorkDir::new("invoke", &std::env::temp_dir())?;
+    let cache = dir.path().join("cache");
+    let load = |expected: LoadedFrom| -> anyhow::Result<(Plugin, Duration)> {
+        let host = Host::new(HostOptions::default().cache_dir(&cache))?;
+        let started = Instant::now();
+        let plugin = host
+            .load(spec.clone(), Arc::clone(&storage))
+            .context("loading the plugin")?;
+        let took = started.elapsed();
+        if plugin.loaded_from() != expected {
+            bail!(
+                "expected the plugin to load from {expected:?}, it loaded from {:?}",
+                plugin.loaded_from()
+            );
+        }
+        Ok((plugin, took))
+    };
+    let (_, compiled) = load(LoadedFrom::Compiled)?;
+    let (plugin, cached) = load(LoadedFrom::Cache)?;
+    Ok((plugin, Loads { compiled, cached }))
 }
 
 /// An order message of `size` bytes (at least the bare order): `note` pads it.

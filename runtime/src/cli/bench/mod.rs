@@ -7,6 +7,7 @@ mod e2e;
 mod invoke;
 mod streams;
 mod swap;
+mod workdir;
 
 use clap::Subcommand;
 

@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::Args;
 
+use super::workdir::WorkDir;
 use super::{Histogram, round3, rss_mib};
 use crate::es::{ExpectedRevision, NewEvent, StreamAppend, StreamError, StreamName, StreamStore};
 use crate::names::DestinationName;
@@ -96,11 +97,8 @@ pub fn run(args: StreamsArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::current_dir()?,
     };
-    let dir = base.join(format!(".weir-bench-streams-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(&args, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let dir = WorkDir::new("streams", &base)?;
+    measure(&args, dir.path())
 }
 
 fn measure(args: &StreamsArgs, dir: &std::path::Path) -> anyhow::Result<()> {

@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
 
+use super::workdir::WorkDir;
 use super::{percentile, round3};
 use crate::config::Config;
 use crate::deploy::{Reloader, Slot};
@@ -59,7 +60,8 @@ pub struct SwapArgs {
     /// deserializes the version's precompiled file).
     #[arg(long, value_enum, default_value_t = CacheTier::Memory)]
     cache_tier: CacheTier,
-    /// Directory for the run's store (removed afterwards). Default: the current directory.
+    /// Directory for the run's store (in `<dir>/.weir-bench-swap-XXXXXX`, removed afterwards).
+    /// Default: the current directory.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Print one JSON object as the last line.
@@ -108,13 +110,12 @@ pub fn run(args: SwapArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::current_dir()?,
     };
-    let dir = base.join(format!(".weir-bench-swap-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = WorkDir::new("swap", &base)?;
     // Earlier writes of other programs (a build just before, say) flushed during the run would
     // stall its fsyncs: write them out first. Best effort; the run's own writes still count.
     let _ = std::process::Command::new("sync").status();
-    let result = measure(&args, &original, at, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
+    let result = measure(&args, &original, at, dir.path());
+    drop(dir);
     report(&args, &result?)
 }
 
