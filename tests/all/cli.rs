@@ -286,6 +286,44 @@ fn bench_e2e_prints_one_json_object_last() {
             assert!(last["rate"].is_null(), "{last}");
         }
     }
+    // Two prefills of the source and `out`, measured in one invocation.
+    let counter = plugin("counter").display().to_string();
+    let args = [
+        "bench",
+        "e2e",
+        "--plugin",
+        &counter,
+        "--effects",
+        "--guarantee",
+        "exactly-once",
+        "--events",
+        "500",
+        "--prefill",
+        "300,1000",
+        "--dir",
+        &store,
+        "--json",
+    ];
+    let (code, out, err) = weir(&args, dir.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("prefilled `bench` and `out` with 1000 records each"),
+        "{err}"
+    );
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["prefills"], serde_json::json!([300, 1000]), "{last}");
+    let runs = last["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{last}");
+    for (run, prefill) in runs.iter().zip([300, 1000]) {
+        assert_eq!(run["prefill"], prefill, "{last}");
+        assert!(run["events_per_sec"].as_f64().unwrap() > 0.0, "{last}");
+        assert!(run["p50_ms"].as_f64().unwrap() > 0.0, "{last}");
+    }
+    let ratio = &last["largest_to_smallest"];
+    assert_eq!(ratio["prefill"], serde_json::json!([1000, 300]), "{last}");
+    assert!(ratio["events_per_sec"].as_f64().unwrap() > 0.0, "{last}");
+    assert!(ratio["p99_ms"].as_f64().unwrap() > 0.0, "{last}");
+
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -23,9 +23,16 @@
 //! `events_per_sec` is the events handled over the time from the first publish to the last
 //! event handled. Latency mode (`--rate R`): event `i` is published at `i / R` s, however many
 //! publishes are still waiting, and the per-event latencies are reported.
+//!
+//! `--prefill N` fills the logs with `N` records the binding never consumes before measuring
+//! (see [`prefill`]), so the run shows what a long log costs; `--prefill A,B,...` measures once
+//! per value, each in a fresh store, and compares the largest prefill's figures with the
+//! smallest's.
 
+mod prefill;
 mod probe;
 mod publishers;
+mod report;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -36,8 +43,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use super::workdir::WorkDir;
 use crate::config::{Config, Guarantee};
 use crate::delivery::BindingStats;
+use crate::names::{DestinationName, Offset};
 use crate::storage::Storage;
 use probe::{Probe, Timed, sample};
 use publishers::Publishers;
@@ -88,8 +97,23 @@ pub struct E2eArgs {
     /// The binding's `concurrency` (default: the config default).
     #[arg(long)]
     concurrency: Option<u32>,
+    /// Before measuring, fill the source queue with this many records that the binding never
+    /// consumes (its cursor is moved past them), and with `--effects` the output queue `out`
+    /// too (exactly-once publishes search its id indexes for duplicates); the fill is not
+    /// measured. A comma-separated list (`1000000,10000000`) measures once per value, each in a
+    /// fresh store, and reports every run and the ratio of the largest prefill's figures to
+    /// the smallest's. Writes about `N × (prefill-payload-bytes + 85)` bytes per filled queue:
+    /// 10 M records of 100 B take about 1.9 GB each.
+    #[arg(long, value_delimiter = ',', value_name = "N[,N...]")]
+    prefill: Vec<u64>,
+    /// Payload bytes of each prefill record. Small records give the log as many records,
+    /// segments (a segment is sealed at 262,144 records or 256 MiB) and id-index entries as
+    /// events do, in less disk and time.
+    #[arg(long, default_value_t = 100)]
+    prefill_payload_bytes: usize,
     /// Directory to work in (default: the current one, so the benchmark measures the disk the
-    /// project lives on); the store goes in `<dir>/.weir-bench-e2e-<pid>`, removed afterwards.
+    /// project lives on); the store goes in `<dir>/.weir-bench-e2e-XXXXXX`, removed afterwards
+    /// (also on Ctrl-C or SIGTERM).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Print one JSON object as the last line.
@@ -132,16 +156,37 @@ pub fn run(mut args: E2eArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::current_dir()?,
     };
-    let dir = base.join(format!(".weir-bench-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(&args, events, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    let m = result?;
-    report(&args, &m)
+    let prefills = if args.prefill.is_empty() {
+        vec![0]
+    } else {
+        args.prefill.clone()
+    };
+    let mut runs = Vec::with_capacity(prefills.len());
+    for (i, &prefill) in prefills.iter().enumerate() {
+        if prefills.len() > 1 {
+            println!(
+                "== run {} of {}: prefill {prefill} records",
+                i + 1,
+                prefills.len()
+            );
+        }
+        let dir = WorkDir::new("e2e", &base)?;
+        let m = measure(&args, events, prefill, dir.path())?;
+        drop(dir);
+        report::human(&args, &m);
+        runs.push(m);
+    }
+    report::compare(&runs);
+    if args.json {
+        println!("{}", report::json(&args, &runs));
+    }
+    Ok(())
 }
 
 /// What a run measured, in nanoseconds unless named otherwise.
 struct Measured {
+    /// Records in the source log (and `out`) before the run.
+    prefill: u64,
     events: u64,
     /// When a fifth, two fifths, ... of the events had been handled.
     timeline: Vec<(u64, u64)>,
@@ -160,15 +205,28 @@ struct Measured {
     fsyncs: u64,
 }
 
-fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> {
+fn measure(args: &E2eArgs, events: u64, prefill: u64, dir: &Path) -> anyhow::Result<Measured> {
     let text = config(args)?;
     let config_path = dir.join("weir.toml");
     std::fs::write(&config_path, &text)?;
     let config = Config::parse(&config_path, &text)?;
     let setup = Setup::start(&config)?;
     let binding = config.bindings[0].clone();
+    if prefill > 0 {
+        let mut logs = vec![setup.source.clone()];
+        if args.effects {
+            logs.push(DestinationName::new("out")?);
+        }
+        prefill::fill(&setup.storage, &logs, prefill, args.prefill_payload_bytes)?;
+        setup
+            .storage
+            .advance_cursor(&binding.name, Offset(prefill))?;
+        // The fill's writes are durable; other programs' dirty pages flushed during the run
+        // would stall its fsyncs. Best effort.
+        let _ = std::process::Command::new("sync").status();
+    }
     let stats = Arc::new(BindingStats::default());
-    let probe = Arc::new(Probe::new(events));
+    let probe = Arc::new(Probe::new(events, Offset(prefill)));
     let handler = Arc::new(Timed {
         plugin: Arc::clone(&setup.plugin),
         probe: Arc::clone(&probe),
@@ -251,6 +309,7 @@ fn measure(args: &E2eArgs, events: u64, dir: &Path) -> anyhow::Result<Measured> 
     }
 
     let mut m = analyse(args, &probe, &samples, began)?;
+    m.prefill = prefill;
     m.cpu_seconds = cpu;
     m.fsyncs = fsyncs;
     Ok(m)
@@ -303,6 +362,7 @@ fn analyse(
         .filter_map(|mark| handled_at(mark).map(|t| (mark, t.saturating_sub(zero))))
         .collect();
     Ok(Measured {
+        prefill: 0,
         events,
         timeline,
         elapsed_ns: last_handled - zero,
@@ -325,103 +385,4 @@ fn cpu_seconds() -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
-}
-
-fn report(args: &E2eArgs, m: &Measured) -> anyhow::Result<()> {
-    let ms = |v: &[u64], p: f64| super::round3(super::percentile(v, p) as f64 / 1e6);
-    let seconds = m.elapsed_ns as f64 / 1e9;
-    let events_per_sec = m.events as f64 / seconds;
-    let rate_held = m.events as f64 / (m.publish_span_ns.max(1) as f64 / 1e9);
-    let cores = m.cpu_seconds.map(|c| super::round3(c / seconds));
-    let mode = format!("{:?}", args.publish).to_lowercase();
-    println!(
-        "events:       {} x {} payload bytes, guarantee {}, fsync = always, plugin {}{}",
-        m.events,
-        args.payload_bytes,
-        args.guarantee,
-        args.plugin().display(),
-        if args.effects {
-            " (effects: a kv increment and a publish to `out` per event)"
-        } else {
-            ""
-        }
-    );
-    match (args.rate, args.backlog) {
-        (Some(rate), _) => println!(
-            "publish:      {mode}, {rate} events/s asked, {rate_held:.0} held (publish starts)"
-        ),
-        (None, true) => println!(
-            "publish:      {mode}, {} publishers, all before the binding started (consumption measured alone)",
-            args.publishers
-        ),
-        (None, false) => println!(
-            "publish:      {mode}, {} publishers, each as fast as it is acknowledged",
-            args.publishers
-        ),
-    }
-    println!(
-        "handled:      {events_per_sec:.0} events/s ({seconds:.2} s from the first publish to the last event handled durably; {} CPU cores busy)",
-        cores.map_or("?".into(), |c| format!("{c:.2}"))
-    );
-    let line = |name: &str, v: &[u64]| {
-        println!(
-            "{name:<13} p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
-            ms(v, 0.5),
-            ms(v, 0.99),
-            ms(v, 0.999),
-            ms(v, 1.0)
-        );
-    };
-    let timeline: Vec<String> = m
-        .timeline
-        .iter()
-        .map(|(n, t)| format!("{n} at {:.2} s", *t as f64 / 1e9))
-        .collect();
-    println!("progress:     {}", timeline.join(", "));
-    println!(
-        "fsyncs:       {} ({:.1} events per fsync)",
-        m.fsyncs,
-        m.events as f64 / m.fsyncs.max(1) as f64
-    );
-    line("latency:", &m.latency);
-    line("  publish:", &m.publish);
-    line("  to handler:", &m.to_handler);
-    line("  to durable:", &m.to_durable);
-    println!(
-        "latency is from the start of the publish call to the delivery engine observing the event's commit durable (publish: until the publish is acknowledged durably; to handler: until the handler returned; to durable: until the commit was seen durable, sampled every {} us)",
-        if args.rate.is_some() { 100 } else { 1000 }
-    );
-    if args.json {
-        let out = serde_json::json!({
-            "scenario": "e2e",
-            "guarantee": args.guarantee.to_string(),
-            "payload_bytes": args.payload_bytes,
-            "events": m.events,
-            "events_per_sec": events_per_sec.round(),
-            "p50_ms": ms(&m.latency, 0.5),
-            "p99_ms": ms(&m.latency, 0.99),
-            "p999_ms": ms(&m.latency, 0.999),
-            "max_ms": ms(&m.latency, 1.0),
-            "publish_p50_ms": ms(&m.publish, 0.5),
-            "publish_p99_ms": ms(&m.publish, 0.99),
-            "to_handler_p50_ms": ms(&m.to_handler, 0.5),
-            "to_handler_p99_ms": ms(&m.to_handler, 0.99),
-            "to_durable_p50_ms": ms(&m.to_durable, 0.5),
-            "to_durable_p99_ms": ms(&m.to_durable, 0.99),
-            "fsync": "always",
-            "rate": args.rate,
-            "rate_held": args.rate.map(|_| rate_held.round()),
-            "publishers": args.publishers,
-            "publish": mode,
-            "backlog": args.backlog,
-            "fsyncs": m.fsyncs,
-            "seconds": super::round3(seconds),
-            "cpu_cores_busy": cores,
-            "plugin": args.plugin().display().to_string(),
-            "effects": args.effects,
-            "handled_at_seconds": m.timeline.iter().map(|(n, t)| serde_json::json!([n, super::round3(*t as f64 / 1e9)])).collect::<Vec<_>>(),
-        });
-        println!("{out}");
-    }
-    Ok(())
 }

@@ -9,12 +9,14 @@ use anyhow::bail;
 
 use crate::delivery::{BindingStats, Handler};
 use crate::host::{Invocation, Message, Outcome, Plugin};
-use crate::names::PluginName;
+use crate::names::{Offset, PluginName};
 
-/// Per-event timestamps, in nanoseconds since the run's start, indexed by offset (the queue is
-/// new, so the `i`-th stored event has offset `i`).
+/// Per-event timestamps, in nanoseconds since the run's start, indexed by offset from `base`
+/// (the queue held `base` prefilled records and nothing else, so the `i`-th event published
+/// has offset `base + i`).
 pub(super) struct Probe {
     pub(super) started: Instant,
+    pub(super) base: Offset,
     pub(super) publish_start: Vec<AtomicU64>,
     pub(super) publish_acked: Vec<AtomicU64>,
     pub(super) returned: Vec<AtomicU64>,
@@ -24,10 +26,11 @@ pub(super) struct Probe {
 }
 
 impl Probe {
-    pub(super) fn new(events: u64) -> Probe {
+    pub(super) fn new(events: u64, base: Offset) -> Probe {
         let zeros = || (0..events).map(|_| AtomicU64::new(0)).collect();
         Probe {
             started: Instant::now(),
+            base,
             publish_start: zeros(),
             publish_acked: zeros(),
             returned: zeros(),
@@ -38,6 +41,12 @@ impl Probe {
 
     pub(super) fn now(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
+    }
+
+    /// The index of the event at `offset`, if it is one of the run's.
+    pub(super) fn index(&self, offset: Offset) -> Option<usize> {
+        let i = offset.0.checked_sub(self.base.0)? as usize;
+        (i < self.rank.len()).then_some(i)
     }
 }
 
@@ -59,9 +68,9 @@ impl Handler for Timed {
             let p = &self.probe;
             let at = p.now();
             let k = p.returns.fetch_add(1, Relaxed) + 1;
-            if let Some(slot) = p.rank.get(message.offset() as usize) {
-                slot.store(k, Relaxed);
-                p.returned[message.offset() as usize].store(at, Relaxed);
+            if let Some(i) = p.index(Offset(message.offset())) {
+                p.rank[i].store(k, Relaxed);
+                p.returned[i].store(at, Relaxed);
             }
         }
         invocation

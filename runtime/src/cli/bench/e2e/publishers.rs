@@ -134,10 +134,13 @@ impl Publishers {
 
     pub(super) fn published(&self, offset: Offset, start: u64) -> anyhow::Result<()> {
         let acked = self.probe.now();
-        let o = offset.0 as usize;
-        if o >= self.events as usize {
-            bail!("offset {o} is beyond the {} events published", self.events);
-        }
+        let Some(o) = self.probe.index(offset) else {
+            bail!(
+                "offset {offset} is outside the {} events published after offset {}",
+                self.events,
+                self.probe.base
+            );
+        };
         self.probe.publish_start[o].store(start, Relaxed);
         self.probe.publish_acked[o].store(acked, Relaxed);
         Ok(())
