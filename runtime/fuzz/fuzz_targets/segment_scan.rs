@@ -50,7 +50,15 @@ fuzz_target!(|data: &[u8]| {
         fix_segment(&mut active, 0, control);
         write(dir.path(), 0, "log", &active);
     } else {
-        let Some(((sealed_len, index_len, active_base), rest)) = lengths(rest) else {
+        let Some((
+            Split {
+                sealed_len,
+                index_len,
+                active_base,
+            },
+            rest,
+        )) = split(rest)
+        else {
             return;
         };
         let (sealed, rest) = rest.split_at(sealed_len.min(rest.len()));
@@ -156,14 +164,24 @@ fn read_all(log: &Log, from: Offset) -> Result<u64, String> {
     }
 }
 
-/// The three little-endian `u16`s at the start of `bytes`, and what follows them.
-fn lengths(bytes: &[u8]) -> Option<((usize, usize, u64), &[u8])> {
+/// How an input with `SEALED` is split: the lengths of the sealed segment and of its index, and
+/// the active segment's base offset.
+struct Split {
+    sealed_len: usize,
+    index_len: usize,
+    active_base: u64,
+}
+
+/// The split in the three little-endian `u16`s at the start of `bytes`, and what follows them.
+fn split(bytes: &[u8]) -> Option<(Split, &[u8])> {
     let (head, rest) = bytes.split_at_checked(6)?;
     let u16_at = |i: usize| u16::from_le_bytes([head[i], head[i + 1]]);
-    Some((
-        (u16_at(0) as usize, u16_at(2) as usize, u16_at(4) as u64),
-        rest,
-    ))
+    let split = Split {
+        sealed_len: u16_at(0) as usize,
+        index_len: u16_at(2) as usize,
+        active_base: u64::from(u16_at(4)),
+    };
+    Some((split, rest))
 }
 
 /// Walks the frames of `segment` by their length fields, renumbering them from `base` and
