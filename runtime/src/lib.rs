@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod names;
 pub mod server;
 pub mod storage;
+pub mod validate;

@@ -53,6 +53,8 @@ impl PublishError {
             Self::UnknownDestination(name) => {
                 format!("publish refused: no queue or topic named `{name}`")
             }
+            // The host's own sentence (a refused header) or a destination name.
+            Self::NotPermitted(what) if what.contains(' ') => format!("publish refused: {what}"),
             Self::NotPermitted(name) => {
                 format!("publish refused: plugin may not publish to `{name}`")
             }

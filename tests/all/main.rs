@@ -12,6 +12,7 @@ mod fuzz_http;
 mod host;
 mod http;
 mod languages;
+mod limits;
 mod metrics;
 mod ops_http;
 mod outbox;

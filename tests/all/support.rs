@@ -21,6 +21,7 @@ pub fn plugin(name: &str) -> PathBuf {
         "sneaky" => env!("WEIR_PLUGIN_SNEAKY"),
         "c-tally" => env!("WEIR_PLUGIN_C_TALLY"),
         "tagger" => env!("WEIR_PLUGIN_TAGGER"),
+        "rogue" => env!("WEIR_PLUGIN_ROGUE"),
         "legacy-noop" => env!("WEIR_PLUGIN_LEGACY_NOOP"),
         "order-aggregate" => env!("WEIR_PLUGIN_ORDER_AGGREGATE"),
         "order-aggregate-drift" => env!("WEIR_PLUGIN_ORDER_AGGREGATE_DRIFT"),

@@ -42,10 +42,7 @@ pub const CAUSATION: &str = "weir-es-causation";
 /// revision the stream's next event gets.
 pub const MARKER: &str = "weir-es-marker";
 
-/// Whether a header name is weir's (`weir-` in any case), not the application's.
-pub fn is_reserved(name: &str) -> bool {
-    name.len() >= 5 && name[..5].eq_ignore_ascii_case("weir-")
-}
+pub use crate::validate::is_reserved;
 
 /// Most events in one append.
 pub const MAX_EVENTS_PER_APPEND: usize = 1000;
@@ -337,35 +334,7 @@ impl PendingAppend {
 }
 
 fn check_headers(headers: &[(String, String)]) -> Result<(), StreamError> {
-    use crate::server::{MAX_HEADER_BYTES, MAX_HEADERS};
-    if headers.len() > MAX_HEADERS {
-        return Err(StreamError::Invalid(format!(
-            "{} headers; the limit is {MAX_HEADERS}",
-            headers.len()
-        )));
-    }
-    let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if bytes > MAX_HEADER_BYTES {
-        return Err(StreamError::Invalid(format!(
-            "headers are {bytes} bytes; the limit is {MAX_HEADER_BYTES}"
-        )));
-    }
-    for (k, _) in headers {
-        let ok = !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
-            return Err(StreamError::Invalid(format!(
-                "header name {k:?} must be non-empty and use letters, digits, `-`, `_` and `.`"
-            )));
-        }
-        if k.len() >= 5 && k[..5].eq_ignore_ascii_case("weir-") {
-            return Err(StreamError::Invalid(format!(
-                "header name {k:?} starts with `weir-`, which is reserved for weir's own headers"
-            )));
-        }
-    }
-    Ok(())
+    crate::validate::check_headers(headers).map_err(|e| StreamError::Invalid(e.to_string()))
 }
 
 impl StreamStore {

@@ -206,6 +206,23 @@ impl Plugin {
         match result {
             Ok(Ok(outcome)) => {
                 let data = instance.store.data_mut();
+                let limit = data.grants.max_message_size;
+                if let bindings::Outcome::Reply(bytes) = &outcome
+                    && bytes.len() > limit
+                {
+                    // Refused like a publish of that size: this invocation fails, no effects.
+                    let size = bytes.len();
+                    data.effects = Effects::default();
+                    data.kv_guard = None;
+                    self.put_instance(instance);
+                    return failed(
+                        FailureClass::HandlerError,
+                        format!(
+                            "the reply is {size} bytes; the limit is {limit} (server.max_message_size)"
+                        ),
+                        false,
+                    );
+                }
                 let effects = std::mem::take(&mut data.effects);
                 let outcome = outcome_from(outcome);
                 // Only an acknowledging outcome commits effects; the others release the gate.
@@ -318,11 +335,12 @@ fn recorded_event(
     ))
 }
 
+/// A failed invocation; its text (often the guest's) is cut to [`crate::validate::MAX_REASON`].
 fn failed(class: FailureClass, message: String, retryable: bool) -> Invocation {
     Invocation::new(
         Err(Failure {
             class,
-            message,
+            message: crate::validate::truncate(message, crate::validate::MAX_REASON),
             retryable,
         }),
         Effects::default(),
@@ -333,7 +351,10 @@ fn outcome_from(o: bindings::Outcome) -> Outcome {
     match o {
         bindings::Outcome::Ack => Outcome::Ack,
         bindings::Outcome::Retry(ms) => Outcome::Retry(Duration::from_millis(ms)),
-        bindings::Outcome::DeadLetter(reason) => Outcome::DeadLetter(reason),
+        bindings::Outcome::DeadLetter(reason) => Outcome::DeadLetter(crate::validate::truncate(
+            reason,
+            crate::validate::MAX_REASON,
+        )),
         bindings::Outcome::Reply(bytes) => Outcome::Reply(bytes),
     }
 }

@@ -193,13 +193,25 @@ impl publish::Host for HostState {
         if !self.grants.storage.has_log(&dest) {
             return Err(PublishError::UnknownDestination(destination));
         }
-        if message.payload.len() > self.grants.max_message_size {
-            return Err(PublishError::TooLarge(self.grants.max_message_size as u64));
+        // The limits of an external publish, and no `weir-` header: refused here, to the
+        // guest, rather than by the store when the invocation commits.
+        let checked = crate::validate::check(
+            message.key.as_deref(),
+            &message.headers,
+            message.payload.len(),
+            self.grants.max_message_size,
+        );
+        if let Err(e) = checked {
+            return Err(match e.byte_limit() {
+                Some(limit) => PublishError::TooLarge(limit as u64),
+                None => PublishError::NotPermitted(format!("{e} (publishing to `{destination}`)")),
+            });
         }
         if self.effects.publishes.len() >= MAX_PUBLISHES as usize {
             return Err(PublishError::TooMany(MAX_PUBLISHES));
         }
         let size = message.payload.len()
+            + message.key.as_ref().map_or(0, String::len)
             + message
                 .headers
                 .iter()

@@ -2,15 +2,9 @@
 
 use crate::names::{DestinationName, NameError, Offset};
 use crate::storage::{Record, StorageError};
+use crate::validate::{self, Invalid};
 
-/// Longest message key, in bytes.
-pub const MAX_KEY: usize = 1024;
-/// Longest message id, in bytes.
-pub const MAX_ID: usize = 256;
-/// Most headers per message.
-pub const MAX_HEADERS: usize = 64;
-/// Most bytes of header names and values per message.
-pub const MAX_HEADER_BYTES: usize = 16 << 10;
+pub use crate::validate::{MAX_HEADER_BYTES, MAX_HEADERS};
 
 /// A message to publish.
 #[derive(Debug, Clone, Default)]
@@ -113,50 +107,19 @@ pub(super) fn validate(
     limit: usize,
 ) -> Result<(DestinationName, Record), PublishError> {
     let dest = DestinationName::new(dest)?;
-    if req.payload.len() > limit {
-        return Err(PublishError::TooLarge {
-            size: req.payload.len(),
-            limit,
-        });
-    }
-    if let Some(key) = req.key.as_ref().filter(|k| k.len() > MAX_KEY) {
-        return Err(PublishError::Invalid(format!(
-            "key is {} bytes; the limit is {MAX_KEY}",
-            key.len()
-        )));
-    }
+    validate::check(req.key.as_deref(), &req.headers, req.payload.len(), limit).map_err(
+        |e| match e {
+            Invalid::PayloadTooLarge { size, limit } => PublishError::TooLarge { size, limit },
+            e => PublishError::Invalid(e.to_string()),
+        },
+    )?;
     let id = match req.id {
-        Some(id) if id.is_empty() || id.len() > MAX_ID || id.chars().any(char::is_control) => {
-            return Err(PublishError::Invalid(format!(
-                "message id must be 1 to {MAX_ID} bytes without control characters, found {} bytes",
-                id.len()
-            )));
+        Some(id) => {
+            validate::check_id(&id).map_err(|e| PublishError::Invalid(e.to_string()))?;
+            id
         }
-        Some(id) => id,
         None => crate::ids::new_message_id(),
     };
-    if req.headers.len() > MAX_HEADERS {
-        return Err(PublishError::Invalid(format!(
-            "{} headers; the limit is {MAX_HEADERS}",
-            req.headers.len()
-        )));
-    }
-    let header_bytes: usize = req.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return Err(PublishError::Invalid(format!(
-            "headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
-        )));
-    }
-    for (k, _) in &req.headers {
-        let ok = !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
-            return Err(PublishError::Invalid(format!(
-                "header name {k:?} must be non-empty and use letters, digits, `-`, `_` and `.`"
-            )));
-        }
-    }
     let record = Record {
         id,
         key: req.key,

@@ -900,6 +900,12 @@ impl Storage for EmbeddedStorage {
 
     fn submit(&self, commit: Commit) -> Result<CommitTicket, StorageError> {
         self.refuse_if_stopped()?;
+        // Every record must fit a log frame before anything is written: a commit is refused
+        // whole (an outbox record journaled and then refused by its log would be appended
+        // again, and refused again, at every start).
+        for (_, record) in &commit.publishes {
+            Log::check_record(record)?;
+        }
         // 1. Published records, grouped per log in order (all logs resolved before anything is
         //    appended, so an unknown destination changes nothing).
         let mut groups: Vec<Group> = Vec::new();

@@ -553,3 +553,32 @@ fn dedup_commits_store_a_redelivered_publish_once() {
     );
     assert_eq!(s.read(&dest("out"), Offset(0), 10).unwrap().len(), 2);
 }
+
+#[test]
+fn a_commit_with_a_record_no_log_can_store_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = PluginName::new("p").unwrap();
+    let binding = BindingName::new("orders.p").unwrap();
+    let s = open(dir.path(), EmbeddedOptions::default());
+    let mut bad = record("bad");
+    bad.key = Some("k".repeat(70_000));
+    for acks in [Vec::new(), vec![(binding.clone(), Offset(0))]] {
+        let refused = s.commit(Commit {
+            kv: Some((plugin.clone(), vec![("k".into(), Some(vec![1]))])),
+            publishes: vec![(dest("orders"), record("fine")), (dest("out"), bad.clone())],
+            acks,
+            dedup: false,
+        });
+        assert!(matches!(refused, Err(StorageError::Log(_))), "{refused:?}");
+    }
+    assert!(
+        s.read(&dest("orders"), Offset(0), 10).unwrap().is_empty(),
+        "nothing appended"
+    );
+    assert_eq!(s.kv_get(&plugin, "k"), None, "nothing journaled");
+    assert_eq!(s.cursor(&binding), Offset(0));
+    drop(s);
+    // Nothing for recovery to append either.
+    let s = open(dir.path(), EmbeddedOptions::default());
+    assert!(s.read(&dest("out"), Offset(0), 10).unwrap().is_empty());
+}

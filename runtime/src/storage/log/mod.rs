@@ -186,6 +186,12 @@ impl Log {
         AppendTicket::waiting(shared.clone(), appended)
     }
 
+    /// The framed size of `record`, or why no log can store it (an id, key or header name
+    /// over 65,535 bytes, too many headers, a body over 64 MiB).
+    pub fn check_record(record: &Record) -> Result<usize, LogError> {
+        frame::encoded_len(record)
+    }
+
     /// A ticket for records appended earlier (part of one [`Log::append`]): it completes when
     /// they are acknowledged, like the append's own ticket.
     pub fn ticket_for(&self, appended: Appended) -> AppendTicket {
