@@ -10,7 +10,12 @@ fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ is inside the repository");
-    let opts = weir_build::Options::for_repo(root);
+    // Off the network: `cargo check` and editors run this script too. scripts/test (and
+    // scripts/build-plugins) install the toolchains and fetch the plugins' crates first.
+    let opts = weir_build::Options {
+        offline: true,
+        ..weir_build::Options::for_repo(root)
+    };
     for p in weir_build::input_paths(&opts)? {
         println!("cargo:rerun-if-changed={}", p.display());
     }

@@ -61,6 +61,13 @@ impl Pinned<'_> {
         if self.is_installed() {
             return Ok(());
         }
+        if opts.offline {
+            bail!(
+                "{} ({}) is not installed and this build does not download anything; install it with `scripts/build-plugins` (the test command runs it first)",
+                self.spec,
+                self.purpose
+            );
+        }
         eprintln!(
             "weir-build: installing {} ({}) into {} with pip; once, up to a minute",
             self.spec,
@@ -89,6 +96,13 @@ impl Pinned<'_> {
     pub fn npm_install(&self, opts: &Options) -> Result<()> {
         if self.is_installed() {
             return Ok(());
+        }
+        if opts.offline {
+            bail!(
+                "{} ({}) is not installed and this build does not download anything; install it with `scripts/build-plugins` (the test command runs it first)",
+                self.spec,
+                self.purpose
+            );
         }
         eprintln!(
             "weir-build: installing {} ({}) into {} with npm; once, up to a minute",

@@ -53,6 +53,10 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// Show the nested cargo's and clang's output on stderr as they run.
     pub verbose: bool,
+    /// Never reach the network: no toolchain is installed (a missing one fails that language's
+    /// plugins, saying to run `scripts/build-plugins`) and the nested cargo runs `--offline`.
+    /// For build scripts (`tests/build.rs`), which `cargo check` and editors run.
+    pub offline: bool,
 }
 
 impl Options {
@@ -65,6 +69,7 @@ impl Options {
             wit_dir: root.join("wit"),
             out_dir: root.join("plugins").join("target").join("components"),
             verbose: false,
+            offline: false,
         }
     }
 

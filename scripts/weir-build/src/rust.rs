@@ -27,6 +27,9 @@ pub(crate) fn build(opts: &Options, plugins: &[&Plugin]) -> Result<Vec<(String, 
         .current_dir(&opts.plugins_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    if opts.offline {
+        cmd.arg("--offline");
+    }
     for names in &crates {
         cmd.args(["-p", &names.package]);
     }
