@@ -431,11 +431,12 @@ impl Cx<'_> {
             file::Fsync::Never => FsyncPolicy::Never,
         };
         let segment_bytes = raw.broker.segment_size.get_ref().0;
-        if !((1 << 20)..=(4 << 30)).contains(&segment_bytes) {
+        // The log's indexes address a segment with 32-bit positions: at most 2 GiB.
+        if !((1 << 20)..=(2 << 30)).contains(&segment_bytes) {
             return Err(self.err(
                 raw.broker.segment_size.span(),
                 format!(
-                    "`broker.segment_size` must be between 1MiB and 4GiB, found {}",
+                    "`broker.segment_size` must be between 1MiB and 2GiB, found {}",
                     raw.broker.segment_size.get_ref()
                 ),
             ));

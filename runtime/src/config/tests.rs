@@ -128,6 +128,11 @@ fn retention_settings() {
         "no limits, no entry"
     );
     check_err(
+        "[broker]\nsegment_size = \"3GiB\"\n",
+        "weir.toml:2:16: `broker.segment_size` must be between 1MiB and 2GiB, found 3GiB",
+    );
+    assert!(parse("[broker]\nsegment_size = \"2GiB\"\n").is_ok());
+    check_err(
         "[queues.q]\nretention_max_bytes = \"2MiB\"\n",
         "weir.toml:2:23: `q`: `retention_max_bytes` (2MiB) is smaller than one segment (256MiB); retention removes whole segments, so raise it or lower `broker.segment_size`",
     );

@@ -112,6 +112,24 @@ fn run(
     // When to write the manifests of file-driven deploys: once they stop for a quiet period.
     let mut flush_at: Option<Instant> = None;
     loop {
+        // Deadlines first, on every turn: a steady stream of other events (another plugin's
+        // file rewritten often, rollbacks) must not postpone a due take or the manifest flush.
+        let now = Instant::now();
+        if flush_at.is_some_and(|at| at <= now) {
+            flush_at = None;
+            registry.flush();
+        }
+        let due: Vec<PluginName> = pending
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for plugin in due {
+            pending.remove(&plugin);
+            set_pending(registry, &plugin, false);
+            take(registry, &plugin, true);
+            flush_at = Some(Instant::now() + registry.quiet);
+        }
         let next = pending.values().copied().chain(flush_at).min();
         let work = match next {
             Some(at) => events.recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -122,24 +140,8 @@ fn run(
                 registry.flush();
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                if flush_at.is_some_and(|at| at <= now) {
-                    flush_at = None;
-                    registry.flush();
-                }
-                let due: Vec<PluginName> = pending
-                    .iter()
-                    .filter(|(_, at)| **at <= now)
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                for plugin in due {
-                    pending.remove(&plugin);
-                    set_pending(registry, &plugin, false);
-                    take(registry, &plugin, true);
-                    flush_at = Some(Instant::now() + registry.quiet);
-                }
-            }
+            // Handled at the top of the loop.
+            Err(RecvTimeoutError::Timeout) => {}
             Ok(Work::RolledBack {
                 plugin,
                 from,

@@ -200,10 +200,23 @@ impl Runtime {
         storage
             .open_log(inbox.name())
             .with_context(|| format!("cannot open the reply inbox `{}`", inbox.name()))?;
-        // Room for each plugin's warm instances three times over: the active version, the
-        // one it replaced (finishing its invocations, or kept for an automatic rollback) and
-        // one being loaded.
-        let instances: u32 = config.plugins.values().map(|p| (p.instances + 2) * 3).sum();
+        // Room for each plugin's instances three times over (the active version, the one it
+        // replaced, finishing its invocations or kept for an automatic rollback, and one being
+        // loaded): its warm ones, or as many as its bindings run at once if that is more (a
+        // binding's `concurrency` above `instances` would otherwise exhaust the pool).
+        let instances: u32 = config
+            .plugins
+            .iter()
+            .map(|(name, p)| {
+                let running: u32 = config
+                    .bindings
+                    .iter()
+                    .filter(|b| &b.plugin == name)
+                    .map(|b| b.concurrency)
+                    .sum();
+                (p.instances.max(running) + 2) * 3
+            })
+            .sum();
         let mut options = HostOptions::default()
             .max_instances(instances.max(16))
             .memory_cache_bytes(

@@ -1,7 +1,7 @@
-//! The storage seam: logs (one per queue and topic), binding cursors and per-plugin key-value
-//! state, behind the [`Storage`] trait. The broker, the delivery engine and the API see only
-//! this trait; an engine (in-memory today, the durable embedded log or NATS JetStream later) lives
-//! behind it.
+//! The storage seam: logs (one per queue, topic and stream store), binding cursors and
+//! per-plugin key-value state, behind the [`Storage`] trait. The broker, the delivery engine and
+//! the API see only this trait; an engine lives behind it: [`EmbeddedStorage`] (the durable
+//! default), [`MemoryStorage`] (tests), NATS JetStream later.
 //!
 //! **Invariant:** a [`Commit`] is applied whole or not at all: the key-value writes, the
 //! published records and the cursor advance of one invocation become visible together.
@@ -273,6 +273,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         counts: &[(Offset, u32)],
     ) -> Result<(), StorageError>;
 
+    /// Not used by the delivery engine (which counts deliveries with
+    /// [`Storage::begin_deliveries`]): a seam for pull consumers with visibility timeouts, kept
+    /// and tested in both stores, not reachable from the API yet.
+    ///
     /// Delivers `offset` to the binding under a lease: records the delivery like
     /// [`Storage::begin_delivery`] (returning the count) and holds the message for
     /// `visibility`, after which, if still unacknowledged, it is listed by

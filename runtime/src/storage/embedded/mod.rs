@@ -97,6 +97,9 @@ pub struct EmbeddedStorage {
     journal: Arc<Log>,
     state: Mutex<Applied>,
     snapshotting: AtomicBool,
+    /// A thread panicked holding the state: memory may be out of step with the journal, so
+    /// the store takes no more writes (fail-stop).
+    poisoned: AtomicBool,
     /// Commits whose publishes wait for their journal record, in journal order (sent under the
     /// state lock); `None` once the store is dropped.
     outbox: Mutex<Option<mpsc::Sender<OutboxItem>>>,
@@ -404,6 +407,7 @@ impl EmbeddedStorage {
                 published: HashMap::new(),
             }),
             snapshotting: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
             outbox: Mutex::new(Some(outbox)),
             outbox_thread: Some(outbox_thread),
             outbox_progress,
@@ -425,8 +429,25 @@ impl EmbeddedStorage {
             .cloned()
     }
 
+    /// The state, for reads and writes. A panic while it was held may have left it half
+    /// changed: reads go on, but the store stops taking writes (see
+    /// [`EmbeddedStorage::refuse_if_stopped`]).
     fn lock_state(&self) -> MutexGuard<'_, Applied> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| {
+            if !self.poisoned.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    "the store's state was left half-changed by a panic: it takes no more writes; restart weir (the journal is intact)"
+                );
+            }
+            e.into_inner()
+        })
+    }
+
+    /// The refusal of a store whose state a panic may have left half changed.
+    fn poisoned_error() -> StorageError {
+        StorageError::Corrupt(
+            "the store's in-memory state was left half-changed by a panic and takes no more writes; restart weir (the journal on disk is intact)".into(),
+        )
     }
 
     fn log_or_err(&self, name: &DestinationName) -> Result<Arc<Log>, StorageError> {
@@ -443,6 +464,9 @@ impl EmbeddedStorage {
         payload: Vec<u8>,
         ops: Vec<Op>,
     ) -> Result<super::log::AppendTicket, StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Self::poisoned_error());
+        }
         let ticket = self
             .journal
             .append(std::slice::from_ref(&journal_record(payload)));
@@ -472,6 +496,9 @@ impl EmbeddedStorage {
         ops: Vec<Op>,
         then: impl FnOnce(Offset) -> Result<(), E>,
     ) -> Result<super::log::AppendTicket, StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Self::poisoned_error());
+        }
         let ticket = self
             .journal
             .append(std::slice::from_ref(&journal_record(payload)));
@@ -554,6 +581,9 @@ impl EmbeddedStorage {
     /// Fail-stop for the whole store: once the state journal has stopped (a failed write or
     /// fsync), nothing can be acknowledged any more, so no log takes writes either.
     fn refuse_if_stopped(&self) -> Result<(), StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Self::poisoned_error());
+        }
         match self.journal.stopped() {
             Some(e) => Err(e.into()),
             None => Ok(()),

@@ -582,3 +582,31 @@ fn a_commit_with_a_record_no_log_can_store_is_refused_whole() {
     let s = open(dir.path(), EmbeddedOptions::default());
     assert!(s.read(&dest("out"), Offset(0), 10).unwrap().is_empty());
 }
+
+#[test]
+fn a_panic_holding_the_state_stops_the_store_for_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), EmbeddedOptions::default());
+    commit(&s, 0).unwrap();
+    let panicked = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let _held = s.lock_state();
+                panic!("a bug while the state is held");
+            })
+            .join()
+    });
+    assert!(panicked.is_err());
+    let refused = commit(&s, 1).unwrap_err();
+    assert!(
+        refused.to_string().contains("half-changed by a panic"),
+        "{refused}"
+    );
+    let binding = BindingName::new("orders.p").unwrap();
+    assert!(s.begin_deliveries(&binding, &[Offset(5)]).is_err());
+    // Reads go on; after a restart the journal is whole.
+    assert_eq!(s.cursor(&binding), Offset(1));
+    drop(s);
+    let s = open(dir.path(), EmbeddedOptions::default());
+    assert_eq!(commit(&s, 1).unwrap(), [Offset(1)]);
+}
