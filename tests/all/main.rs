@@ -18,6 +18,7 @@ mod ops_http;
 mod outbox;
 mod park;
 mod projection;
+mod publish_bench;
 mod reload;
 mod request;
 mod shutdown;

@@ -28,6 +28,12 @@ impl Runtime {
             self.inbox.waiting() as f64,
         );
         encode_storage(&mut enc);
+        enc.counter(
+            "weir_log_fsyncs_total",
+            "fdatasync calls made by the store's logs and journal.",
+            &[],
+            crate::storage::log::FSYNCS.load(std::sync::atomic::Ordering::Relaxed),
+        );
         self.metrics.encode(&mut enc);
         enc.finish()
     }

@@ -5,6 +5,7 @@ mod aggregate;
 mod append;
 mod e2e;
 mod invoke;
+mod publish;
 mod streams;
 mod swap;
 mod workdir;
@@ -27,6 +28,9 @@ pub enum BenchCommand {
     Aggregate(aggregate::AggregateArgs),
     /// Hot swaps of a plugin under steady load on an exactly-once, key-ordered binding.
     Swap(swap::SwapArgs),
+    /// Publishes over the network (HTTP, keep-alive connections) to a running server or to a
+    /// `weir run` child, as a remote client sees it.
+    Publish(publish::PublishArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -37,6 +41,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Swap(args) => swap::run(args),
         BenchCommand::Streams(args) => streams::run(args),
         BenchCommand::Aggregate(args) => aggregate::run(args),
+        BenchCommand::Publish(args) => publish::run(args),
     }
 }
 

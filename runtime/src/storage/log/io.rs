@@ -62,6 +62,9 @@ pub trait Io: Send + Sync + Debug + 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdIo;
 
+/// `fdatasync` calls of [`StdIo`] files in this process (`weir_log_fsyncs_total`).
+pub static FSYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[derive(Debug)]
 struct StdFile(File);
 
@@ -71,6 +74,7 @@ impl SegmentFile for StdFile {
     }
 
     fn sync(&self) -> io::Result<()> {
+        FSYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.0.sync_data()
     }
 

@@ -54,7 +54,7 @@ pub use error::{DecodeError, LogError};
 pub use faulty::FaultyIo;
 pub use frame::{Frame, decode_frame};
 pub use hashindex::{HashEntry, IndexError, Kind as HashIndexKind, decode as decode_hash_index};
-pub use io::{Io, SegmentFile, StdIo};
+pub use io::{FSYNCS, Io, SegmentFile, StdIo};
 pub use options::{Durability, LogOptions, Recovery};
 pub use read::Entry;
 pub use recovery::{Cut, RecoveryReport};

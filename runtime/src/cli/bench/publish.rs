@@ -1,0 +1,261 @@
+//! `weir bench publish`: publishes over the network, as a remote client sees it. Against a
+//! running server (`--server URL`), or by default against a `weir run` child it starts
+//! (`fsync = "always"`, one queue `bench` with no binding, in a temporary directory). Each of
+//! `--connections` HTTP/1.1 keep-alive connections sends one `POST
+//! /v1/destinations/{dest}/messages` at a time and waits for its acknowledgement (201, durable),
+//! so `--connections` messages are in flight. Reports msgs/s, ack latency, and, for its own
+//! child, the server's CPU and the fsyncs per second it made (from `/metrics`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+use super::workdir::WorkDir;
+use super::{Histogram, round3};
+use crate::cli::chaos::Server;
+
+/// `weir bench publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// A running server to publish to (default: start a `weir run` child with fsync always
+    /// and one queue `bench`).
+    #[arg(long)]
+    server: Option<String>,
+    /// The queue or topic to publish to.
+    #[arg(long, default_value = "bench")]
+    destination: String,
+    /// Keep-alive connections, each with one publish in flight.
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
+    /// Messages to publish.
+    #[arg(long, default_value_t = 200_000)]
+    count: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Bearer token, for a server with `api_token` set.
+    #[arg(long, env = "WEIR_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: PublishArgs) -> anyhow::Result<()> {
+    if args.connections == 0 || args.count == 0 {
+        bail!("--connections and --count must be at least 1");
+    }
+    let mut own = None;
+    let _dir;
+    let url = match &args.server {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let dir = WorkDir::new("publish", &std::env::current_dir()?)?;
+            std::fs::write(
+                dir.path().join("weir.toml"),
+                "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+                 [broker]\nfsync = \"always\"\n[queues.bench]\n",
+            )?;
+            let server = Server::start(dir.path())?;
+            let url = server.url.clone();
+            own = Some(server);
+            _dir = dir;
+            url
+        }
+    };
+    let addr = url
+        .strip_prefix("http://")
+        .context("--server must be an http:// URL")?
+        .trim_end_matches('/')
+        .to_owned();
+    let pid = own.as_ref().map(Server::pid);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let before = Usage::read(&rt, &addr, pid);
+    let started = Instant::now();
+    let hist = Arc::new(Histogram::new());
+    let failed = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
+    let path = format!("/v1/destinations/{}/messages", args.destination);
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let mut tasks = Vec::with_capacity(args.connections);
+        for _ in 0..args.connections {
+            let c = Conn {
+                addr: addr.clone(),
+                path: path.clone(),
+                token: args.api_token.clone(),
+                payload: payload.clone(),
+                next: Arc::clone(&next),
+                count: args.count,
+                hist: Arc::clone(&hist),
+                failed: Arc::clone(&failed),
+            };
+            tasks.push(tokio::spawn(c.run()));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok(())
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let after = Usage::read(&rt, &addr, pid);
+    if let Some(s) = own {
+        s.stop();
+    }
+    result?;
+    let rate = args.count as f64 / seconds;
+    let p = |q: f64| hist.percentile(q) as f64 / 1000.0;
+    let cpu = match (before.cpu, after.cpu) {
+        (Some(a), Some(b)) => Some(round3((b - a) / seconds)),
+        _ => None,
+    };
+    let fsyncs = match (before.fsyncs, after.fsyncs) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    println!(
+        "publish: {} messages of {} bytes over {} connections to {url}: {rate:.0} msgs/s, ack p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+        args.count,
+        args.payload_bytes,
+        args.connections,
+        p(0.5),
+        p(0.99),
+        p(0.999)
+    );
+    if let (Some(cpu), Some(f)) = (cpu, fsyncs) {
+        println!(
+            "server:  {cpu:.2} cores busy, {:.0} fsyncs/s ({:.1} messages per fsync)",
+            f as f64 / seconds,
+            args.count as f64 / f.max(1) as f64
+        );
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "publish",
+                "protocol": "http1",
+                "server": args.server,
+                "connections": args.connections,
+                "in_flight": args.connections,
+                "messages": args.count,
+                "payload_bytes": args.payload_bytes,
+                "seconds": round3(seconds),
+                "msgs_per_sec": rate.round(),
+                "ack_p50_ms": p(0.5),
+                "ack_p99_ms": p(0.99),
+                "ack_p999_ms": p(0.999),
+                "server_cpu_cores": cpu,
+                "fsyncs": fsyncs,
+                "fsyncs_per_sec": fsyncs.map(|f| (f as f64 / seconds).round()),
+            })
+        );
+    }
+    Ok(())
+}
+
+/// One keep-alive connection publishing until the count is reached.
+struct Conn {
+    addr: String,
+    path: String,
+    token: Option<String>,
+    payload: Bytes,
+    next: Arc<AtomicU64>,
+    count: u64,
+    hist: Arc<Histogram>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    async fn run(self) -> anyhow::Result<()> {
+        let stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        stream.set_nodelay(true)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        while !self.failed.load(Relaxed) && self.next.fetch_add(1, Relaxed) < self.count {
+            let mut req = Request::post(self.path.as_str())
+                .header(hyper::header::HOST, self.addr.as_str())
+                .header(hyper::header::CONTENT_TYPE, "application/octet-stream");
+            if let Some(t) = &self.token {
+                req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let req = req.body(Full::new(self.payload.clone()))?;
+            let t0 = Instant::now();
+            let resp = match sender.send_request(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.failed.store(true, Relaxed);
+                    return Err(e).context("publishing");
+                }
+            };
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            if status != hyper::StatusCode::CREATED {
+                self.failed.store(true, Relaxed);
+                bail!(
+                    "publish answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            self.hist.record(t0.elapsed().as_micros() as u64);
+        }
+        Ok(())
+    }
+}
+
+/// What the server had used: CPU seconds (of its process, when it is our child) and fsyncs
+/// (from its `/metrics`).
+struct Usage {
+    cpu: Option<f64>,
+    fsyncs: Option<u64>,
+}
+
+impl Usage {
+    fn read(rt: &tokio::runtime::Runtime, addr: &str, pid: Option<u32>) -> Usage {
+        Usage {
+            cpu: pid.and_then(cpu_seconds),
+            fsyncs: rt.block_on(fsyncs(addr)).ok().flatten(),
+        }
+    }
+}
+
+/// CPU seconds (user + system) of a process, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) and its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux for every architecture weir builds on.
+    Some(ticks as f64 / 100.0)
+}
+
+/// `weir_log_fsyncs_total` from the server's `/metrics`.
+async fn fsyncs(addr: &str) -> anyhow::Result<Option<u64>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::get("/metrics")
+        .header(hyper::header::HOST, addr)
+        .body(Full::new(Bytes::new()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await??;
+    let text = resp.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_log_fsyncs_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64))
+}
