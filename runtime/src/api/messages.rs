@@ -28,13 +28,19 @@ pub(super) async fn publish(
 ) -> Result<(StatusCode, Json<Published>), ApiError> {
     let Path(name) = name.map_err(ApiError::bad_path)?;
     let request = message(&rt, &headers, body)?;
-    // A durable publish waits for its fsync (group-committed with concurrent publishers): wait
-    // on a blocking thread, not on an async worker.
-    let published = tokio::task::spawn_blocking(move || rt.publish(&name, request))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    // A durable publish waits for its fsync, group-committed with concurrent publishers. A
+    // message without an id awaits its append's ticket (no thread held, so hundreds of
+    // publishes in flight cost no thread switches each); one with a client id needs the dedup
+    // lookup, which can block, and waits on a blocking thread.
+    let published = if request.id.is_none() {
+        rt.publish_async(&name, request).await?
+    } else {
+        tokio::task::spawn_blocking(move || rt.publish(&name, request))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??
+    };
     // 201 when stored, 200 when the id was already there (nothing new stored).
     let status = if published.duplicate {
         StatusCode::OK

@@ -38,7 +38,7 @@ use crate::deploy::{Registry, Reloader};
 use crate::host::{Host, HostOptions};
 use crate::names::{BindingName, DestinationName};
 use crate::storage::log::{Durability, Recovery};
-use crate::storage::{EmbeddedOptions, EmbeddedStorage, Storage, StorageError};
+use crate::storage::{Commit, EmbeddedOptions, EmbeddedStorage, Storage, StorageError};
 
 /// Everything a running server holds.
 #[derive(Debug)]
@@ -374,22 +374,42 @@ impl Runtime {
             .collect())
     }
 
-    /// Validates and stores a message; with a correlation id, as a request whose reply goes to
-    /// the reply inbox.
-    fn append(
+    /// Publishes one message without a client id, waiting for it to be durable without
+    /// holding a thread: the append is handed to the log's group commit and its ticket awaited
+    /// (an id weir generates is new by construction, so there is no dedup lookup, which can
+    /// block). What the HTTP publish route uses for such messages.
+    pub async fn publish_async(
+        &self,
+        destination: &str,
+        request: PublishRequest,
+    ) -> Result<Published, PublishError> {
+        debug_assert!(request.id.is_none(), "a client id needs the dedup path");
+        let started = std::time::Instant::now();
+        let (dest, record) = self.prepare(destination, request, None)?;
+        // Held until the record is stored: it counts towards the depth until then.
+        let _admitted = self.backpressure.admit(&*self.storage, &dest)?;
+        let id = record.id.clone();
+        let ticket = self.storage.submit(Commit {
+            publishes: vec![(dest.clone(), record)],
+            ..Commit::default()
+        })?;
+        let offset = ticket.durable().await?[0];
+        crate::metrics::STORAGE.append.observe(started.elapsed());
+        Ok(publish::published(&dest, offset, id, false))
+    }
+
+    /// Checks a message and its destination and turns it into a record; with a correlation
+    /// id, as a request whose reply goes to the reply inbox.
+    fn prepare(
         &self,
         destination: &str,
         request: PublishRequest,
         correlation_id: Option<String>,
-    ) -> Result<Published, PublishError> {
+    ) -> Result<(DestinationName, crate::storage::Record), PublishError> {
         if self.is_closing() {
             return Err(PublishError::ShuttingDown);
         }
-        let started = std::time::Instant::now();
         let limit = self.config.server.max_message_size as usize;
-        // An id weir generates is new by construction: no dedup lookup (it costs a search of
-        // every sealed segment's id index).
-        let generated_id = request.id.is_none();
         let (dest, mut record) = publish::validate(destination, request, limit)?;
         if dest.is_reserved() {
             return Err(PublishError::Reserved(dest.to_string()));
@@ -405,6 +425,22 @@ impl Runtime {
             record.reply_to = Some(self.inbox.name().to_string());
             record.correlation_id = Some(correlation_id);
         }
+        Ok((dest, record))
+    }
+
+    /// Validates and stores a message; with a correlation id, as a request whose reply goes to
+    /// the reply inbox.
+    fn append(
+        &self,
+        destination: &str,
+        request: PublishRequest,
+        correlation_id: Option<String>,
+    ) -> Result<Published, PublishError> {
+        let started = std::time::Instant::now();
+        // An id weir generates is new by construction: no dedup lookup (it costs a search of
+        // every sealed segment's id index).
+        let generated_id = request.id.is_none();
+        let (dest, record) = self.prepare(destination, request, correlation_id)?;
         // Held until the record is stored: it counts towards the depth until then.
         let _admitted = self.backpressure.admit(&*self.storage, &dest)?;
         let id = record.id.clone();
