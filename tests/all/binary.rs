@@ -180,6 +180,45 @@ fn bad_plugins_stop_start_up_with_a_clear_error() {
 }
 
 #[test]
+fn the_data_directory_is_private_and_one_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[queues.q]\n{}",
+        plugin_toml("noop", "")
+    );
+    let server = Server::start(dir.path(), &config);
+    let data = dir.path().join(".weir");
+    let cache = data.join("cache");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&data), mode(&cache)), (0o700, 0o700));
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        1,
+        "noop was cached"
+    );
+    drop(server);
+    let chmod = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    for (path, mode, says) in [
+        (&data, 0o777, "cannot use server.data_dir"),
+        (&cache, 0o770, "cannot use the precompiled-component cache"),
+    ] {
+        chmod(path, mode);
+        let (code, stdout, stderr) =
+            crate::support::weir(&["run", "--config", "weir.toml"], dir.path());
+        assert_eq!(code, 1, "{stderr}");
+        assert!(!stdout.contains("listening"), "{stdout}");
+        for part in [says, "writable by its group or others", "chmod go-w"] {
+            assert!(stderr.contains(part), "{part} in: {stderr}");
+        }
+        chmod(path, 0o700);
+    }
+    drop(Server::start_existing(dir.path()));
+}
+
+#[test]
 fn a_message_that_keeps_killing_the_host_is_dead_lettered_after_max_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use anyhow::Context;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
@@ -18,7 +19,8 @@ use super::state::HostState;
 /// How the host is set up.
 #[derive(Debug, Clone)]
 pub struct HostOptions {
-    /// Where precompiled components are kept; `None` disables the cache.
+    /// Where precompiled components are kept; `None` disables the cache. Created with mode
+    /// 0700; one its group or others can write is refused (a cache file is native code).
     pub cache_dir: Option<PathBuf>,
     /// Most component instances alive at once, per engine (each plugin keeps up to its
     /// `instances` warm). Sizes the pooling allocator.
@@ -106,6 +108,10 @@ impl Host {
     pub fn new(options: HostOptions) -> anyhow::Result<Arc<Host>> {
         let plain = engine_set(&options, false)?;
         let metered = engine_set(&options, true)?;
+        if let Some(dir) = &options.cache_dir {
+            super::cache::ensure_private_dir(dir)
+                .context("cannot use the precompiled-component cache")?;
+        }
         let cache = options.cache_dir.clone().map(Cache::new);
         let ticker = Ticker::start(
             vec![plain.engine.clone(), metered.engine.clone()],

@@ -20,6 +20,7 @@ mod recent;
 mod state;
 
 pub use aggregate::{Aggregate, AggregateSpec, Command, DecidedEvent, Decision, Rejection};
+pub use cache::ensure_private_dir;
 pub use engine::{DEFAULT_MEMORY_CACHE_BYTES, Host, HostOptions};
 pub use gate::{KvGate, KvGuard};
 pub use invoke::{Effects, Failure, FailureClass, Invocation, Message, Outcome};

@@ -160,7 +160,11 @@ impl Runtime {
     }
 
     /// Creates the store and its logs, and loads every plugin. Blocking (plugins compile here).
+    /// `server.data_dir` is created with mode 0700; one its group or others can write is
+    /// refused, since it holds precompiled components (native code weir runs).
     pub fn start(config: Config) -> anyhow::Result<Runtime> {
+        crate::host::ensure_private_dir(&config.server.data_dir)
+            .context("cannot use server.data_dir")?;
         let storage: Arc<dyn Storage> = Arc::new(open_storage(&config)?);
         Runtime::start_on(config, storage, true)
     }
