@@ -1,13 +1,15 @@
 //! Hot reload through the real binary: file watching (three write patterns), refusals, swaps
-//! under traffic, rollback by command and automatic, versions across a restart.
+//! under traffic, rollback by command and automatic, versions across a restart, concurrent
+//! deploys, and reads that do not wait for a deploy's compile.
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Server, plugin, wait_for, weir};
+use crate::support::{Server, call_json, orders_plugin, plugin, wait_for, weir};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -416,4 +418,138 @@ fn rollback_by_command_and_automatic_rollback_restore_the_previous_version_and_s
         tag_of_next_output(&server, "changed-while-down"),
         "eeeeeeee"
     );
+}
+
+/// Uploads every body as a new version of `p` at once; returns each answer in order.
+fn deploy_at_once(server: &Server, bodies: Vec<Vec<u8>>) -> Vec<(u16, Value)> {
+    let start = Arc::new(Barrier::new(bodies.len()));
+    let url = format!("{}/v1/plugins/p/versions", server.url);
+    let threads: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let (start, url) = (Arc::clone(&start), url.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                call_json("POST", &url, &[], &body)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn concurrent_deploys_of_one_plugin_are_applied_one_after_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), "");
+    // The same content four times: one deploy swaps it in, the others find it active.
+    let b = tagged("bbbbbbbb");
+    let answers = deploy_at_once(&server, vec![b.clone(), b.clone(), b.clone(), b]);
+    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 201], "{answers:?}");
+    for (_, body) in &answers {
+        assert_eq!(body["version"]["version"], 2, "{body}");
+    }
+    let v = plugin_view(&server);
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(
+        (v["active"].as_u64(), v["swaps"].as_u64()),
+        (Some(2), Some(1)),
+        "{v}"
+    );
+
+    // Two different ones: both recorded, one after the other; the later is active, with the
+    // earlier as its previous version.
+    let answers = deploy_at_once(&server, vec![tagged("cccccccc"), tagged("dddddddd")]);
+    for (status, body) in &answers {
+        assert_eq!(*status, 201, "{body}");
+    }
+    let mut seqs: Vec<u64> = answers
+        .iter()
+        .map(|(_, body)| body["version"]["version"].as_u64().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [3, 4], "{answers:?}");
+    let v = plugin_view(&server);
+    assert_eq!(
+        (v["active"].as_u64(), v["swaps"].as_u64()),
+        (Some(4), Some(3)),
+        "{v}"
+    );
+    let versions = v["versions"].as_array().unwrap();
+    assert_eq!(versions[3]["previous"], 3, "{v}");
+    assert_eq!(versions[2]["previous"], 2, "{v}");
+    let last = if versions[3]["sha256"] == sha256(&tagged("dddddddd")) {
+        "dddddddd"
+    } else {
+        "cccccccc"
+    };
+    assert_eq!(tag_of_next_output(&server, "after-both"), last);
+}
+
+#[test]
+fn metrics_and_the_plugin_list_answer_while_a_deploy_compiles() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.wasm"), tagged("aaaaaaaa")).unwrap();
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[queues.in]\n[queues.out]\n\
+         [plugins.p]\npath = \"p.wasm\"\npublish = [\"out\"]\nmemory = \"64MiB\"\n\
+         [[bindings]]\nsource = \"in\"\nplugin = \"p\"\n";
+    let server = Server::start(dir.path(), config);
+    // The Python plugin: tens of MiB of interpreter, seconds to compile.
+    let python = std::fs::read(orders_plugin("orders-py")).unwrap();
+    let url = format!("{}/v1/plugins/p/versions", server.url);
+    let deploy = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        let mut resp = agent
+            .post(&url)
+            .send(&python[..])
+            .expect("the deploy request");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str::<Value>(&text).unwrap())
+    });
+    wait_for("the deploy to start loading", WAIT, || {
+        server
+            .stderr()
+            .contains("loading a new plugin version")
+            .then_some(())
+    });
+    let started = Instant::now();
+    let metrics = ureq::get(format!("{}/metrics", server.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let scrape = started.elapsed();
+    let started = Instant::now();
+    let (listed_status, listed) = server.get("/v1/plugins");
+    let listing = started.elapsed();
+    let finished_before = deploy.is_finished();
+    let (status, deployed) = deploy.join().unwrap();
+    assert_eq!(status, 201, "{deployed}");
+    assert_eq!(deployed["loaded_from"], "compiled", "{deployed}");
+    let compile = Duration::from_secs_f64(deployed["load_ms"].as_f64().unwrap() / 1e3);
+    for (what, took) in [("/metrics", scrape), ("GET /v1/plugins", listing)] {
+        assert!(
+            took < compile / 4,
+            "{what} took {took:?} while the deploy's load took {compile:?}"
+        );
+    }
+    assert!(
+        !finished_before,
+        "the deploy was still loading when both answered"
+    );
+    // Both showed the version serving meanwhile.
+    assert_eq!(listed_status, 200, "{listed}");
+    assert_eq!(listed["plugins"][0]["active"], 1, "{listed}");
+    assert!(
+        metrics.contains("weir_plugin_info{plugin=\"p\",version=\"1\","),
+        "{metrics}"
+    );
+    assert_eq!(plugin_view(&server)["active"], 2);
 }

@@ -133,7 +133,8 @@ impl From<DeployError> for ApiError {
             DeployError::Refused(..) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::NoPrevious(_)
             | DeployError::AlreadyActive { .. }
-            | DeployError::Changed { .. } => StatusCode::CONFLICT,
+            | DeployError::Changed { .. }
+            | DeployError::ChangedDuringRollback { .. } => StatusCode::CONFLICT,
             DeployError::TooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -274,6 +274,13 @@ struct Entry {
     gate: Arc<KvGate>,
     /// A change of the configured file is waiting for its writer to finish.
     pending: AtomicBool,
+    /// Serializes deploys and rollbacks of this plugin, held across their load (a compile can
+    /// take seconds): one new version is loaded at a time, so a second deploy of the same
+    /// content finds it active instead of compiling it again, and the instances loading takes
+    /// stay within what the pooling allocator was sized for. Readers never take it.
+    changing: Mutex<()>,
+    /// The versions and counters. Held only briefly (never across a load): listing plugins
+    /// and `/metrics` take it from async handlers.
     state: Mutex<EntryState>,
 }
 
@@ -410,6 +417,20 @@ pub enum DeployError {
         /// The version active now.
         active: u64,
     },
+    /// Another version became active while a rollback loaded its target.
+    #[error(
+        "plugin `{plugin}` changed from version {expected} to {active} while the rollback loaded version {target}; version {active} keeps serving (roll back again)"
+    )]
+    ChangedDuringRollback {
+        /// The plugin.
+        plugin: String,
+        /// The version active when the rollback started.
+        expected: u64,
+        /// The version active now.
+        active: u64,
+        /// The version the rollback was loading.
+        target: u64,
+    },
     /// The rebuilt state is too large to swap in one commit.
     #[error(
         "the rebuilt key-value state of plugin `{plugin}` is {bytes} bytes; a rebuild swaps at most {max} in one commit; version {active} keeps serving"
@@ -436,7 +457,9 @@ impl DeployError {
             DeployError::NoPrevious(_) => "no_previous_version",
             DeployError::AlreadyActive { .. } => "already_active",
             DeployError::Store(_) | DeployError::Storage(_) => "storage_unavailable",
-            DeployError::Changed { .. } => "version_changed",
+            DeployError::Changed { .. } | DeployError::ChangedDuringRollback { .. } => {
+                "version_changed"
+            }
             DeployError::TooLarge { .. } => "state_too_large",
         }
     }
@@ -562,6 +585,7 @@ impl Registry {
             config: p.clone(),
             gate,
             pending: AtomicBool::new(false),
+            changing: Mutex::new(()),
             state: Mutex::new(EntryState {
                 store,
                 stats: BTreeMap::from([(seq, stats)]),
@@ -692,24 +716,25 @@ impl Registry {
         origin: Origin,
         record_refusal: bool,
     ) -> Result<Deployed, DeployError> {
-        let mut st = entry.lock();
-        let current = entry.slot.live.load_full();
-        if st.store.get(current.version.seq).map(|v| v.sha256.as_str()) == Some(hash) {
-            if origin == Origin::File {
-                st.store.saw_file(hash)?;
-            }
-            return Ok(Deployed {
-                version: st.view(current.version.seq, &current),
-                swapped: false,
-                load_ms: 0.0,
-                loaded_from: "cache".to_owned(),
-            });
+        let _changing = entry.changing();
+        if let Some(unchanged) = entry.unchanged(&mut entry.lock(), hash, origin)? {
+            return Ok(unchanged);
         }
         let path = match origin {
             Origin::File => entry.config.path.clone(),
             Origin::Upload => PathBuf::from("uploaded component"),
         };
-        let plugin = match self.load(name, &entry.config, &path, bytes, &entry.gate, true) {
+        // Without the state lock: listing plugins and `/metrics` answer while it compiles.
+        tracing::info!(plugin = %name, ?origin, "loading a new plugin version");
+        let loaded = self.load(name, &entry.config, &path, bytes, &entry.gate, true);
+        let mut st = entry.lock();
+        // Looked at again: an automatic rollback may have changed the active version meanwhile
+        // (even to this content), and the probation keeps whatever is active now.
+        if let Some(unchanged) = entry.unchanged(&mut st, hash, origin)? {
+            return Ok(unchanged);
+        }
+        let current = entry.slot.live.load_full();
+        let plugin = match loaded {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 if record_refusal {
@@ -780,37 +805,51 @@ impl Registry {
     /// Rolls a plugin back: to `to`, or to the version that was active before the current one.
     pub fn rollback(&self, plugin: &str, to: Option<u64>) -> Result<Deployed, DeployError> {
         let (name, entry) = self.entry(plugin)?;
-        let mut st = entry.lock();
-        let current = entry.slot.live.load_full();
-        let from = current.version.seq;
-        let target = match to {
-            Some(v) => v,
-            None => st
+        let _changing = entry.changing();
+        let (from, target, bytes, path) = {
+            let st = entry.lock();
+            let from = entry.slot.version();
+            let target = match to {
+                Some(v) => v,
+                None => st
+                    .store
+                    .get(from)
+                    .and_then(|v| v.previous)
+                    .ok_or_else(|| DeployError::NoPrevious(name.to_string()))?,
+            };
+            if target == from {
+                return Err(DeployError::AlreadyActive {
+                    plugin: name.to_string(),
+                    version: target,
+                });
+            }
+            let record = st
                 .store
-                .get(from)
-                .and_then(|v| v.previous)
-                .ok_or_else(|| DeployError::NoPrevious(name.to_string()))?,
+                .get(target)
+                .ok_or_else(|| DeployError::UnknownVersion {
+                    plugin: name.to_string(),
+                    version: target,
+                })?;
+            let bytes = st.store.read_artifact(record)?;
+            (from, target, bytes, st.store.artifact(&record.sha256))
         };
-        if target == from {
-            return Err(DeployError::AlreadyActive {
-                plugin: name.to_string(),
-                version: target,
-            });
-        }
-        let record = st
-            .store
-            .get(target)
-            .cloned()
-            .ok_or_else(|| DeployError::UnknownVersion {
-                plugin: name.to_string(),
-                version: target,
-            })?;
-        let bytes = st.store.read_artifact(&record)?;
-        let path = st.store.artifact(&record.sha256);
+        // Without the state lock, like a deploy's load.
         let plugin = self
             .load(name, &entry.config, &path, &bytes, &entry.gate, true)
             .map_err(|e| DeployError::Refused(e, from))?;
         let (load_ms, loaded_from) = (plugin.load_time().as_secs_f64() * 1e3, plugin.loaded_from());
+        let mut st = entry.lock();
+        // An automatic rollback may have changed the active version meanwhile: what this
+        // rollback was asked to undo is gone.
+        let active = entry.slot.version();
+        if active != from {
+            return Err(DeployError::ChangedDuringRollback {
+                plugin: name.to_string(),
+                expected: from,
+                active,
+                target,
+            });
+        }
         let stats = Arc::clone(
             st.stats
                 .entry(target)
@@ -991,6 +1030,34 @@ impl Registry {
 impl Entry {
     fn lock(&self) -> MutexGuard<'_, EntryState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Taken by a deploy or rollback for its whole length (see [`Entry::changing`]).
+    fn changing(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What a deploy of content `hash` answers when that content is active already (and a
+    /// configured file's content is recorded as seen); `None` when it is not.
+    fn unchanged(
+        &self,
+        st: &mut EntryState,
+        hash: &str,
+        origin: Origin,
+    ) -> Result<Option<Deployed>, DeployError> {
+        let current = self.slot.live.load_full();
+        if st.store.get(current.version.seq).map(|v| v.sha256.as_str()) != Some(hash) {
+            return Ok(None);
+        }
+        if origin == Origin::File {
+            st.store.saw_file(hash)?;
+        }
+        Ok(Some(Deployed {
+            version: st.view(current.version.seq, &current),
+            swapped: false,
+            load_ms: 0.0,
+            loaded_from: "cache".to_owned(),
+        }))
     }
 
     fn view(&self, name: &PluginName) -> PluginView {
