@@ -3,6 +3,8 @@
 //! an OpenAPI document that matches the routes served.
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -93,6 +95,86 @@ fn a_missing_or_wrong_token_gets_401_and_changes_nothing() {
     let (status, _) = call_json("POST", &publish, &[AUTH], b"x");
     assert_eq!(status, 201);
     assert_eq!(stored(&server, "orders").len(), 1);
+}
+
+/// Reads one HTTP/1.1 response (status line, headers, a `content-length` body); returns its
+/// status.
+fn read_response(from: &mut impl BufRead) -> u16 {
+    let mut line = String::new();
+    from.read_line(&mut line).unwrap();
+    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok());
+    let status = status.unwrap_or_else(|| panic!("a status line, not {line:?}"));
+    let mut length = 0;
+    loop {
+        line.clear();
+        from.read_line(&mut line).unwrap();
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    from.read_exact(&mut body).unwrap();
+    status
+}
+
+#[test]
+fn random_method_tokens_do_not_grow_the_request_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config());
+    let stream = TcpStream::connect(server.url.strip_prefix("http://").unwrap()).unwrap();
+    let mut answers = BufReader::new(stream.try_clone().unwrap());
+    let mut requests = std::io::BufWriter::new(stream);
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut methods = BTreeSet::new();
+    // Without the token (refused before routing), with it on a route (405) and on no route.
+    let cases = [
+        ("/v1/stats", "", 401),
+        (
+            "/v1/stats",
+            "authorization: Bearer test-token-0123456789\r\n",
+            405,
+        ),
+        (
+            "/v1/nowhere",
+            "authorization: Bearer test-token-0123456789\r\n",
+            404,
+        ),
+    ];
+    for i in 0..10_000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let method = format!("M{seed:X}");
+        let (path, auth, want) = cases[i % cases.len()];
+        write!(
+            requests,
+            "{method} {path} HTTP/1.1\r\nhost: weir\r\ncontent-length: 0\r\n{auth}\r\n"
+        )
+        .unwrap();
+        requests.flush().unwrap();
+        assert_eq!(read_response(&mut answers), want, "{method} {path}");
+        methods.insert(method);
+    }
+    assert_eq!(methods.len(), 10_000);
+    let (status, _, metrics) = call("GET", &format!("{}/metrics", server.url), &[AUTH], b"");
+    assert_eq!(status, 200);
+    let series: BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_http_requests_total{"))
+        .collect();
+    let want: BTreeSet<&str> = [
+        "weir_http_requests_total{route=\"/v1/stats\",method=\"other\",status=\"405\"} 3333",
+        "weir_http_requests_total{route=\"unmatched\",method=\"other\",status=\"404\"} 3333",
+        "weir_http_requests_total{route=\"unauthenticated\",method=\"other\",status=\"401\"} 3334",
+    ]
+    .into();
+    assert_eq!(series, want, "in:\n{metrics}");
 }
 
 /// Method, URL, headers, body, expected status and code.

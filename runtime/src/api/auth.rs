@@ -2,7 +2,8 @@
 //! request but those of public routes must carry `Authorization: Bearer <token>`; anything
 //! else is refused with 401 `unauthorized` before its handler runs, so it changes nothing.
 //! Refusals are counted in `weir_http_requests_total` with `route="unauthenticated"`: they are
-//! answered before routing, so their route is not known.
+//! answered before routing, so their route is not known (the response carries
+//! [`Answered::Unauthenticated`] to the counting layer).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use super::count::Answered;
 use super::error::ApiError;
 use crate::server::Runtime;
 
@@ -20,7 +22,6 @@ use crate::server::Runtime;
 pub(super) struct Auth {
     token: Option<Arc<[u8; 32]>>,
     public: Arc<[&'static str]>,
-    metrics: Arc<crate::metrics::Registry>,
 }
 
 impl Auth {
@@ -33,7 +34,6 @@ impl Auth {
                 .as_deref()
                 .map(|t| Arc::new(digest(t.as_bytes()))),
             public: public.into(),
-            metrics: Arc::clone(&rt.metrics),
         }
     }
 }
@@ -65,14 +65,9 @@ pub(super) async fn check(State(auth): State<Auth>, request: Request, next: Next
         Some(_) => "the bearer token is wrong",
         None => "this server requires `Authorization: Bearer <token>` (server.api_token)",
     };
-    super::count_answer(
-        &auth.metrics,
-        "unauthenticated",
-        request.method(),
-        StatusCode::UNAUTHORIZED,
-    );
     let mut response =
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.extensions_mut().insert(Answered::Unauthenticated);
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"weir\""),

@@ -9,6 +9,7 @@
 mod aggregates;
 mod auth;
 mod batch;
+mod count;
 mod dlq;
 mod error;
 mod follow;
@@ -289,7 +290,8 @@ pub fn routes() -> Vec<Route> {
 pub fn router(runtime: Arc<Runtime>) -> Router {
     // Room for the largest payload plus framing; larger bodies get 413 before being buffered.
     let body_limit = runtime.config.server.max_message_size as usize + 1;
-    let mut router = Router::new();
+    // The methods of one path are served (and counted) together.
+    let mut paths: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     let mut public = Vec::new();
     for route in routes() {
         if route.public {
@@ -312,13 +314,34 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         } else {
             route.handler
         };
-        router = router.route(route.path, handler);
+        match paths.iter_mut().find(|(path, _)| *path == route.path) {
+            Some((_, methods)) => {
+                *methods = std::mem::replace(methods, MethodRouter::new()).merge(handler);
+            }
+            None => paths.push((route.path, handler)),
+        }
+    }
+    let requests = Arc::new(count::Requests::new(paths.iter().map(|(path, _)| *path)));
+    runtime
+        .metrics
+        .collector(count::NAME, Arc::clone(&requests) as _);
+    let mut router = Router::new();
+    for (row, (path, methods)) in paths.into_iter().enumerate() {
+        // The mark goes around the path's 405 too, so every answer of a known path is counted
+        // under it.
+        let methods = methods
+            .fallback(method_not_allowed)
+            .layer(axum::middleware::map_response(
+                move |mut response: axum::response::Response| async move {
+                    response
+                        .extensions_mut()
+                        .insert(count::Answered::Route(row));
+                    response
+                },
+            ));
+        router = router.route(path, methods);
     }
     router
-        .route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&runtime),
-            count_request,
-        ))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -326,53 +349,21 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
                 "no such route; GET /v1/openapi.json lists them",
             )
         })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed on this route; GET /v1/openapi.json lists them",
-            )
-        })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             auth::Auth::new(&runtime, public),
             auth::check,
         ))
+        .layer(axum::middleware::from_fn_with_state(requests, count::count))
         .with_state(runtime)
 }
 
-/// Counts answered requests by route, method and status (`weir_http_requests_total`).
-async fn count_request(
-    State(rt): State<AppState>,
-    route: Option<axum::extract::MatchedPath>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
-    count_answer(&rt.metrics, route, &method, response.status());
-    response
-}
-
-/// Adds one to `weir_http_requests_total{route, method, status}`.
-fn count_answer(
-    metrics: &crate::metrics::Registry,
-    route: &str,
-    method: &Method,
-    status: StatusCode,
-) {
-    metrics
-        .counter(
-            "weir_http_requests_total",
-            "HTTP requests answered, by route, method and status.",
-            &[
-                ("route", route),
-                ("method", method.as_str()),
-                ("status", status.as_str()),
-            ],
-        )
-        .inc();
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route; GET /v1/openapi.json lists them",
+    )
 }
 
 async fn metrics(State(rt): State<AppState>) -> impl axum::response::IntoResponse {

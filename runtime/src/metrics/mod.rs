@@ -2,9 +2,10 @@
 //! histograms other modules register, the process-wide storage histograms ([`STORAGE`]), and
 //! the text [`Encoder`] the server renders its own counters with at scrape time.
 //!
-//! Hot paths hold an `Arc<Counter>` or a [`Histogram`] and only do relaxed atomic adds: no
-//! lock, no map lookup. The registry's lock is taken when something registers (startup, a
-//! plugin swap) and when `/metrics` is scraped.
+//! Hot paths hold an `Arc<Counter>` or a [`Histogram`] (or index a fixed table of their own,
+//! registered as a [`Collect`]) and only do relaxed atomic adds: no lock, no map lookup. The
+//! registry's lock is taken when something registers (startup, a plugin swap) and when
+//! `/metrics` is scraped.
 //!
 //! Adding a counter from another module (a plugin swap, say):
 //!
@@ -75,9 +76,17 @@ pub fn plugin_version(sha256: &str) -> &str {
     sha256.get(..12).unwrap_or(sha256)
 }
 
+/// Something that adds its own samples at scrape time: a fixed table of counters a hot path
+/// indexes without a lock, say (the API's request counts).
+pub trait Collect: Send + Sync {
+    /// Adds the current samples to `enc`.
+    fn encode(&self, enc: &mut Encoder);
+}
+
 enum Metric {
     Counter(Arc<Counter>),
     Histogram(Arc<Histogram>),
+    Collector(Arc<dyn Collect>),
 }
 
 struct Registered {
@@ -144,6 +153,14 @@ impl Registry {
         h
     }
 
+    /// Registers `collector` as what renders the family `name` (its help text too), in
+    /// place of one registered under that name before.
+    pub fn collector(&self, name: &'static str, collector: Arc<dyn Collect>) {
+        let mut metrics = self.lock();
+        metrics.retain(|m| !(m.name == name && matches!(m.metric, Metric::Collector(_))));
+        metrics.push(registered(name, "", &[], Metric::Collector(collector)));
+    }
+
     /// Adds every registered metric to `enc`.
     pub fn encode(&self, enc: &mut Encoder) {
         for m in self.lock().iter() {
@@ -155,6 +172,7 @@ impl Registry {
             match &m.metric {
                 Metric::Counter(c) => enc.counter(m.name, m.help, &labels, c.get()),
                 Metric::Histogram(h) => enc.histogram(m.name, m.help, &labels, &h.snapshot()),
+                Metric::Collector(c) => c.encode(enc),
             }
         }
     }
