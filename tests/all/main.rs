@@ -23,4 +23,5 @@ mod reload;
 mod request;
 mod shutdown;
 mod streams;
+mod supervision;
 mod support;

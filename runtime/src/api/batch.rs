@@ -18,10 +18,10 @@ use crate::server::{PublishRequest, Runtime};
 pub(super) const MAX_BATCH_BYTES: usize = 16 << 20;
 /// Most messages in one batch publish.
 pub(super) const MAX_BATCH: usize = 1000;
-/// One message of a batch publish.
+/// One message of a batch publish (and a text message of a streaming publish).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchMessage {
+pub(super) struct BatchMessage {
     /// The payload as text.
     #[serde(default)]
     payload: Option<String>,
@@ -96,28 +96,10 @@ pub(super) async fn publish(
     }
     let mut requests = Vec::with_capacity(batch.messages.len());
     for (i, m) in batch.messages.into_iter().enumerate() {
-        let payload = match (m.payload, m.payload_hex) {
-            (Some(text), None) => text.into_bytes(),
-            (None, Some(hex)) => unhex(&hex).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_json",
-                    format!("messages[{i}].payload_hex is not an even number of hex digits"),
-                )
-            })?,
-            (None, None) => Vec::new(),
-            (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request(
-                    "invalid_json",
-                    format!("messages[{i}] has both `payload` and `payload_hex`; give one"),
-                ));
-            }
-        };
-        requests.push(PublishRequest {
-            payload,
-            key: m.key,
-            id: m.id,
-            headers: m.headers.into_iter().collect(),
-        });
+        let request = m
+            .into_request(&format!("messages[{i}]"))
+            .map_err(|e| ApiError::bad_request("invalid_json", e))?;
+        requests.push(request);
     }
     let dest = name.clone();
     let published = tokio::task::spawn_blocking(move || rt.publish_batch(&dest, requests))
@@ -134,6 +116,29 @@ pub(super) async fn publish(
         status,
         Json(serde_json::json!({ "destination": name, "messages": published })),
     ))
+}
+
+impl BatchMessage {
+    /// The message to publish; `what` names it in an error.
+    pub(super) fn into_request(self, what: &str) -> Result<PublishRequest, String> {
+        let payload = match (self.payload, self.payload_hex) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(hex)) => unhex(&hex)
+                .ok_or_else(|| format!("{what}.payload_hex is not an even number of hex digits"))?,
+            (None, None) => Vec::new(),
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{what} has both `payload` and `payload_hex`; give one"
+                ));
+            }
+        };
+        Ok(PublishRequest {
+            payload,
+            key: self.key,
+            id: self.id,
+            headers: self.headers.into_iter().collect(),
+        })
+    }
 }
 
 pub(super) fn unhex(hex: &str) -> Option<Vec<u8>> {

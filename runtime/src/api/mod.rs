@@ -17,6 +17,7 @@ mod messages;
 mod openapi;
 mod park;
 mod plugins;
+mod publish_ws;
 mod replay;
 mod requests;
 mod streams;
@@ -85,7 +86,7 @@ pub fn routes() -> Vec<Route> {
     vec![
         Route {
             public: true,
-            ..Route::new(M::GET, "/v1/health", "liveness").to(get(health))
+            ..Route::new(M::GET, "/v1/health", "health: 200 while every binding runs, 503 naming the bindings stopped by an error").to(get(health))
         },
         Route::new(M::GET, "/v1/openapi.json", "this API's OpenAPI document").to(get(openapi::serve)),
         Route::new(M::GET, "/metrics", "metrics in the Prometheus text format").to(get(metrics)),
@@ -103,6 +104,12 @@ pub fn routes() -> Vec<Route> {
             "publish messages in order: JSON `{\"messages\": [{\"payload\" or \"payload_hex\", \"key\", \"id\", \"headers\"}]}`; all or none are accepted",
         )
         .to(post(batch::publish)),
+        Route::new(
+            M::GET,
+            "/v1/destinations/{name}/publish",
+            "streaming publish over a WebSocket: one message per publish, each acknowledged in order with its offset once durable",
+        )
+        .to(get(publish_ws::publish)),
         Route::new(
             M::GET,
             "/v1/destinations/{name}/messages",
@@ -376,8 +383,24 @@ async fn metrics(State(rt): State<AppState>) -> impl axum::response::IntoRespons
     )
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `200 {"status":"ok"}` while every binding runs; `503 {"status":"unhealthy", "bindings_down":
+/// [...]}` while one is stopped by an error (it is being restarted; `weir stats` says why).
+async fn health(State(rt): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let down: Vec<&str> = rt
+        .config
+        .bindings
+        .iter()
+        .filter(|b| !rt.bindings[&b.name].up())
+        .map(|b| b.name.as_str())
+        .collect();
+    if down.is_empty() {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ok" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "unhealthy", "bindings_down": down })),
+        )
+    }
 }
 
 async fn stats(State(rt): State<AppState>) -> Json<crate::server::StatsSnapshot> {

@@ -319,7 +319,11 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
         "BINDING", "LAG", "ACKED", "RETRIED", "DLQ", "FAILED", "INFLIGHT", "PARKED"
     );
     let mut parked = Vec::new();
+    let mut down = Vec::new();
     for (name, b) in body["bindings"].as_object().into_iter().flatten() {
+        if b["up"] == false || n(&b["restarts"]) > 0 {
+            down.push((name.clone(), b.clone()));
+        }
         let failed: u64 = b["failures"]
             .as_object()
             .into_iter()
@@ -338,6 +342,19 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
         for k in b["parked"].as_array().into_iter().flatten() {
             parked.push((name.clone(), k.clone()));
         }
+    }
+    for (name, b) in &down {
+        let state = if b["up"] == false {
+            "DOWN, being restarted"
+        } else {
+            "up"
+        };
+        println!();
+        println!(
+            "binding {name}: {state}; restarted {} times; last error: {}",
+            n(&b["restarts"]),
+            b["last_error"]["error"].as_str().unwrap_or("none"),
+        );
     }
     if !parked.is_empty() {
         println!();

@@ -496,6 +496,34 @@ impl Ctx {
                         }
                         _ => (None, Finished::Acked),
                     };
+                    let refused = self
+                        .storage
+                        .check_publishes(&invocation.effects.publishes)
+                        .and_then(|()| self.storage.check_publishes(reply.as_slice()));
+                    if let Err(e) = refused {
+                        // One message whose outcome the store cannot hold: it fails for good
+                        // (it would fail the same way every time) instead of failing the
+                        // commit and, with it, the binding.
+                        drop(invocation.kv_guard);
+                        let reason = format!("its outcome cannot be stored: {e}");
+                        let failure = format!("attempt {attempt}: uncommittable: {reason}");
+                        if self.parks(&key) {
+                            hold();
+                            tracing::warn!(binding = %b.name, offset = %offset, key = key.as_deref().unwrap_or_default(), "key parked: {failure}");
+                            out.push(Ran::Park {
+                                offset,
+                                failure,
+                                attempts: count,
+                            });
+                        } else {
+                            tracing::warn!(binding = %b.name, offset = %offset, "dead-lettered: {failure}");
+                            let mut job = job;
+                            job.failures.push(failure);
+                            self.dead_letter(&mut gather, &job, attempt, "uncommittable", &reason);
+                            out.push(Ran::Handled { offset });
+                        }
+                        continue;
+                    }
                     if invocation.kv_guard.is_some() || !invocation.effects.kv.is_empty() {
                         // In gate order: what was gathered first, then this commit alone, then
                         // the gate goes.
@@ -736,7 +764,7 @@ impl Ctx {
             ("weir-dlq-reason".to_owned(), reason.to_owned()),
             (
                 "weir-dlq-history".to_owned(),
-                serde_json::to_string(&job.failures).unwrap_or_default(),
+                serde_json::to_string(history(&job.failures)).unwrap_or_default(),
             ),
         ]);
         self.stage(
@@ -747,6 +775,16 @@ impl Ctx {
             Finished::DeadLettered,
         );
     }
+}
+
+/// Attempts a dead letter's history lists at most: the last ones (each failure text is already
+/// cut to [`crate::validate::MAX_REASON`]), so that its header stays bounded however many
+/// attempts a binding allows.
+const HISTORY: usize = 16;
+
+/// The failures a dead letter's history lists.
+fn history(failures: &[String]) -> &[String] {
+    &failures[failures.len().saturating_sub(HISTORY)..]
 }
 
 /// The lane of a key (stable within the process).

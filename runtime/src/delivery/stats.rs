@@ -1,7 +1,8 @@
 //! Counters per binding and per destination, read by the stats API.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
@@ -40,6 +41,12 @@ pub struct BindingStats {
     /// Time of each invocation (every attempt), as the engine saw it.
     pub handler: Histogram,
     failures: [AtomicU64; CLASSES.len()],
+    /// Whether the binding's task is stopped by an error (waiting to be restarted).
+    down: AtomicBool,
+    /// Times the binding's task was restarted after an error.
+    restarts: AtomicU64,
+    /// The last error that stopped the binding's task, with when (ms since the epoch).
+    last_error: Mutex<Option<(String, u64)>>,
 }
 
 impl BindingStats {
@@ -50,6 +57,29 @@ impl BindingStats {
             .position(|c| *c == class)
             .expect("every class is listed");
         self.failures[i].fetch_add(1, Relaxed);
+    }
+
+    /// Records that the binding's task stopped on `error` (it is down until [`Self::restarted`]).
+    pub fn stopped(&self, error: String) {
+        self.down.store(true, Relaxed);
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some((error, crate::ids::now_ms()));
+    }
+
+    /// Records that the binding's task runs again after an error.
+    pub fn restarted(&self) {
+        self.restarts.fetch_add(1, Relaxed);
+        self.down.store(false, Relaxed);
+    }
+
+    /// Whether the binding runs (or is paused on purpose), not stopped by an error.
+    pub fn up(&self) -> bool {
+        !self.down.load(Relaxed)
+    }
+
+    /// Times the binding was restarted after an error.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Relaxed)
     }
 
     /// Sets the gauges.
@@ -93,6 +123,17 @@ impl BindingStats {
                 .zip(&self.failures)
                 .map(|(c, n)| (c.to_string(), n.load(Relaxed)))
                 .collect(),
+            up: self.up(),
+            restarts: self.restarts(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|(error, at_ms)| LastError {
+                    error: error.clone(),
+                    at_ms: *at_ms,
+                }),
         }
     }
 }
@@ -121,4 +162,27 @@ pub struct BindingSnapshot {
     pub parked_keys: u64,
     /// Failures by class.
     pub failures: BTreeMap<String, u64>,
+    /// Whether the binding runs: false while it is stopped by an error, waiting to be
+    /// restarted.
+    #[serde(default = "yes")]
+    pub up: bool,
+    /// Times it was restarted after an error.
+    #[serde(default)]
+    pub restarts: u64,
+    /// The last error that stopped it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An error that stopped a binding.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LastError {
+    /// What happened.
+    pub error: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }

@@ -612,3 +612,103 @@ async fn different_keys_run_in_parallel() {
     assert!(met.0.lock().unwrap().1, "the two keys ran at the same time");
     run.stop().await;
 }
+
+/// Publishes each message's payload to the destination the payload names.
+struct Forwarder(PluginName);
+
+impl Handler for Forwarder {
+    fn plugin(&self) -> &PluginName {
+        &self.0
+    }
+
+    fn handle(&self, message: &Message, _timeout: Duration) -> Invocation {
+        let to = String::from_utf8_lossy(message.payload()).into_owned();
+        let mut effects = Effects::default();
+        effects.publishes.push((
+            DestinationName::new(&to).unwrap(),
+            Record {
+                id: crate::ids::new_message_id(),
+                key: None,
+                headers: Vec::new(),
+                payload: to.into_bytes(),
+                timestamp_ms: 0,
+                reply_to: None,
+                correlation_id: None,
+            },
+        ));
+        Invocation::new(Ok(Outcome::Ack), effects)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_whose_outcome_cannot_be_stored_is_dead_lettered_and_the_binding_goes_on() {
+    // The middle message publishes to a destination the store does not have: its commit would
+    // be refused (before: the error ended the binding, and the messages after it never ran).
+    let b = binding(Ordering::Fifo, 1);
+    let storage = Arc::new(MemoryStorage::new());
+    let out = DestinationName::new("out").unwrap();
+    for log in [&b.source, &b.dead_letter, &out] {
+        storage.open_log(log).unwrap();
+    }
+    let records = ["out", "nowhere", "out", "out"]
+        .iter()
+        .map(|p| Record {
+            id: crate::ids::new_message_id(),
+            key: None,
+            headers: Vec::new(),
+            payload: p.as_bytes().to_vec(),
+            timestamp_ms: 0,
+            reply_to: None,
+            correlation_id: None,
+        })
+        .collect();
+    storage.append(&b.source, records).unwrap();
+    let stats = Arc::new(BindingStats::default());
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(run_binding(
+        b.clone(),
+        Arc::new(Forwarder(PluginName::new("p").unwrap())),
+        Arc::clone(&storage) as Arc<dyn Storage>,
+        Arc::clone(&stats),
+        Arc::new(Parking::default()),
+        rx,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stats.acked.load(Relaxed) + stats.dead_lettered.load(Relaxed) < 4 {
+        assert!(!task.is_finished(), "the binding ended: {:?}", task.await);
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(stats.acked.load(Relaxed), 3);
+    assert_eq!(stats.dead_lettered.load(Relaxed), 1);
+    assert_eq!(storage.read(&out, Offset(0), 10).unwrap().len(), 3);
+    let dlq = storage.read(&b.dead_letter, Offset(0), 10).unwrap();
+    assert_eq!(dlq.len(), 1);
+    let header = |name: &str| {
+        dlq[0]
+            .record
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("weir-dlq-class"), "uncommittable");
+    assert_eq!(header("weir-dlq-offset"), "1");
+    assert!(
+        header("weir-dlq-reason").contains("no queue or topic named `nowhere`"),
+        "{}",
+        header("weir-dlq-reason")
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[test]
+fn a_dead_letter_history_keeps_the_last_attempts_only() {
+    let failures: Vec<String> = (1..=100).map(|n| format!("attempt {n}")).collect();
+    let kept = history(&failures);
+    assert_eq!(kept.len(), HISTORY);
+    assert_eq!(kept.last().unwrap(), "attempt 100");
+    assert_eq!(history(&failures[..3]).len(), 3);
+}

@@ -177,6 +177,18 @@ impl Runtime {
                 );
             }
             enc.gauge(
+                "weir_binding_up",
+                "1 while the binding runs, 0 while it is stopped by an error and waiting to be restarted.",
+                &labels,
+                if s.up { 1.0 } else { 0.0 },
+            );
+            enc.counter(
+                "weir_binding_restarts_total",
+                "Times the binding was restarted after an error stopped it.",
+                &labels,
+                s.restarts,
+            );
+            enc.gauge(
                 "weir_binding_in_flight",
                 "Messages read and not finished.",
                 &labels,

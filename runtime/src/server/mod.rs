@@ -402,6 +402,114 @@ impl Runtime {
         Ok(publish::published(&dest, offset, id, false))
     }
 
+    /// Publishes the messages a streaming publish read at once: each is checked on its own
+    /// (one refused does not refuse the others), and those accepted are appended, in order, in
+    /// one commit, submitted before this returns (so a connection's messages are stored in the
+    /// order it sent them). The future gives each message's outcome, in order, once the
+    /// accepted ones are durable; it holds no thread while it waits. Messages with a client id
+    /// are appended with dedup, which can block: such a batch is stored before this returns.
+    pub fn publish_many<'a>(
+        &'a self,
+        destination: &'a DestinationName,
+        requests: Vec<Result<PublishRequest, PublishError>>,
+    ) -> impl Future<Output = Vec<Result<Published, PublishError>>> + Send + 'a {
+        let started = std::time::Instant::now();
+        let n = requests.len();
+        let mut results: Vec<Option<Result<Published, PublishError>>> = Vec::with_capacity(n);
+        let mut records = Vec::with_capacity(n);
+        let mut admitted = Vec::with_capacity(n);
+        let mut dedup = false;
+        for request in requests {
+            let has_id = matches!(&request, Ok(r) if r.id.is_some());
+            let prepared = request
+                .and_then(|r| self.prepare(destination.as_str(), r, None))
+                .and_then(|(dest, record)| {
+                    let a = self.backpressure.admit(&*self.storage, &dest)?;
+                    Ok((record, a))
+                });
+            match prepared {
+                Ok((record, a)) => {
+                    dedup |= has_id;
+                    admitted.push(a);
+                    records.push(record);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        enum Stored {
+            Nothing,
+            Now(Result<Vec<(crate::names::Offset, bool)>, StorageError>),
+            Later(Result<crate::storage::CommitTicket, StorageError>),
+        }
+        let stored = if records.is_empty() {
+            Stored::Nothing
+        } else if dedup {
+            let dest = destination;
+            Stored::Now(tokio::task::block_in_place(|| {
+                self.storage.append_dedup(dest, records)
+            }))
+        } else {
+            Stored::Later(
+                self.storage.submit(Commit {
+                    publishes: records
+                        .into_iter()
+                        .map(|r| (destination.clone(), r))
+                        .collect(),
+                    ..Commit::default()
+                }),
+            )
+        };
+        async move {
+            let stored = match stored {
+                Stored::Nothing => Ok(Vec::new()),
+                Stored::Now(r) => r,
+                Stored::Later(ticket) => match ticket {
+                    Ok(t) => t
+                        .durable()
+                        .await
+                        .map(|o| o.into_iter().map(|o| (o, false)).collect()),
+                    Err(e) => Err(e),
+                },
+            };
+            drop(admitted);
+            if !ids.is_empty() {
+                crate::metrics::STORAGE.append.observe(started.elapsed());
+            }
+            let mut landed = match stored {
+                Ok(s) => s.into_iter().zip(ids).map(Ok).collect::<Vec<_>>(),
+                Err(e) => ids.iter().map(|_| Err(e.clone())).collect(),
+            }
+            .into_iter();
+            results
+                .into_iter()
+                .map(|r| match r {
+                    Some(refused) => refused,
+                    None => match landed.next().expect("one per accepted message") {
+                        Ok(((offset, duplicate), id)) => {
+                            Ok(publish::published(destination, offset, id, duplicate))
+                        }
+                        Err(e) => Err(PublishError::Storage(e)),
+                    },
+                })
+                .collect()
+        }
+    }
+
+    /// The queue or topic `name` names, or why messages cannot be published to it.
+    pub fn check_destination(&self, name: &str) -> Result<DestinationName, PublishError> {
+        let dest = DestinationName::new(name)?;
+        if dest.is_reserved() {
+            return Err(PublishError::Reserved(dest.to_string()));
+        }
+        match self.config.destinations.get(&dest) {
+            None => Err(PublishError::UnknownDestination(dest.to_string())),
+            Some(DestinationKind::Stream) => Err(PublishError::StreamStore(dest.to_string())),
+            Some(_) => Ok(dest),
+        }
+    }
+
     /// Checks a message and its destination and turns it into a record; with a correlation
     /// id, as a request whose reply goes to the reply inbox.
     fn prepare(

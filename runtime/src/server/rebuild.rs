@@ -73,8 +73,21 @@ impl BindingControl {
     }
 }
 
+/// The first wait before restarting a binding that stopped on an error; it doubles with every
+/// failure in a row up to [`RESTART_MAX`].
+const RESTART_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait before restarting a failed binding.
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A run that lasted this long before failing counts as healthy: the next wait starts over.
+const RESTART_HEALTHY: Duration = Duration::from_secs(60);
+/// Test fault: a binding of this name panics in its first run (the supervisor must log it,
+/// report it down and restart it).
+const PANIC_ENV: &str = "WEIR_FAULT_BINDING_PANIC";
+
 /// Runs a binding until `stop` turns true, stopping and starting it again whenever its
-/// control asks.
+/// control asks, and supervising it: a run that ends on an error or a panic is logged, counted
+/// (the binding is reported down in its stats, `/metrics` and `/v1/health`) and started again
+/// after a backoff. A restart is safe: what was not durably acknowledged is delivered again.
 pub(crate) async fn supervise(
     binding: BindingConfig,
     handler: Arc<dyn Handler>,
@@ -85,6 +98,8 @@ pub(crate) async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StorageError> {
     let mut paused = control.paused.subscribe();
+    let mut wait = RESTART_FIRST;
+    let mut first = true;
     loop {
         tokio::select! {
             _ = paused.wait_for(|p| !*p) => {}
@@ -95,6 +110,8 @@ pub(crate) async fn supervise(
         }
         let (tx, rx) = watch::channel(false);
         control.running.send_replace(true);
+        let fault = first && std::env::var(PANIC_ENV).is_ok_and(|b| b == binding.name.as_str());
+        first = false;
         let run = crate::delivery::run_binding(
             binding.clone(),
             Arc::clone(&handler),
@@ -103,7 +120,14 @@ pub(crate) async fn supervise(
             Arc::clone(&parking),
             rx,
         );
-        tokio::pin!(run);
+        // Its own task, so that a panic in it ends only this run.
+        let started = Instant::now();
+        let mut run = tokio::spawn(async move {
+            if fault {
+                panic!("injected by {PANIC_ENV}");
+            }
+            run.await
+        });
         let finished = tokio::select! {
             r = &mut run => Some(r),
             _ = stop.wait_for(|s| *s) => None,
@@ -117,10 +141,44 @@ pub(crate) async fn supervise(
             }
         };
         control.running.send_replace(false);
-        result?;
-        if *stop.borrow() || !*paused.borrow() {
-            return Ok(()); // stopped, or ended on its own (the store is closing)
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) if e.is_panic() => Some(format!("panicked: {}", panic_text(e.into_panic()))),
+            Err(e) => Some(e.to_string()),
+        };
+        let Some(error) = error else {
+            if *stop.borrow() || !*paused.borrow() {
+                return Ok(()); // stopped, or ended on its own (the store is closing)
+            }
+            continue; // paused: wait to be resumed
+        };
+        if started.elapsed() >= RESTART_HEALTHY {
+            wait = RESTART_FIRST;
         }
+        tracing::error!(
+            binding = %binding.name,
+            restart_in_ms = wait.as_millis() as u64,
+            "binding stopped: {error}; it is restarted (what it had not acknowledged is delivered again)"
+        );
+        stats.stopped(error);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        wait = (wait * 2).min(RESTART_MAX);
+        stats.restarted();
+        tracing::info!(binding = %binding.name, "binding restarted");
+    }
+}
+
+/// The message of a panic payload.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p
+            .downcast::<&'static str>()
+            .map_or_else(|_| "(no message)".to_owned(), |s| (*s).to_owned()),
     }
 }
 

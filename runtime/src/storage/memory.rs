@@ -256,6 +256,14 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn check_publishes(&self, publishes: &[(DestinationName, Record)]) -> Result<(), StorageError> {
+        let inner = self.lock();
+        match publishes.iter().find(|(d, _)| !inner.logs.contains_key(d)) {
+            Some((d, _)) => Err(StorageError::UnknownLog(d.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn submit(&self, commit: Commit) -> Result<CommitTicket, StorageError> {
         let mut inner = self.lock();
         // Validate first so that a failing commit changes nothing.

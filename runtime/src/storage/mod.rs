@@ -318,6 +318,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         Ok(Reclaimed::default())
     }
 
+    /// Why a commit publishing `publishes` would be refused whatever else it holds (a
+    /// destination that does not exist, a record no log frame can hold), checked without
+    /// writing anything. [`Storage::submit`] refuses such a commit whole; the delivery engine
+    /// checks each message's outputs first, so that one message whose outcome cannot be stored
+    /// is dead-lettered instead of failing the commit it would have shared with others.
+    fn check_publishes(&self, publishes: &[(DestinationName, Record)]) -> Result<(), StorageError>;
+
     /// Applies a commit atomically and makes it visible at once (to reads of key-value state
     /// and cursors; published records become readable when durable); the ticket says when it
     /// is durable. Commits become durable in the order they were submitted: a crash keeps a

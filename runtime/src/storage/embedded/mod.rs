@@ -928,6 +928,16 @@ impl Storage for EmbeddedStorage {
         super::list_keys(map, prefix, start_after, limit)
     }
 
+    fn check_publishes(&self, publishes: &[(DestinationName, Record)]) -> Result<(), StorageError> {
+        for (dest, record) in publishes {
+            Log::check_record(record)?;
+            if !self.has_log(dest) {
+                return Err(StorageError::UnknownLog(dest.clone()));
+            }
+        }
+        Ok(())
+    }
+
     fn submit(&self, commit: Commit) -> Result<CommitTicket, StorageError> {
         self.refuse_if_stopped()?;
         // Every record must fit a log frame before anything is written: a commit is refused
