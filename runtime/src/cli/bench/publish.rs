@@ -1,10 +1,17 @@
 //! `weir bench publish`: publishes over the network, as a remote client sees it. Against a
 //! running server (`--server URL`), or by default against a `weir run` child it starts
-//! (`fsync = "always"`, one queue `bench` with no binding, in a temporary directory). Each of
-//! `--connections` HTTP/1.1 keep-alive connections sends one `POST
-//! /v1/destinations/{dest}/messages` at a time and waits for its acknowledgement (201, durable),
-//! so `--connections` messages are in flight. Reports msgs/s, ack latency, and, for its own
-//! child, the server's CPU and the fsyncs per second it made (from `/metrics`).
+//! (`fsync = "always"`, one queue `bench` with no binding, in a temporary directory), keeping
+//! `--in-flight` messages in flight over `--connections` connections:
+//! - `--protocol http1`: each HTTP/1.1 keep-alive connection sends one `POST
+//!   /v1/destinations/{dest}/messages` at a time and waits for its acknowledgement (201,
+//!   durable), so there are as many connections as messages in flight;
+//! - `--protocol http2`: the same requests as concurrent streams of h2c connections;
+//! - `--protocol ws`: the streaming publish (`GET /v1/destinations/{dest}/publish`, a
+//!   WebSocket): binary messages, each acknowledged in order with its offset once durable.
+//!
+//! The latency of a message is from its send to its acknowledgement. Reports msgs/s, ack
+//! latency, and, for its own child, the server's CPU and the fsyncs per second it made (from
+//! `/metrics`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -12,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -31,9 +39,16 @@ pub struct PublishArgs {
     /// The queue or topic to publish to.
     #[arg(long, default_value = "bench")]
     destination: String,
-    /// Keep-alive connections, each with one publish in flight.
+    /// How messages are sent.
+    #[arg(long, value_enum, default_value_t = Protocol::Http1)]
+    protocol: Protocol,
+    /// Messages in flight (sent and not yet acknowledged), over all connections.
     #[arg(long, default_value_t = 256)]
-    connections: usize,
+    in_flight: usize,
+    /// Connections (default: one per message in flight for http1, else 1). Under http1 each
+    /// carries one message at a time, so it must equal `--in-flight`.
+    #[arg(long)]
+    connections: Option<usize>,
     /// Messages to publish.
     #[arg(long, default_value_t = 200_000)]
     count: u64,
@@ -48,9 +63,46 @@ pub struct PublishArgs {
     json: bool,
 }
 
+/// How `weir bench publish` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// One `POST .../messages` at a time per HTTP/1.1 keep-alive connection.
+    Http1,
+    /// `POST .../messages` as concurrent streams of h2c connections.
+    Http2,
+    /// The streaming publish over a WebSocket.
+    Ws,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Ws => "ws",
+        }
+    }
+}
+
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
-    if args.connections == 0 || args.count == 0 {
-        bail!("--connections and --count must be at least 1");
+    let connections = args.connections.unwrap_or(match args.protocol {
+        Protocol::Http1 => args.in_flight,
+        _ => 1,
+    });
+    if connections == 0 || args.count == 0 || args.in_flight == 0 {
+        bail!("--connections, --in-flight and --count must be at least 1");
+    }
+    if args.protocol == Protocol::Http1 && connections != args.in_flight {
+        bail!(
+            "under --protocol http1 each connection carries one message at a time: --connections ({connections}) must equal --in-flight ({})",
+            args.in_flight
+        );
+    }
+    if connections > args.in_flight {
+        bail!(
+            "--connections ({connections}) is more than --in-flight ({}): each connection needs a message in flight",
+            args.in_flight
+        );
     }
     let mut own = None;
     let _dir;
@@ -86,10 +138,16 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
-    let path = format!("/v1/destinations/{}/messages", args.destination);
+    let path = match args.protocol {
+        Protocol::Ws => format!("/v1/destinations/{}/publish", args.destination),
+        _ => format!("/v1/destinations/{}/messages", args.destination),
+    };
     let result: anyhow::Result<()> = rt.block_on(async {
-        let mut tasks = Vec::with_capacity(args.connections);
-        for _ in 0..args.connections {
+        let mut tasks = Vec::with_capacity(connections);
+        for i in 0..connections {
+            // The messages in flight, spread over the connections.
+            let window =
+                args.in_flight / connections + usize::from(i < args.in_flight % connections);
             let c = Conn {
                 addr: addr.clone(),
                 path: path.clone(),
@@ -100,7 +158,11 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
                 hist: Arc::clone(&hist),
                 failed: Arc::clone(&failed),
             };
-            tasks.push(tokio::spawn(c.run()));
+            tasks.push(match args.protocol {
+                Protocol::Http1 => tokio::spawn(c.run()),
+                Protocol::Http2 => tokio::spawn(c.run_h2(window)),
+                Protocol::Ws => tokio::spawn(c.run_ws(window)),
+            });
         }
         for t in tasks {
             t.await??;
@@ -124,10 +186,11 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
         _ => None,
     };
     println!(
-        "publish: {} messages of {} bytes over {} connections to {url}: {rate:.0} msgs/s, ack p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+        "publish: {} messages of {} bytes, {} in flight over {connections} {} connections to {url}: {rate:.0} msgs/s, ack p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
         args.count,
         args.payload_bytes,
-        args.connections,
+        args.in_flight,
+        args.protocol.as_str(),
         p(0.5),
         p(0.99),
         p(0.999)
@@ -144,10 +207,10 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "scenario": "publish",
-                "protocol": "http1",
+                "protocol": args.protocol.as_str(),
                 "server": args.server,
-                "connections": args.connections,
-                "in_flight": args.connections,
+                "connections": connections,
+                "in_flight": args.in_flight,
                 "messages": args.count,
                 "payload_bytes": args.payload_bytes,
                 "seconds": round3(seconds),
@@ -212,6 +275,136 @@ impl Conn {
             }
             self.hist.record(t0.elapsed().as_micros() as u64);
         }
+        Ok(())
+    }
+}
+
+impl Conn {
+    /// The request's answer: an error unless it is 201.
+    async fn check(&self, resp: hyper::Response<hyper::body::Incoming>) -> anyhow::Result<()> {
+        let status = resp.status();
+        if status != hyper::StatusCode::CREATED {
+            let body = resp.into_body().collect().await?.to_bytes();
+            self.failed.store(true, Relaxed);
+            bail!(
+                "publish answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        resp.into_body().collect().await?;
+        Ok(())
+    }
+
+    /// One h2c connection with `window` requests in flight as concurrent streams.
+    async fn run_h2(self, window: usize) -> anyhow::Result<()> {
+        let stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .max_concurrent_reset_streams(window)
+                .handshake(TokioIo::new(stream))
+                .await?;
+        tokio::spawn(conn);
+        let this = Arc::new(self);
+        let mut streams = Vec::with_capacity(window);
+        for _ in 0..window {
+            let c = Arc::clone(&this);
+            let mut sender = sender.clone();
+            streams.push(tokio::spawn(async move {
+                while !c.failed.load(Relaxed) && c.next.fetch_add(1, Relaxed) < c.count {
+                    let mut req = Request::post(format!("http://{}{}", c.addr, c.path))
+                        .header(hyper::header::CONTENT_TYPE, "application/octet-stream");
+                    if let Some(t) = &c.token {
+                        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+                    }
+                    let req = req.body(Full::new(c.payload.clone()))?;
+                    let t0 = Instant::now();
+                    sender.ready().await?;
+                    let resp = match sender.send_request(req).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            c.failed.store(true, Relaxed);
+                            return Err(e).context("publishing");
+                        }
+                    };
+                    c.check(resp).await?;
+                    c.hist.record(t0.elapsed().as_micros() as u64);
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for s in streams {
+            s.await??;
+        }
+        Ok(())
+    }
+
+    /// One WebSocket of the streaming publish with `window` messages in flight: it sends what
+    /// the window allows in one write, then reads acknowledgements (in order) as they come.
+    async fn run_ws(self, window: usize) -> anyhow::Result<()> {
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}{}", self.addr, self.path).into_client_request()?;
+        if let Some(t) = &self.token {
+            req.headers_mut()
+                .insert(hyper::header::AUTHORIZATION, format!("Bearer {t}").parse()?);
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
+            .await
+            .with_context(|| format!("opening a WebSocket to {}{}", self.addr, self.path))?;
+        let mut sent = std::collections::VecDeque::with_capacity(window);
+        let mut sending = true;
+        loop {
+            let mut fed = false;
+            while sending && sent.len() < window {
+                if self.failed.load(Relaxed) || self.next.fetch_add(1, Relaxed) >= self.count {
+                    sending = false;
+                    break;
+                }
+                sent.push_back(Instant::now());
+                ws.feed(Message::Binary(self.payload.clone())).await?;
+                fed = true;
+            }
+            if fed {
+                ws.flush().await?;
+            }
+            if sent.is_empty() {
+                break;
+            }
+            let mut next = ws.next().await;
+            loop {
+                match next {
+                    Some(Ok(Message::Text(ack))) => {
+                        if !ack.as_str().contains("\"offset\"") {
+                            self.failed.store(true, Relaxed);
+                            bail!("publish refused: {}", ack.as_str());
+                        }
+                        let t0 = sent.pop_front().context("an acknowledgement too many")?;
+                        self.hist.record(t0.elapsed().as_micros() as u64);
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        self.failed.store(true, Relaxed);
+                        bail!("the server closed the WebSocket: {frame:?}");
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        self.failed.store(true, Relaxed);
+                        return Err(e).context("reading acknowledgements");
+                    }
+                    None => {
+                        self.failed.store(true, Relaxed);
+                        bail!("the server closed the connection");
+                    }
+                }
+                match ws.next().now_or_never() {
+                    Some(n) => next = n,
+                    None => break,
+                }
+            }
+        }
+        ws.close(None).await.ok();
         Ok(())
     }
 }
