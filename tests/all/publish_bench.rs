@@ -43,3 +43,32 @@ fn bench_publish_says_why_when_the_server_refuses() {
     assert_ne!(code, 0);
     assert!(err.contains("404") && err.contains("nope"), "{err}");
 }
+
+#[test]
+fn bench_publish_over_the_websocket_acknowledges_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = crate::support::weir(
+        &[
+            "bench",
+            "publish",
+            "--protocol",
+            "ws",
+            "--in-flight",
+            "64",
+            "--count",
+            "2000",
+            "--payload-bytes",
+            "100",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["protocol"], "ws");
+    assert_eq!(last["messages"], 2000);
+    assert_eq!(last["in_flight"], 64);
+    assert!(last["ack_p50_ms"].as_f64().unwrap() > 0.0, "{last}");
+    let fsyncs = last["fsyncs"].as_u64().expect("fsyncs from /metrics");
+    assert!((1..=2000 + 50).contains(&fsyncs), "{last}");
+}

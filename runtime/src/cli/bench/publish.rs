@@ -42,9 +42,10 @@ pub struct PublishArgs {
     /// How messages are sent.
     #[arg(long, value_enum, default_value_t = Protocol::Http1)]
     protocol: Protocol,
-    /// Messages in flight (sent and not yet acknowledged), over all connections.
-    #[arg(long, default_value_t = 256)]
-    in_flight: usize,
+    /// Messages in flight (sent and not yet acknowledged), over all connections (default 256;
+    /// under http1, `--connections`).
+    #[arg(long)]
+    in_flight: Option<usize>,
     /// Connections (default: one per message in flight for http1, else 1). Under http1 each
     /// carries one message at a time, so it must equal `--in-flight`.
     #[arg(long)]
@@ -85,23 +86,27 @@ impl Protocol {
 }
 
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
+    let in_flight = match args.protocol {
+        Protocol::Http1 => args.in_flight.or(args.connections).unwrap_or(256),
+        _ => args.in_flight.unwrap_or(256),
+    };
     let connections = args.connections.unwrap_or(match args.protocol {
-        Protocol::Http1 => args.in_flight,
+        Protocol::Http1 => in_flight,
         _ => 1,
     });
-    if connections == 0 || args.count == 0 || args.in_flight == 0 {
+    if connections == 0 || args.count == 0 || in_flight == 0 {
         bail!("--connections, --in-flight and --count must be at least 1");
     }
-    if args.protocol == Protocol::Http1 && connections != args.in_flight {
+    if args.protocol == Protocol::Http1 && connections != in_flight {
         bail!(
             "under --protocol http1 each connection carries one message at a time: --connections ({connections}) must equal --in-flight ({})",
-            args.in_flight
+            in_flight
         );
     }
-    if connections > args.in_flight {
+    if connections > in_flight {
         bail!(
             "--connections ({connections}) is more than --in-flight ({}): each connection needs a message in flight",
-            args.in_flight
+            in_flight
         );
     }
     let mut own = None;
@@ -146,8 +151,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
         let mut tasks = Vec::with_capacity(connections);
         for i in 0..connections {
             // The messages in flight, spread over the connections.
-            let window =
-                args.in_flight / connections + usize::from(i < args.in_flight % connections);
+            let window = in_flight / connections + usize::from(i < in_flight % connections);
             let c = Conn {
                 addr: addr.clone(),
                 path: path.clone(),
@@ -189,7 +193,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
         "publish: {} messages of {} bytes, {} in flight over {connections} {} connections to {url}: {rate:.0} msgs/s, ack p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
         args.count,
         args.payload_bytes,
-        args.in_flight,
+        in_flight,
         args.protocol.as_str(),
         p(0.5),
         p(0.99),
@@ -210,7 +214,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
                 "protocol": args.protocol.as_str(),
                 "server": args.server,
                 "connections": connections,
-                "in_flight": args.in_flight,
+                "in_flight": in_flight,
                 "messages": args.count,
                 "payload_bytes": args.payload_bytes,
                 "seconds": round3(seconds),
