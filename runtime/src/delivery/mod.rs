@@ -501,42 +501,28 @@ impl Ctx {
                         .check_publishes(&invocation.effects.publishes)
                         .and_then(|()| self.storage.check_publishes(reply.as_slice()));
                     if let Err(e) = refused {
-                        // One message whose outcome the store cannot hold: it fails for good
-                        // (it would fail the same way every time) instead of failing the
-                        // commit and, with it, the binding.
+                        // One message whose outcome the store cannot hold fails for good (it
+                        // would fail the same way every time), like any failure that is not
+                        // retried, instead of failing the commit and, with it, the binding.
                         drop(invocation.kv_guard);
                         let reason = format!("its outcome cannot be stored: {e}");
-                        let failure = format!("attempt {attempt}: uncommittable: {reason}");
-                        if self.parks(&key) {
-                            hold();
-                            tracing::warn!(binding = %b.name, offset = %offset, key = key.as_deref().unwrap_or_default(), "key parked: {failure}");
-                            out.push(Ran::Park {
-                                offset,
-                                failure,
-                                attempts: count,
-                            });
+                        tracing::warn!(binding = %b.name, offset = %offset, "uncommittable: {reason}");
+                        ("uncommittable".to_owned(), reason, None)
+                    } else {
+                        if invocation.kv_guard.is_some() || !invocation.effects.kv.is_empty() {
+                            // In gate order: what was gathered first, then this commit alone, then
+                            // the gate goes.
+                            submitted.extend(self.flush(&mut gather)?);
+                            let mut own = Gather::default();
+                            self.stage(&mut own, offset, invocation.effects, reply, finished);
+                            submitted.extend(self.flush(&mut own)?);
+                            drop(invocation.kv_guard);
                         } else {
-                            tracing::warn!(binding = %b.name, offset = %offset, "dead-lettered: {failure}");
-                            let mut job = job;
-                            job.failures.push(failure);
-                            self.dead_letter(&mut gather, &job, attempt, "uncommittable", &reason);
-                            out.push(Ran::Handled { offset });
+                            self.stage(&mut gather, offset, invocation.effects, reply, finished);
                         }
+                        out.push(Ran::Handled { offset });
                         continue;
                     }
-                    if invocation.kv_guard.is_some() || !invocation.effects.kv.is_empty() {
-                        // In gate order: what was gathered first, then this commit alone, then
-                        // the gate goes.
-                        submitted.extend(self.flush(&mut gather)?);
-                        let mut own = Gather::default();
-                        self.stage(&mut own, offset, invocation.effects, reply, finished);
-                        submitted.extend(self.flush(&mut own)?);
-                        drop(invocation.kv_guard);
-                    } else {
-                        self.stage(&mut gather, offset, invocation.effects, reply, finished);
-                    }
-                    out.push(Ran::Handled { offset });
-                    continue;
                 }
                 Ok(Outcome::DeadLetter(reason)) => ("dead-letter".to_owned(), reason, None),
                 Ok(Outcome::Retry(after)) => {

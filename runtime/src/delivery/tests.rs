@@ -110,18 +110,23 @@ fn start(b: BindingConfig, handler: Arc<Stand>, messages: &[(Option<&str>, Strin
     }
     let records = messages
         .iter()
-        .map(|(key, payload)| Record {
-            id: crate::ids::new_message_id(),
-            key: key.map(str::to_owned),
-            headers: Vec::new(),
-            payload: payload.clone().into_bytes(),
-            timestamp_ms: 0,
-            reply_to: None,
-            correlation_id: None,
-        })
+        .map(|(key, payload)| record(*key, payload.as_bytes()))
         .collect();
     storage.append(&b.source, records).unwrap();
     run_on(storage, b, handler)
+}
+
+/// A record with a fresh id.
+fn record(key: Option<&str>, payload: &[u8]) -> Record {
+    Record {
+        id: crate::ids::new_message_id(),
+        key: key.map(str::to_owned),
+        headers: Vec::new(),
+        payload: payload.to_vec(),
+        timestamp_ms: 0,
+        reply_to: None,
+        correlation_id: None,
+    }
 }
 
 /// Starts the binding on a store (again, after a stop).
@@ -626,15 +631,7 @@ impl Handler for Forwarder {
         let mut effects = Effects::default();
         effects.publishes.push((
             DestinationName::new(&to).unwrap(),
-            Record {
-                id: crate::ids::new_message_id(),
-                key: None,
-                headers: Vec::new(),
-                payload: to.into_bytes(),
-                timestamp_ms: 0,
-                reply_to: None,
-                correlation_id: None,
-            },
+            record(None, to.as_bytes()),
         ));
         Invocation::new(Ok(Outcome::Ack), effects)
     }
@@ -652,15 +649,7 @@ async fn a_message_whose_outcome_cannot_be_stored_is_dead_lettered_and_the_bindi
     }
     let records = ["out", "nowhere", "out", "out"]
         .iter()
-        .map(|p| Record {
-            id: crate::ids::new_message_id(),
-            key: None,
-            headers: Vec::new(),
-            payload: p.as_bytes().to_vec(),
-            timestamp_ms: 0,
-            reply_to: None,
-            correlation_id: None,
-        })
+        .map(|p| record(None, p.as_bytes()))
         .collect();
     storage.append(&b.source, records).unwrap();
     let stats = Arc::new(BindingStats::default());

@@ -341,19 +341,9 @@ impl Runtime {
             records.push(record);
         }
         let dest = match dest {
-            Some(d) => d,
-            None => DestinationName::new(destination)?,
+            Some(d) => self.check_destination(d.as_str())?,
+            None => self.check_destination(destination)?,
         };
-        if dest.is_reserved() {
-            return Err(PublishError::Reserved(dest.to_string()));
-        }
-        match self.config.destinations.get(&dest) {
-            None => return Err(PublishError::UnknownDestination(dest.to_string())),
-            Some(DestinationKind::Stream) => {
-                return Err(PublishError::StreamStore(dest.to_string()));
-            }
-            Some(_) => {}
-        }
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -523,16 +513,7 @@ impl Runtime {
         }
         let limit = self.config.server.max_message_size as usize;
         let (dest, mut record) = publish::validate(destination, request, limit)?;
-        if dest.is_reserved() {
-            return Err(PublishError::Reserved(dest.to_string()));
-        }
-        match self.config.destinations.get(&dest) {
-            None => return Err(PublishError::UnknownDestination(dest.to_string())),
-            Some(DestinationKind::Stream) => {
-                return Err(PublishError::StreamStore(dest.to_string()));
-            }
-            Some(_) => {}
-        }
+        let dest = self.check_destination(dest.as_str())?;
         if let Some(correlation_id) = correlation_id {
             record.reply_to = Some(self.inbox.name().to_string());
             record.correlation_id = Some(correlation_id);
