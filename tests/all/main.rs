@@ -19,6 +19,7 @@ mod outbox;
 mod park;
 mod projection;
 mod publish_bench;
+mod publish_ws;
 mod reload;
 mod request;
 mod shutdown;

@@ -15,7 +15,9 @@
 //!   refused message refuses nothing else.
 //! - A message over the size limit closes the connection (code 1009) after acknowledging every
 //!   message before it; a message that is not a valid frame closes it with 1002 (the WebSocket
-//!   library's verdict); shutdown closes it with 1001 once what was stored is acknowledged.
+//!   library's verdict); shutdown closes it with 1001 once what was stored is acknowledged
+//!   (weir waits for that, within `server.shutdown_grace`), then reads and drops what the
+//!   client still sends until its close (at most `CLOSE_LINGER`).
 //! - At most [`MAX_UNACKED`] messages are read and not yet acknowledged per connection: a client
 //!   that stops reading its acknowledgements stops being read (its messages wait in its socket),
 //!   and is disconnected once a write of acknowledgements has waited [`WRITE_TIMEOUT`]. Other
@@ -43,6 +45,9 @@ pub const MAX_UNACKED: usize = 8192;
 const READ_BATCH: usize = 1024;
 /// How long a write of acknowledgements may wait for a client that does not read them.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, after its close for a shutdown, the server reads (and drops) what the client had
+/// sent, waiting for the client's close.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// Room for a text message's JSON beyond its payload (hex doubles it; keys and headers are
 /// bounded by the validator).
 const JSON_ROOM: usize = 64 << 10;
@@ -70,11 +75,15 @@ pub(super) async fn publish(
     }
     let limit = rt.config.server.max_message_size as usize;
     let max = 2 * limit + JSON_ROOM;
+    // Counted from here (not from the upgrade), so that shutdown cannot miss a connection
+    // being upgraded; dropped with the callback if the upgrade fails.
+    let open = rt.streaming_connection();
     Ok(upgrade
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
             serve(&rt, &dest, socket).await;
+            drop(open);
         }))
 }
 
@@ -91,6 +100,11 @@ async fn serve(rt: &Runtime, dest: &DestinationName, mut socket: WebSocket) {
     // Why the connection ends once its acknowledgements are written (None: the client closed).
     let mut ending: Option<(u16, String)> = None;
     loop {
+        // Checked here, not only in the `select!` below: a client that keeps sending would
+        // always have a message ready, and the shutdown branch would never be taken.
+        if ending.is_none() && rt.is_closing() {
+            ending = Some((close_code::AWAY, "weir is shutting down".to_owned()));
+        }
         let reading = ending.is_none() && unacked < MAX_UNACKED;
         if !reading && pending.is_empty() {
             break;
@@ -158,7 +172,16 @@ async fn serve(rt: &Runtime, dest: &DestinationName, mut socket: WebSocket) {
             code,
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+        let sent =
+            tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+        // Dropping a connection with input unread resets it, and a reset can destroy the
+        // acknowledgements and the close still on their way to the client. So on a shutdown
+        // what the client sent before seeing the close is read and dropped until its own close.
+        // Not after a refused frame (1009, 1002): the reader would go on to buffer it.
+        if code == close_code::AWAY && matches!(sent, Ok(Ok(()))) {
+            let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+            let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+        }
     }
 }
 
