@@ -6,6 +6,7 @@ mod backpressure;
 mod binary;
 mod cli;
 mod cli_e2e;
+mod client_example;
 mod delivery;
 mod dlq;
 mod fuzz_http;
