@@ -15,7 +15,12 @@
 //!   refused message refuses nothing else.
 //! - A message over the size limit closes the connection (code 1009) after acknowledging every
 //!   message before it; a message that is not a valid frame closes it with 1002 (the WebSocket
-//!   library's verdict); shutdown closes it with 1001 once what was stored is acknowledged.
+//!   library's verdict); shutdown closes it with 1001 once what was stored is acknowledged
+//!   (weir waits for that, within `server.shutdown_grace`). After any close of its own the
+//!   server shuts its side of the TCP connection and reads and drops what the client still
+//!   sends until the client closes (at most `CLOSE_LINGER`): closing a socket with input unread
+//!   would reset it, and a reset can destroy the acknowledgements and the close frame still on
+//!   their way to the client.
 //! - At most [`MAX_UNACKED`] messages are read and not yet acknowledged per connection: a client
 //!   that stops reading its acknowledgements stops being read (its messages wait in its socket),
 //!   and is disconnected once a write of acknowledgements has waited [`WRITE_TIMEOUT`]. Other
@@ -25,12 +30,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{Path, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::batch::BatchMessage;
 use super::error::ApiError;
@@ -43,16 +58,31 @@ pub const MAX_UNACKED: usize = 8192;
 const READ_BATCH: usize = 1024;
 /// How long a write of acknowledgements may wait for a client that does not read them.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, after its close frame, the server reads (and drops) what the client had sent,
+/// waiting for the client to close the connection.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// Room for a text message's JSON beyond its payload (hex doubles it; keys and headers are
 /// bounded by the validator).
 const JSON_ROOM: usize = 64 << 10;
 
+/// The WebSocket connection, on the upgraded HTTP/1.1 connection. tokio-tungstenite directly
+/// (the implementation under axum's `WebSocket`), because the end of a connection needs the
+/// TCP stream under it (see `finish`).
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
 pub(super) async fn publish(
     State(rt): State<Arc<Runtime>>,
     name: Result<Path<String>, PathRejection>,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(ApiError::bad_path)?;
+    let (mut parts, _) = request.into_parts();
+    // axum's extractor checks the handshake (method, `Connection`, `Upgrade`, version, key) and
+    // takes the upgrade out of the request; the upgrade handle is a shared one, so a copy
+    // taken first is the same upgrade, driven here.
+    let on_upgrade = parts.extensions.get::<OnUpgrade>().cloned();
+    let key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await;
     let upgrade = upgrade.map_err(|e| {
         ApiError::new(
             e.status(),
@@ -68,14 +98,43 @@ pub(super) async fn publish(
     if rt.is_closing() {
         return Err(PublishError::ShuttingDown.into());
     }
+    drop(upgrade);
+    let (Some(on_upgrade), Some(key)) = (on_upgrade, key) else {
+        // An HTTP/2 extended CONNECT: not served (HTTP/1.1 is the streaming publish's protocol).
+        return Err(ApiError::new(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "websocket_required",
+            "the streaming publish is a WebSocket over HTTP/1.1".to_owned(),
+        ));
+    };
     let limit = rt.config.server.max_message_size as usize;
     let max = 2 * limit + JSON_ROOM;
-    Ok(upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            serve(&rt, &dest, socket).await;
-        }))
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    // Counted from here (not from the upgrade), so that shutdown cannot miss a connection
+    // being upgraded; dropped with the task if the upgrade fails.
+    let open = rt.streaming_connection();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        serve(&rt, &dest, socket).await;
+        drop(open);
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .body(Body::empty())
+        .expect("a valid 101 response"))
 }
 
 /// The acknowledgements of one batch, to come.
@@ -83,14 +142,19 @@ type Acks<'a> = Pin<Box<dyn Future<Output = Vec<Result<Published, PublishError>>
 
 /// Runs one connection: reads batches of messages, appends each batch, and acknowledges them in
 /// order as they become durable. One task does both, so nothing outlives the connection.
-async fn serve(rt: &Runtime, dest: &DestinationName, mut socket: WebSocket) {
+async fn serve(rt: &Runtime, dest: &DestinationName, mut socket: Socket) {
     let mut pending: FuturesOrdered<Acks<'_>> = FuturesOrdered::new();
     let mut unacked = 0usize;
     let mut seq: u64 = 0;
     let mut out = Vec::with_capacity(64);
     // Why the connection ends once its acknowledgements are written (None: the client closed).
-    let mut ending: Option<(u16, String)> = None;
+    let mut ending: Option<(CloseCode, String)> = None;
     loop {
+        // Checked here, not only in the `select!` below: a client that keeps sending would
+        // always have a message ready, and the shutdown branch would never be taken.
+        if ending.is_none() && rt.is_closing() {
+            ending = Some((CloseCode::Away, "weir is shutting down".to_owned()));
+        }
         let reading = ending.is_none() && unacked < MAX_UNACKED;
         if !reading && pending.is_empty() {
             break;
@@ -120,7 +184,7 @@ async fn serve(rt: &Runtime, dest: &DestinationName, mut socket: WebSocket) {
                 loop {
                     match next {
                         None | Some(Ok(Message::Close(_))) => {
-                            ending = Some((close_code::NORMAL, String::new()));
+                            ending = Some((CloseCode::Normal, String::new()));
                             break;
                         }
                         Some(Ok(m)) => {
@@ -129,7 +193,7 @@ async fn serve(rt: &Runtime, dest: &DestinationName, mut socket: WebSocket) {
                             }
                         }
                         Some(Err(e)) => {
-                            ending = Some(refusal(&e.to_string()));
+                            ending = Some(refusal(&e));
                             break;
                         }
                     }
@@ -147,19 +211,38 @@ async fn serve(rt: &Runtime, dest: &DestinationName, mut socket: WebSocket) {
                 }
             }
             () = rt.closed(), if ending.is_none() => {
-                ending = Some((close_code::AWAY, "weir is shutting down".to_owned()));
+                ending = Some((CloseCode::Away, "weir is shutting down".to_owned()));
             }
         }
     }
-    if let Some((code, reason)) = ending
-        && code != close_code::NORMAL
-    {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+    match ending {
+        Some((code, reason)) if code != CloseCode::Normal => finish(socket, code, reason).await,
+        // The client closed: the library's answer to its close goes out.
+        _ => drop(tokio::time::timeout(WRITE_TIMEOUT, socket.close(None)).await),
     }
+}
+
+/// Ends a connection the server closes: sends the close frame, shuts the server's side of the
+/// TCP connection, and reads and drops what the client still sends until it closes its side
+/// (at most [`CLOSE_LINGER`]). Dropping the socket with input unread instead would reset the
+/// connection, and a reset can destroy the acknowledgements and the close frame the client has
+/// not read yet (after an oversized message, most of it is still unread).
+async fn finish(mut socket: Socket, code: CloseCode, reason: String) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let sent = tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return; // the client is gone or does not read
+    }
+    let tcp = socket.get_mut();
+    let linger = async {
+        let _ = tcp.shutdown().await;
+        let mut sink = vec![0u8; 64 << 10];
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
 }
 
 /// The publish a message asks for; `None` for pings and pongs (answered by the library).
@@ -183,14 +266,13 @@ fn request(m: Message) -> Option<Result<PublishRequest, PublishError>> {
 }
 
 /// The close code and reason for a connection the library refused reading.
-fn refusal(error: &str) -> (u16, String) {
-    let code = if error.contains("too long") || error.contains("too big") {
-        close_code::SIZE
-    } else {
-        close_code::PROTOCOL
+fn refusal(error: &WsError) -> (CloseCode, String) {
+    let code = match error {
+        WsError::Capacity(_) => CloseCode::Size,
+        _ => CloseCode::Protocol,
     };
     // A close reason is at most 123 bytes.
-    let mut reason = error.to_owned();
+    let mut reason = error.to_string();
     while reason.len() > 120 {
         reason.pop();
     }
@@ -220,7 +302,7 @@ fn ack(seq: &mut u64, result: &Result<Published, PublishError>) -> String {
 
 /// Writes messages in one flush; false when the client is gone or has not read for
 /// [`WRITE_TIMEOUT`].
-async fn write(socket: &mut WebSocket, messages: impl Iterator<Item = Message>) -> bool {
+async fn write(socket: &mut Socket, messages: impl Iterator<Item = Message>) -> bool {
     let send = async {
         for m in messages {
             socket.feed(m).await?;

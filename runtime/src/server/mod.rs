@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -69,11 +70,24 @@ pub struct Runtime {
     pub metrics: Arc<crate::metrics::Registry>,
     /// Turns true when shutdown starts: intake stops, followers (long polls) answer.
     closing: watch::Sender<bool>,
+    /// Open streaming-publish connections (WebSockets), which outlive the HTTP server's
+    /// graceful shutdown: it waits for each to acknowledge what it stored and close.
+    streaming: watch::Sender<usize>,
     /// Stops and starts each binding while the server runs (for shadow rebuilds).
     controls: BTreeMap<BindingName, Arc<rebuild::BindingControl>>,
     /// Shadow rebuilds, the latest per plugin.
     rebuilds: rebuild::Rebuilds,
     host: Arc<Host>,
+}
+
+/// An open streaming-publish connection, counted by [`Runtime::streaming_connection`].
+#[derive(Debug)]
+pub(crate) struct StreamingGuard(Arc<Runtime>);
+
+impl Drop for StreamingGuard {
+    fn drop(&mut self) {
+        self.0.streaming.send_modify(|n| *n -= 1);
+    }
 }
 
 /// A point-in-time view of the server, as served by `GET /v1/stats`.
@@ -304,6 +318,7 @@ impl Runtime {
             redrives,
             metrics: Arc::default(),
             closing: watch::Sender::new(false),
+            streaming: watch::Sender::new(0),
             controls,
             rebuilds: rebuild::Rebuilds::default(),
             host,
@@ -557,6 +572,13 @@ impl Runtime {
         let _ = rx.wait_for(|closing| *closing).await;
     }
 
+    /// Counts a streaming-publish connection as open until the guard is dropped; shutdown
+    /// waits (within `server.shutdown_grace`) until none is.
+    pub(crate) fn streaming_connection(self: &Arc<Self>) -> StreamingGuard {
+        self.streaming.send_modify(|n| *n += 1);
+        StreamingGuard(Arc::clone(self))
+    }
+
     /// Counters of everything.
     pub fn stats(&self) -> StatsSnapshot {
         let end = |d: &DestinationName| {
@@ -764,6 +786,16 @@ pub async fn run(
         rt.closing.send_replace(true);
         rt.inbox.close();
     };
+    // TCP_NODELAY: a small write (acknowledgements, a close frame) goes out at once instead of
+    // waiting (Nagle) for the peer to acknowledge the previous one. A connection closed with
+    // input unread is reset, and the reset discards whatever was still held back: without it,
+    // the acknowledgements and the 1009 close a streaming publish sends before closing over an
+    // oversized message were lost.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let stopping = async {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -776,6 +808,9 @@ pub async fn run(
                 tracing::error!("{name} stopped: {e}");
             }
         }
+        // Upgraded connections are not the HTTP server's: each streaming publish acknowledges
+        // what it stored and closes (1001) on its own.
+        let _ = runtime.streaming.subscribe().wait_for(|n| *n == 0).await;
         anyhow::Ok(())
     };
     let grace = runtime.config.server.shutdown_grace;
