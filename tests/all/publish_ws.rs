@@ -4,7 +4,7 @@
 //! message refusing only itself, an oversized one closing the connection with 1009 after the
 //! earlier ones were acknowledged, a connection cut mid-frame or one that never reads its
 //! acknowledgements harming no other, HTTP errors before the upgrade, and SIGTERM closing with
-//! 1001 without losing anything acknowledged.
+//! 1001 without losing anything acknowledged; and `weir publish --lines`, the CLI on it.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -771,4 +771,99 @@ fn sigterm_closes_with_1001_and_loses_nothing_acknowledged() {
     }
     // Everything stored was acknowledged before the close.
     assert_eq!(messages.len(), acked.len(), "stored but not acknowledged");
+}
+
+/// `weir publish --lines` publishes each line of stdin over the streaming publish, in order,
+/// with `--key` and `--header` on each; refusals are clear errors with a non-zero exit.
+#[test]
+fn weir_publish_lines_streams_each_line_as_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &config());
+    let env = [("WEIR_SERVER", s.url.as_str())];
+    let input: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+    let (code, out, err) = crate::support::weir_with(
+        &["publish", "q", "--lines", "-", "--window", "64"],
+        dir.path(),
+        &env,
+        input.as_bytes(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("published 2000 messages to q, offsets 0..=1999"),
+        "{out}"
+    );
+    let messages = stored(&s, "q");
+    assert_eq!(messages.len(), 2000);
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m["payload"], json!(format!("line {i}")), "{m}");
+    }
+
+    // Keys, headers and CRLF line ends; one JSON acknowledgement per line with --json.
+    let (code, out, err) = crate::support::weir_with(
+        &[
+            "publish", "q", "--lines", "-", "--key", "k1", "-H", "h=v", "--json",
+        ],
+        dir.path(),
+        &env,
+        b"a\r\nb\n",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let acks: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(acks.len(), 2, "{out}");
+    assert_eq!(
+        (&acks[0]["seq"], &acks[1]["offset"]),
+        (&json!(0), &json!(2001))
+    );
+    let tail = &stored(&s, "q")[2000..];
+    for (m, payload) in tail.iter().zip(["a", "b"]) {
+        assert_eq!(
+            (&m["payload"], &m["key"], &m["headers"]),
+            (&json!(payload), &json!("k1"), &json!([["h", "v"]])),
+            "{m}"
+        );
+    }
+
+    // An unknown destination, a stream store, a line over the limit.
+    let (code, _, err) = crate::support::weir_with(
+        &["publish", "nope", "--lines", "-"],
+        dir.path(),
+        &env,
+        b"x\n",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("404") && err.contains("nope"), "{err}");
+    let (code, _, err) =
+        crate::support::weir_with(&["publish", "s", "--lines", "-"], dir.path(), &env, b"x\n");
+    assert_ne!(code, 0);
+    assert!(err.contains("stream store"), "{err}");
+    let mut big = b"before\n".to_vec();
+    big.extend(vec![b'z'; WS_LIMIT + 10]);
+    big.extend(b"\nafter\n");
+    let (code, _, err) =
+        crate::support::weir_with(&["publish", "q", "--lines", "-"], dir.path(), &env, &big);
+    assert_ne!(code, 0);
+    assert!(err.contains("1009"), "{err}");
+    let tail = stored(&s, "q");
+    assert_eq!(
+        tail.last().unwrap()["payload"],
+        json!("before"),
+        "the line before it is stored"
+    );
+    // A message within the WebSocket limit but over max_message_size is refused alone.
+    let mut over = b"one\n".to_vec();
+    over.extend(vec![b'y'; LIMIT + 1]);
+    over.extend(b"\ntwo\n");
+    let (code, _, err) =
+        crate::support::weir_with(&["publish", "q", "--lines", "-"], dir.path(), &env, &over);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("line 2: refused"), "{err}");
+    let tail = stored(&s, "q");
+    let n = tail.len();
+    assert_eq!(
+        (&tail[n - 2]["payload"], &tail[n - 1]["payload"]),
+        (&json!("one"), &json!("two"))
+    );
 }

@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use anyhow::Context;
 use clap::Args;
 
+use super::stream_client;
+
 /// Where the server is.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
@@ -31,14 +33,24 @@ pub struct PublishArgs {
     #[arg(long)]
     key: Option<String>,
     /// Idempotency key (default: a fresh id).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lines")]
     id: Option<String>,
     /// A header `name=value`; repeatable.
     #[arg(long = "header", short = 'H', value_parser = parse_header)]
     headers: Vec<(String, String)>,
-    /// Print the server's JSON answer instead of a summary.
+    /// Print the server's JSON answer instead of a summary (with `--lines`, one
+    /// acknowledgement per line).
     #[arg(long)]
     json: bool,
+    /// Publish each line of the payload (stdin with `-`, or `--file`) as its own message, over
+    /// the streaming publish (a WebSocket, the fast path) with up to `--window` messages
+    /// unacknowledged; each gets a fresh id, and `--key` and `--header` apply to all. A
+    /// refused line is reported and the others are still published (exit status 1 then).
+    #[arg(long)]
+    lines: bool,
+    /// With `--lines`: most messages sent and not yet acknowledged.
+    #[arg(long, default_value_t = 256, requires = "lines")]
+    window: usize,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -185,6 +197,9 @@ pub(super) fn url(server: &str, path: &str) -> String {
 }
 
 pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    if args.lines {
+        return publish_lines(args);
+    }
     let payload = match (&args.file, args.payload) {
         (Some(file), _) => std::fs::read(file)
             .with_context(|| format!("reading the payload from {}", file.display()))?,
@@ -223,6 +238,122 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `weir publish --lines`: each line a message, over the streaming publish.
+fn publish_lines(args: PublishArgs) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut input: Box<dyn BufRead> = match (&args.file, args.payload.as_deref()) {
+        (Some(file), _) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        )),
+        (None, Some("-")) => Box::new(std::io::stdin().lock()),
+        (None, Some(text)) => Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
+        (None, None) => anyhow::bail!("give the lines as an argument, `-` for stdin, or --file"),
+    };
+    let mut read_error = None;
+    let mut line = Vec::new();
+    let plain = args.key.is_none() && args.headers.is_empty();
+    let headers: std::collections::BTreeMap<&str, &str> = args
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let next = |_seq: u64| {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => {
+                read_error = Some(e);
+                return None;
+            }
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if plain {
+            return Some(stream_client::Message::binary(line.clone()));
+        }
+        let mut m = serde_json::json!({ "key": args.key, "headers": headers });
+        match std::str::from_utf8(&line) {
+            Ok(text) => m["payload"] = text.into(),
+            Err(_) => m["payload_hex"] = hex(&line).into(),
+        }
+        if args.key.is_none() {
+            m.as_object_mut().expect("an object").remove("key");
+        }
+        Some(stream_client::Message::text(m.to_string()))
+    };
+    let (mut published, mut duplicates, mut refused) = (0u64, 0u64, 0u64);
+    let (mut first, mut last) = (None, None);
+    let stdout = std::io::stdout();
+    let on_ack = |seq: u64, text: &str| {
+        let ack: serde_json::Value = serde_json::from_str(text)
+            .with_context(|| format!("an acknowledgement that is not JSON: {text}"))?;
+        if args.json {
+            writeln!(stdout.lock(), "{text}")?;
+        }
+        match ack["offset"].as_u64() {
+            Some(offset) => {
+                published += 1;
+                if ack["duplicate"] == true {
+                    duplicates += 1;
+                }
+                first.get_or_insert(offset);
+                last = Some(offset);
+            }
+            None => {
+                refused += 1;
+                eprintln!(
+                    "line {}: refused: {} ({})",
+                    seq + 1,
+                    ack["error"]["message"].as_str().unwrap_or(text),
+                    ack["error"]["code"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Ok(())
+    };
+    let server = &args.server.server;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let token = TOKEN.get().map(String::as_str);
+        let mut ws = stream_client::connect(server, &args.destination, token).await?;
+        stream_client::publish_all(&mut ws, args.window, next, on_ack).await
+    })?;
+    if let Some(e) = read_error {
+        return Err(e).context("reading the lines to publish");
+    }
+    if !args.json {
+        let range = match (first, last) {
+            (Some(a), Some(b)) if a == b => format!(" at offset {a}"),
+            (Some(a), Some(b)) => format!(", offsets {a}..={b}"),
+            _ => String::new(),
+        };
+        println!(
+            "published {published} messages to {}{range}{}",
+            args.destination,
+            if duplicates > 0 {
+                format!(" ({duplicates} already published)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if refused > 0 {
+        anyhow::bail!("{refused} lines were refused (see above); the others were published");
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A payload argument: `-` reads stdin.

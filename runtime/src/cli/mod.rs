@@ -16,6 +16,7 @@ mod progress;
 mod replay;
 mod request;
 mod stream;
+mod stream_client;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
