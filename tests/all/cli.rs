@@ -250,6 +250,10 @@ fn chaos_append_survives_sigkills() {
         assert_eq!(last[field], 0, "{field}: {last}");
     }
     assert!(last["acked"].as_u64().unwrap() > 0, "{last}");
+    // Both ways of publishing were killed under load: the streaming publish and POSTs.
+    let streaming = last["acked_streaming"].as_u64().unwrap();
+    assert!(streaming > 0, "{last}");
+    assert!(last["acked"].as_u64().unwrap() > streaming, "{last}");
     assert!(last["records_found"].as_u64().unwrap() >= last["acked"].as_u64().unwrap());
 }
 

@@ -3,7 +3,10 @@
 //!
 //! `--scenario append`: concurrent publishers with `fsync = "always"`; after every restart the
 //! whole log is read back and every acknowledged record must be there exactly once, at the offset
-//! it was acknowledged with, in each publisher's order, with its exact payload.
+//! it was acknowledged with, in each publisher's order, with its exact payload. Half the
+//! publishers (the even-numbered ones, so a single publisher too) use the streaming publish (a
+//! WebSocket, up to [`WS_WINDOW`] messages unacknowledged, so a kill always finds some in
+//! flight); the others one `POST` at a time.
 //!
 //! `--scenario deliver --guarantee G`: a binding with guarantee `G` handles the published
 //! messages with a plugin that counts them and forwards each one; the counter and the outputs
@@ -81,6 +84,8 @@ struct Report {
     kills: u32,
     seed: u64,
     acked: u64,
+    /// Of `acked`, those acknowledged over the streaming publish.
+    acked_streaming: u64,
     records_found: u64,
     lost: u64,
     duplicates: u64,
@@ -96,6 +101,9 @@ struct Acked {
     publisher: usize,
     seq: u64,
 }
+
+/// Messages a streaming publisher keeps unacknowledged.
+const WS_WINDOW: usize = 64;
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     if args.publishers == 0 {
@@ -161,7 +169,13 @@ fn append(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()> {
                     Arc::clone(&acked),
                     next_seq[p],
                 );
-                std::thread::spawn(move || publish_until(&url, p, first, &stop, &acked))
+                std::thread::spawn(move || {
+                    if p % 2 == 0 {
+                        stream_until(&url, p, first, &stop, &acked)
+                    } else {
+                        publish_until(&url, p, first, &stop, &acked)
+                    }
+                })
             })
             .collect();
         std::thread::sleep(Duration::from_millis(rng.next() % args.max_run_ms.max(1)));
@@ -187,13 +201,20 @@ fn append(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()> {
     }
     progress.finish();
     report.acked = acked.lock().expect("acked").len() as u64;
+    report.acked_streaming = acked
+        .lock()
+        .expect("acked")
+        .values()
+        .filter(|a| a.publisher % 2 == 0)
+        .count() as u64;
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     let ok =
         report.lost == 0 && report.duplicates == 0 && report.reordered == 0 && report.corrupt == 0;
     println!(
-        "chaos: {} kills, {} acknowledged records: lost {}, duplicates {}, reordered {}, corrupt {} ({})",
+        "chaos: {} kills, {} acknowledged records ({} over the streaming publish): lost {}, duplicates {}, reordered {}, corrupt {} ({})",
         report.kills,
         report.acked,
+        report.acked_streaming,
         report.lost,
         report.duplicates,
         report.reordered,
@@ -261,6 +282,58 @@ fn publish_until(
         );
     }
     seq
+}
+
+/// Like [`publish_until`], over the streaming publish: each message a JSON text message with
+/// its id, up to [`WS_WINDOW`] unacknowledged; a record counts as acknowledged when its
+/// acknowledgement arrives. Returns the next sequence number to use (never reusing the id of a
+/// message sent, acknowledged or not).
+fn stream_until(
+    url: &str,
+    publisher: usize,
+    first: u64,
+    stop: &AtomicBool,
+    acked: &Mutex<HashMap<String, Acked>>,
+) -> u64 {
+    let mut next_seq = first;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let _ = rt.block_on(async {
+        let mut ws = super::stream_client::connect(url, "chaos", None).await?;
+        let next = |n: u64| {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            next_seq = first + n + 1;
+            let seq = first + n;
+            let m = serde_json::json!({
+                "id": format!("p{publisher}-{seq}"),
+                "payload": payload(publisher, seq),
+            });
+            Some(super::stream_client::Message::text(m.to_string()))
+        };
+        let on_ack = |n: u64, text: &str| {
+            let seq = first + n;
+            let ack: serde_json::Value = serde_json::from_str(text)?;
+            let Some(offset) = ack["offset"].as_u64() else {
+                bail!("message {seq} refused: {text}");
+            };
+            let id = format!("p{publisher}-{seq}");
+            acked.lock().expect("acked").insert(
+                id,
+                Acked {
+                    offset,
+                    publisher,
+                    seq,
+                },
+            );
+            Ok(())
+        };
+        super::stream_client::publish_all(&mut ws, WS_WINDOW, next, on_ack).await
+    });
+    next_seq
 }
 
 /// Reads the whole log back and counts what is wrong with the acknowledged records.
