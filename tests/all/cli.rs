@@ -290,6 +290,40 @@ fn bench_e2e_prints_one_json_object_last() {
             assert!(last["rate"].is_null(), "{last}");
         }
     }
+    // Through the network: a `weir run` child, the streaming publish, the binding's cursor.
+    for extra in [
+        &["--events", "3000"][..],
+        &["--events", "1000", "--rate", "5000"],
+    ] {
+        let args: Vec<&str> = base
+            .iter()
+            .chain(&["--network"])
+            .chain(extra)
+            .copied()
+            .collect();
+        let (code, out, err) = weir(&args, dir.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            (&last["scenario"], &last["over"]),
+            (&serde_json::json!("e2e"), &serde_json::json!("websocket"))
+        );
+        assert!(last["events_per_sec"].as_f64().unwrap() > 0.0, "{last}");
+        let (p50, p99) = (
+            last["latency_p50_ms"].as_f64().unwrap(),
+            last["latency_p99_ms"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{last}");
+        assert!(last["server_cpu_cores"].as_f64().unwrap() > 0.0, "{last}");
+    }
+    let args: Vec<&str> = base
+        .iter()
+        .chain(&["--network", "--backlog"])
+        .copied()
+        .collect();
+    let (code, _, err) = weir(&args, dir.path());
+    assert_ne!(code, 0);
+    assert!(err.contains("--network measures live publishing"), "{err}");
     // Two prefills of the source and `out`, measured in one invocation.
     let counter = plugin("counter").display().to_string();
     let args = [

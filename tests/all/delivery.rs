@@ -2,7 +2,7 @@
 //! every failure class reaching its dead-letter queue with its metadata, a slow plugin slowing
 //! only its own binding, exactly-once effects, and memory bounded behind a stuck binding.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{Server, plugin_toml};
 
@@ -66,6 +66,25 @@ dead_letter = "slow"
             .unwrap()
             < 20,
         "{stats}"
+    );
+    // One binding's view, as in the stats.
+    let (status, count) = server.get("/v1/bindings/count");
+    assert_eq!(status, 200, "{count}");
+    assert_eq!(
+        (
+            &count["source"],
+            &count["cursor"],
+            &count["acked"],
+            &count["lag"]
+        ),
+        (&json!("events"), &json!(20), &json!(20), &json!(0)),
+        "{count}"
+    );
+    let (status, body) = server.get("/v1/bindings/nope");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("unknown_binding")),
+        "{body}"
     );
     let (_, kv) = server.get("/v1/plugins/counter/kv?prefix=count");
     let total = kv["entries"]

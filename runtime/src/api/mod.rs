@@ -176,6 +176,8 @@ pub fn routes() -> Vec<Route> {
                 ("limit", "most entries (default 100, at most 1000)"),
             ])
             .to(get(kv)),
+        Route::new(M::GET, "/v1/bindings/{name}", "one binding's counters and cursor, as in /v1/stats")
+            .to(get(binding_stats)),
         Route::new(M::GET, "/v1/bindings/{name}/dlq", "dead letters of a binding not yet redriven")
             .query(&[
                 ("from", "offset of the dead-letter queue to list from"),
@@ -363,6 +365,14 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(requests, count::count))
         .with_state(runtime)
+}
+
+async fn binding_stats(
+    State(rt): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<crate::server::BindingStatsView>, ApiError> {
+    let Path(name) = name.map_err(ApiError::bad_path)?;
+    Ok(Json(rt.binding_stats(&name)?))
 }
 
 async fn method_not_allowed() -> ApiError {

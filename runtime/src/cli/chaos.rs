@@ -478,6 +478,15 @@ impl Server {
     }
 }
 
+/// A server is never left running: an error on the way out of a run kills it too.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
 /// A small xorshift generator: the kill schedule needs spread, not cryptographic quality.
 pub(super) struct XorShift(pub(super) u64);
 

@@ -6,17 +6,17 @@
 mod aggregate;
 mod bench;
 mod binding;
-mod chaos;
+pub(super) mod chaos;
 mod chaos_deliver;
 mod chaos_streams;
 mod client;
 mod dlq;
 mod plugin;
-mod progress;
+pub(super) mod progress;
 mod replay;
 mod request;
 mod stream;
-mod stream_client;
+pub(super) mod stream_client;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -166,7 +166,7 @@ impl Runtime {
         Ok(done)
     }
 
-    fn binding(&self, name: &str) -> Result<&BindingConfig, DlqError> {
+    pub(super) fn binding(&self, name: &str) -> Result<&BindingConfig, DlqError> {
         let name = BindingName::new(name)?;
         self.config
             .bindings

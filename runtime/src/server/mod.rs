@@ -33,7 +33,7 @@ pub use replay::{
 pub use request::{DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, Replied, RequestError};
 
 use crate::config::FsyncPolicy;
-use crate::config::{Config, DestinationKind, Retention};
+use crate::config::{BindingConfig, Config, DestinationKind, Retention};
 use crate::delivery::{BindingSnapshot, BindingStats, Parking};
 use crate::deploy::{Registry, Reloader};
 use crate::host::{Host, HostOptions};
@@ -579,6 +579,29 @@ impl Runtime {
         StreamingGuard(Arc::clone(self))
     }
 
+    /// Counters of one binding, as in [`Runtime::stats`] (`GET /v1/bindings/{name}`).
+    pub fn binding_stats(&self, name: &str) -> Result<BindingStatsView, DlqError> {
+        Ok(self.binding_view(self.binding(name)?))
+    }
+
+    fn binding_view(&self, b: &BindingConfig) -> BindingStatsView {
+        let cursor = self.storage.cursor(&b.name).0;
+        let end = self
+            .storage
+            .watch_end(&b.source)
+            .map_or(0, |w| w.borrow().0);
+        BindingStatsView {
+            source: b.source.to_string(),
+            plugin: b.plugin.to_string(),
+            guarantee: b.guarantee.to_string(),
+            ordering: b.ordering.to_string(),
+            cursor,
+            lag: end.saturating_sub(cursor),
+            counters: self.bindings[&b.name].snapshot(),
+            parked: self.parked_views(b, park::LISTED),
+        }
+    }
+
     /// Counters of everything.
     pub fn stats(&self) -> StatsSnapshot {
         let end = |d: &DestinationName| {
@@ -611,20 +634,7 @@ impl Runtime {
             .config
             .bindings
             .iter()
-            .map(|b| {
-                let cursor = self.storage.cursor(&b.name).0;
-                let view = BindingStatsView {
-                    source: b.source.to_string(),
-                    plugin: b.plugin.to_string(),
-                    guarantee: b.guarantee.to_string(),
-                    ordering: b.ordering.to_string(),
-                    cursor,
-                    lag: end(&b.source).saturating_sub(cursor),
-                    counters: self.bindings[&b.name].snapshot(),
-                    parked: self.parked_views(b, park::LISTED),
-                };
-                (b.name.to_string(), view)
-            })
+            .map(|b| (b.name.to_string(), self.binding_view(b)))
             .collect();
         let plugins = self
             .plugins

@@ -29,6 +29,7 @@
 //! per value, each in a fresh store, and compares the largest prefill's figures with the
 //! smallest's.
 
+mod network;
 mod prefill;
 mod probe;
 mod publishers;
@@ -116,6 +117,13 @@ pub struct E2eArgs {
     /// (also on Ctrl-C or SIGTERM).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Through the network: start a `weir run` with the run's config, publish over its
+    /// streaming publish (the fast path: one WebSocket, `--publishers` messages unacknowledged,
+    /// or each event at its due time with `--rate`), and follow the binding's durable cursor in
+    /// its `/v1/stats` (see `e2e/network.rs`). Without it, the store and plugin run in this
+    /// process and publishing skips HTTP.
+    #[arg(long)]
+    network: bool,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -156,6 +164,9 @@ pub fn run(mut args: E2eArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::current_dir()?,
     };
+    if args.network {
+        return network::run(&args, events, &base);
+    }
     let prefills = if args.prefill.is_empty() {
         vec![0]
     } else {

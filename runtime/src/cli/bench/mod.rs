@@ -5,10 +5,10 @@ mod aggregate;
 mod append;
 mod e2e;
 mod invoke;
-mod publish;
+pub(super) mod publish;
 mod streams;
 mod swap;
-mod workdir;
+pub(super) mod workdir;
 
 use clap::Subcommand;
 
@@ -45,7 +45,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-fn round3(x: f64) -> f64 {
+pub(super) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 

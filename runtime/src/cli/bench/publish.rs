@@ -415,13 +415,13 @@ impl Conn {
 
 /// What the server had used: CPU seconds (of its process, when it is our child) and fsyncs
 /// (from its `/metrics`).
-struct Usage {
-    cpu: Option<f64>,
-    fsyncs: Option<u64>,
+pub(super) struct Usage {
+    pub(super) cpu: Option<f64>,
+    pub(super) fsyncs: Option<u64>,
 }
 
 impl Usage {
-    fn read(rt: &tokio::runtime::Runtime, addr: &str, pid: Option<u32>) -> Usage {
+    pub(super) fn read(rt: &tokio::runtime::Runtime, addr: &str, pid: Option<u32>) -> Usage {
         Usage {
             cpu: pid.and_then(cpu_seconds),
             fsyncs: rt.block_on(fsyncs(addr)).ok().flatten(),
