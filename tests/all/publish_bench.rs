@@ -3,6 +3,12 @@
 
 #[test]
 fn bench_publish_drives_a_server_over_the_network_and_reports_json() {
+    for client in ["minimal", "hyper"] {
+        publish_with(client);
+    }
+}
+
+fn publish_with(client: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = crate::support::weir(
         &[
@@ -14,6 +20,8 @@ fn bench_publish_drives_a_server_over_the_network_and_reports_json() {
             "8",
             "--payload-bytes",
             "100",
+            "--http-client",
+            client,
             "--json",
         ],
         dir.path(),
@@ -21,6 +29,7 @@ fn bench_publish_drives_a_server_over_the_network_and_reports_json() {
     assert_eq!(code, 0, "{out}\n{err}");
     let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(last["scenario"], "publish");
+    assert_eq!(last["http_client"], client);
     assert_eq!(last["messages"], 300);
     assert!(last["msgs_per_sec"].as_f64().unwrap() > 0.0, "{last}");
     assert!(last["ack_p50_ms"].as_f64().unwrap() > 0.0, "{last}");

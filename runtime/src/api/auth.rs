@@ -36,6 +36,11 @@ impl Auth {
             public: public.into(),
         }
     }
+
+    /// Whether requests need a token (`server.api_token` is set).
+    pub(super) fn required(&self) -> bool {
+        self.token.is_some()
+    }
 }
 
 /// Compares digests, so the time taken says nothing about how much of a guess was right.

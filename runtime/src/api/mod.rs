@@ -350,7 +350,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             ));
         router = router.route(path, methods);
     }
-    router
+    let mut router = router
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -358,11 +358,14 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
                 "no such route; GET /v1/openapi.json lists them",
             )
         })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(
-            auth::Auth::new(&runtime, public),
-            auth::check,
-        ))
+        .layer(DefaultBodyLimit::max(body_limit));
+    // Without a token there is nothing to check: no layer (each costs every request a clone of
+    // the service under it and a boxed future).
+    let auth = auth::Auth::new(&runtime, public);
+    if auth.required() {
+        router = router.layer(axum::middleware::from_fn_with_state(auth, auth::check));
+    }
+    router
         .layer(axum::middleware::from_fn_with_state(requests, count::count))
         .with_state(runtime)
 }
