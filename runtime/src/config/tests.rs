@@ -187,7 +187,7 @@ fn errors_name_file_line_and_key() {
     );
     check_err(
         "[broker]\nkind = \"kafka\"\n",
-        "weir.toml:2:8: `broker.kind`: unknown variant `kafka`, expected `embedded`",
+        "weir.toml:2:8: `broker.kind`: unknown variant `kafka`, expected `embedded` or `nats`",
     );
     check_err(
         "[server]\nlisten = 7070\n",

@@ -20,6 +20,11 @@ use super::remote;
 use crate::names::PluginName;
 use crate::storage::{KvWrites, StorageError};
 
+/// A plugin's key.
+pub(super) type KvKey = (PluginName, String);
+/// Final values to apply, each with how many staged writes it covers.
+pub(super) type KvApply = Vec<(KvKey, (Option<Vec<u8>>, u32))>;
+
 #[derive(Debug, Default)]
 struct Meta {
     /// The bucket revision of the value the mirror holds as applied (0: none seen).
@@ -31,7 +36,7 @@ struct Meta {
 #[derive(Debug, Default)]
 struct State {
     values: HashMap<PluginName, BTreeMap<String, Vec<u8>>>,
-    meta: HashMap<(PluginName, String), Meta>,
+    meta: HashMap<KvKey, Meta>,
 }
 
 /// The in-memory mirror of the plugin key-value bucket.
@@ -162,11 +167,7 @@ impl Mirror {
     /// revision the mirror holds, all at once. `pending` is how many staged writes each key's
     /// value covers. With `reapply` (a take-over re-applying the last commit record), a key
     /// whose value is already the one written counts as applied.
-    pub async fn apply(
-        self: &std::sync::Arc<Self>,
-        writes: Vec<((PluginName, String), (Option<Vec<u8>>, u32))>,
-        reapply: bool,
-    ) {
+    pub async fn apply(self: &std::sync::Arc<Self>, writes: KvApply, reapply: bool) {
         let mut tasks = tokio::task::JoinSet::new();
         for ((plugin, key), (value, pending)) in writes {
             let me = std::sync::Arc::clone(self);

@@ -167,7 +167,10 @@ impl NatsStorage {
         );
         let c = cfg.clone();
         let (js, client) = runtime.block_on(async move { connect(&c).await })?;
-        let max_payload = client.server_info().max_payload;
+        // 1 MiB, the servers' default, if the server did not say.
+        let max_payload = Some(client.server_info().max_payload)
+            .filter(|m| *m > 0)
+            .unwrap_or(1 << 20);
         let r = cfg.replicas;
         let (commits, leases, hosts, plugin_kv) = runtime.block_on({
             let (js, lease) = (js.clone(), cfg.lease);
@@ -267,8 +270,7 @@ async fn connect(
     let opts = opts
         .name("weir")
         .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_secs(5)))
-        .retry_on_initial_connect();
+        .request_timeout(Some(Duration::from_secs(5)));
     let servers: Vec<async_nats::ServerAddr> = cfg
         .servers
         .iter()
@@ -472,10 +474,10 @@ impl Storage for NatsStorage {
         if let Some(p) = self.inner.part(binding) {
             return p.cursor();
         }
-        if binding.split_partition().is_none() {
-            if let Some(c) = self.lowest_cursor(binding) {
-                return c;
-            }
+        if binding.split_partition().is_none()
+            && let Some(c) = self.lowest_cursor(binding)
+        {
+            return c;
         }
         let (commits, key) = (self.inner.commits.clone(), layout::cursor_key(binding));
         self.inner.block(async move {

@@ -24,6 +24,7 @@ use async_nats::jetstream::kv::UpdateErrorKind;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, oneshot, watch};
 
+use super::kv::{KvApply, KvKey};
 use super::{Inner, layout, streams};
 use crate::names::{BindingName, DestinationName, Offset, PluginName};
 use crate::storage::state::{self, Op};
@@ -33,6 +34,8 @@ use crate::storage::{Commit, CommitTicket, KvWrites, Record, StorageError, Store
 const PREFETCH: usize = 2048;
 
 type Done = oneshot::Sender<Result<Vec<Offset>, StorageError>>;
+/// Resolved when a commit record carrying the change is written.
+pub(super) type Receipt = oneshot::Receiver<Result<Vec<Offset>, StorageError>>;
 
 /// A submitted commit not yet written.
 struct Pending {
@@ -89,7 +92,7 @@ pub(super) struct CommitRecord {
     pub acked: BTreeSet<Offset>,
     pub deliveries: BTreeMap<Offset, u32>,
     pub outbox: Vec<(DestinationName, Record)>,
-    pub kv: Vec<((PluginName, String), Option<Vec<u8>>)>,
+    pub kv: Vec<(KvKey, Option<Vec<u8>>)>,
 }
 
 impl CommitRecord {
@@ -261,13 +264,7 @@ impl Partition {
     pub fn begin_deliveries(
         &self,
         offsets: &[Offset],
-    ) -> Result<
-        (
-            Vec<u32>,
-            oneshot::Receiver<Result<Vec<Offset>, StorageError>>,
-        ),
-        StorageError,
-    > {
+    ) -> Result<(Vec<u32>, Receipt), StorageError> {
         let (tx, rx) = oneshot::channel();
         let mut p = self.progress.lock().expect("partition lock");
         if let Some(e) = &p.failed {
@@ -406,14 +403,7 @@ impl Partition {
 
     /// Everything pending, as one commit record.
     #[allow(clippy::type_complexity)]
-    fn take(
-        &self,
-    ) -> Option<(
-        Vec<u8>,
-        Vec<(DestinationName, Record)>,
-        Vec<((PluginName, String), (Option<Vec<u8>>, u32))>,
-        Vec<Done>,
-    )> {
+    fn take(&self) -> Option<(Vec<u8>, Vec<(DestinationName, Record)>, KvApply, Vec<Done>)> {
         let mut p = self.progress.lock().expect("partition lock");
         if p.pending.is_empty() {
             return None;
@@ -497,7 +487,7 @@ impl Partition {
 pub(super) async fn apply(
     inner: &Arc<Inner>,
     publishes: &[(DestinationName, Record)],
-    kv: Vec<((PluginName, String), (Option<Vec<u8>>, u32))>,
+    kv: KvApply,
     reapply: bool,
 ) {
     let mut wait = std::time::Duration::from_millis(20);

@@ -1,0 +1,222 @@
+//! `broker.kind = "nats"` through real processes: a 3-node JetStream cluster (`nats_support`)
+//! and two `weir run` hosts with one config, publishing over HTTP to either host.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::nats_support::Cluster;
+use crate::support::{Server, plugin_toml, wait_for};
+
+const BINDING: &str = "in.counter";
+
+fn config(cluster: &Cluster, plugin: &str, guarantee: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[broker]
+kind = "nats"
+
+[broker.nats]
+{}
+partitions = 4
+lease = "2s"
+
+[queues.in]
+[topics.out]
+
+{}
+[[bindings]]
+name = "{BINDING}"
+source = "in"
+plugin = "{plugin}"
+guarantee = "{guarantee}"
+ordering = "key"
+"#,
+        cluster.servers_toml(),
+        plugin_toml(plugin, "publish = [\"out\"]"),
+    )
+}
+
+/// Two hosts on one config, each in its own directory (its own plugin cache).
+fn hosts(config: &str) -> (Vec<tempfile::TempDir>, Vec<Server>) {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers = dirs
+        .iter()
+        .map(|d| Server::start(d.path(), config))
+        .collect();
+    (dirs, servers)
+}
+
+/// What the hosts say, for a failure message.
+fn diag(servers: &[Server]) -> String {
+    servers
+        .iter()
+        .map(|s| {
+            let err = s.stderr();
+            let tail: Vec<&str> = err.lines().rev().take(30).collect();
+            format!(
+                "host {}: acked {}\n{}",
+                s.url,
+                acked(s),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+fn acked(s: &Server) -> u64 {
+    s.stats()["bindings"][BINDING]["acked"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Waits until both hosts hold partitions (each has taken some over), so that work spreads.
+fn wait_spread(servers: &[Server]) {
+    wait_for(
+        "both hosts to hold partitions",
+        Duration::from_secs(60),
+        || {
+            servers
+                .iter()
+                .all(|s| s.stderr().contains("took a partition over"))
+                .then_some(())
+        },
+    );
+}
+
+/// Reads a destination through `s` until it holds `n` records (or fails after the deadline
+/// with what the hosts said).
+fn collect(servers: &[Server], dest: &str, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut out = Vec::new();
+    let mut from = 0;
+    while out.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dest} holds {} of {n} records:\n{}",
+            out.len(),
+            diag(servers)
+        );
+        let (status, body) = servers[0].get(&format!(
+            "/v1/destinations/{dest}/messages?from={from}&limit=1000&wait_ms=200"
+        ));
+        assert_eq!(status, 200, "{body}");
+        let msgs = body["messages"].as_array().cloned().unwrap_or_default();
+        from = body["next"].as_u64().unwrap();
+        out.extend(msgs);
+    }
+    out
+}
+
+/// The input numbers in outputs, per key in output order.
+fn by_key(outputs: &[Value]) -> BTreeMap<String, Vec<u64>> {
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for o in outputs {
+        let i: u64 = o["payload"].as_str().unwrap().parse().unwrap();
+        by_key
+            .entry(o["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(i);
+    }
+    by_key
+}
+
+fn publish(servers: &[Server], n: u64, keys: u64) {
+    for i in 0..n {
+        let key = format!("k{}", i % keys);
+        servers[(i % 2) as usize].publish(
+            "in",
+            &i.to_string(),
+            &[("weir-key", &key), ("weir-header-forward-to", "out")],
+        );
+    }
+}
+
+#[test]
+fn at_least_once_over_two_hosts_handles_everything_and_spreads_the_work() {
+    let cluster = Cluster::start();
+    let (_dirs, servers) = hosts(&config(&cluster, "counter", "at-least-once"));
+    wait_spread(&servers);
+    let n = 400u64;
+    publish(&servers, n, 16);
+    let outputs = collect(&servers, "out", n as usize);
+    let mut seen: Vec<u64> = by_key(&outputs).into_values().flatten().collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "every input handled");
+    let per_host: Vec<u64> = servers.iter().map(acked).collect();
+    assert!(
+        per_host.iter().all(|a| *a > 0),
+        "work spread over both hosts: {per_host:?}"
+    );
+}
+
+#[test]
+fn exactly_once_over_two_hosts_stores_each_output_and_count_once() {
+    let cluster = Cluster::start();
+    let (_dirs, servers) = hosts(&config(&cluster, "counter", "exactly-once"));
+    wait_spread(&servers);
+    let (n, keys) = (300u64, 12u64);
+    publish(&servers, n, keys);
+    let outputs = collect(&servers, "out", n as usize);
+    let by_key = by_key(&outputs);
+    let mut seen: Vec<u64> = by_key.values().flatten().copied().collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..n).collect::<Vec<_>>(),
+        "each input exactly once in the outputs"
+    );
+    for (key, is) in &by_key {
+        assert!(
+            is.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {is:?}"
+        );
+    }
+    let per_host: Vec<u64> = servers.iter().map(acked).collect();
+    assert!(
+        per_host.iter().all(|a| *a > 0),
+        "work spread over both hosts: {per_host:?}"
+    );
+    // No output beyond the n: a second look after the hosts went quiet.
+    let (_, body) = servers[1].get("/v1/stats");
+    assert_eq!(
+        body["destinations"]["out"]["messages"].as_u64(),
+        Some(n),
+        "{body}"
+    );
+    // Key-value state, as both hosts see it: one count per input of the key. (The counter's
+    // global `count` is written from every partition: not kept on JetStream, see
+    // ARCHITECTURE.md.)
+    for s in &servers {
+        wait_for(
+            "per-key counts on every host",
+            Duration::from_secs(30),
+            || {
+                let (_, body) = s.get("/v1/plugins/counter/kv?prefix=count/&limit=1000");
+                let counts: BTreeMap<String, u64> = body["entries"]
+                    .as_array()?
+                    .iter()
+                    .map(|e| {
+                        let hex = e["value_hex"].as_str().unwrap_or("");
+                        let bytes: Vec<u8> = (0..hex.len())
+                            .step_by(2)
+                            .map(|j| u8::from_str_radix(&hex[j..j + 2], 16).unwrap())
+                            .collect();
+                        let v = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+                        (e["key"].as_str().unwrap().to_owned(), v)
+                    })
+                    .collect();
+                let want: BTreeMap<String, u64> = (0..keys)
+                    .map(|k| (format!("count/k{k}"), n / keys))
+                    .collect();
+                (counts == want).then_some(())
+            },
+        );
+    }
+}
