@@ -199,24 +199,155 @@ fn exactly_once_over_two_hosts_stores_each_output_and_count_once() {
             Duration::from_secs(30),
             || {
                 let (_, body) = s.get("/v1/plugins/counter/kv?prefix=count/&limit=1000");
-                let counts: BTreeMap<String, u64> = body["entries"]
-                    .as_array()?
-                    .iter()
-                    .map(|e| {
-                        let hex = e["value_hex"].as_str().unwrap_or("");
-                        let bytes: Vec<u8> = (0..hex.len())
-                            .step_by(2)
-                            .map(|j| u8::from_str_radix(&hex[j..j + 2], 16).unwrap())
-                            .collect();
-                        let v = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
-                        (e["key"].as_str().unwrap().to_owned(), v)
-                    })
-                    .collect();
                 let want: BTreeMap<String, u64> = (0..keys)
                     .map(|k| (format!("count/k{k}"), n / keys))
                     .collect();
-                (counts == want).then_some(())
+                (counts(&body) == want).then_some(())
             },
         );
     }
+}
+
+/// Publishes input `i` (id `in-<i>`, so a retry after an unclear answer stores nothing twice)
+/// to the first host of `urls` that takes it, retrying until one does.
+fn publish_retrying(urls: &[String], i: u64, keys: u64) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        for url in urls {
+            let sent = agent
+                .post(&format!("{url}/v1/destinations/in/messages"))
+                .header("weir-key", &format!("k{}", i % keys))
+                .header("weir-id", &format!("in-{i}"))
+                .header("weir-header-forward-to", "out")
+                .send(i.to_string().as_bytes());
+            if sent.is_ok_and(|r| r.status().as_u16() == 201) {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no host took input {i} for 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Under load: SIGKILL one weir host (its partitions go to the other once its leases expire),
+/// then SIGKILL one NATS node, then bring both back. Exactly-once must still store every output
+/// once, keep each key's outputs in order across the take-overs, and end with every count
+/// right on both hosts.
+#[test]
+fn exactly_once_survives_a_killed_host_and_a_killed_nats_node() {
+    let mut cluster = Cluster::start();
+    let config = config(&cluster, "counter", "exactly-once");
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut servers: Vec<Option<Server>> = dirs
+        .iter()
+        .map(|d| Some(Server::start(d.path(), &config)))
+        .collect();
+    let took = |s: &Server| s.stderr().matches("took a partition over").count();
+    wait_for(
+        "both hosts to hold partitions",
+        Duration::from_secs(60),
+        || servers.iter().flatten().all(|s| took(s) > 0).then_some(()),
+    );
+    let (n, keys) = (600u64, 12u64);
+    let urls = |servers: &[Option<Server>]| -> Vec<String> {
+        servers.iter().flatten().map(|s| s.url.clone()).collect()
+    };
+    let mut i = 0;
+    let mut step = |servers: &mut Vec<Option<Server>>, to: u64| {
+        let u = urls(servers);
+        while i < to {
+            // Alternate between the live hosts.
+            let mut order = u.clone();
+            let len = order.len();
+            order.rotate_left((i as usize) % len);
+            publish_retrying(&order, i, keys);
+            i += 1;
+        }
+    };
+    step(&mut servers, n / 4);
+    // A weir host dies mid-load.
+    let killed = servers[0].take().unwrap();
+    assert_eq!(killed.signal("KILL"), None, "killed by the signal");
+    let before = took(servers[1].as_ref().unwrap());
+    step(&mut servers, n / 2);
+    // Its partitions go to the survivor once its leases expire, while the load goes on.
+    wait_for(
+        "the survivor to take the dead host's partitions",
+        Duration::from_secs(60),
+        || (took(servers[1].as_ref().unwrap()) > before).then_some(()),
+    );
+    // A NATS node dies mid-load.
+    cluster.kill_node(0);
+    step(&mut servers, 3 * n / 4);
+    // Both come back; the restarted host gets its share again.
+    cluster.start_node(0);
+    cluster.wait_ready();
+    servers[0] = Some(Server::start(dirs[0].path(), &config));
+    step(&mut servers, n);
+    let live: Vec<Server> = servers.into_iter().flatten().collect();
+
+    let outputs = collect(&live, "out", n as usize);
+    let by_key = by_key(&outputs);
+    let mut seen: Vec<u64> = by_key.values().flatten().copied().collect();
+    seen.sort_unstable();
+    let doubled = seen.windows(2).filter(|w| w[0] == w[1]).count();
+    seen.dedup();
+    assert_eq!(doubled, 0, "no output stored twice");
+    assert_eq!(
+        seen,
+        (0..n).collect::<Vec<_>>(),
+        "every input in the outputs"
+    );
+    for (key, is) in &by_key {
+        assert!(
+            is.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order across the take-overs: {is:?}"
+        );
+    }
+    let (_, body) = live[1].get("/v1/stats");
+    assert_eq!(
+        body["destinations"]["in"]["messages"].as_u64(),
+        Some(n),
+        "inputs stored once: {body}"
+    );
+    for s in &live {
+        wait_for(
+            "per-key counts on every host",
+            Duration::from_secs(60),
+            || {
+                let (_, body) = s.get("/v1/plugins/counter/kv?prefix=count/&limit=1000");
+                (counts(&body)
+                    == (0..keys)
+                        .map(|k| (format!("count/k{k}"), n / keys))
+                        .collect())
+                .then_some(())
+            },
+        );
+    }
+}
+
+/// `count/<key>` entries of a `GET /v1/plugins/counter/kv` answer.
+fn counts(body: &Value) -> BTreeMap<String, u64> {
+    body["entries"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let hex = e["value_hex"].as_str().unwrap_or("");
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .map(|j| u8::from_str_radix(&hex[2 * j..2 * j + 2], 16).unwrap_or(0))
+                .collect();
+            let v = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+            (e["key"].as_str().unwrap_or("").to_owned(), v)
+        })
+        .collect()
 }

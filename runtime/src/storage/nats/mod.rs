@@ -174,13 +174,16 @@ impl NatsStorage {
         let r = cfg.replicas;
         let (commits, leases, hosts, plugin_kv) = runtime.block_on({
             let (js, lease) = (js.clone(), cfg.lease);
-            async move {
-                let commits = bucket(&js, layout::COMMITS, r, None).await?;
-                let leases = bucket(&js, layout::LEASES, r, Some(lease)).await?;
-                let hosts = bucket(&js, layout::HOSTS, r, Some(lease)).await?;
-                let plugin_kv = bucket(&js, layout::PLUGIN_KV, r, None).await?;
-                Ok::<_, StorageError>((commits, leases, hosts, plugin_kv))
-            }
+            retrying(move || {
+                let js = js.clone();
+                async move {
+                    let commits = bucket(&js, layout::COMMITS, r, None).await?;
+                    let leases = bucket(&js, layout::LEASES, r, Some(lease)).await?;
+                    let hosts = bucket(&js, layout::HOSTS, r, Some(lease)).await?;
+                    let plugin_kv = bucket(&js, layout::PLUGIN_KV, r, None).await?;
+                    Ok::<_, StorageError>((commits, leases, hosts, plugin_kv))
+                }
+            })
         })?;
         let mirror = Arc::new(kv::Mirror::new(plugin_kv));
         runtime.spawn(Arc::clone(&mirror).follow());
@@ -238,6 +241,29 @@ impl NatsStorage {
             .filter(|p| p.name.split_partition().is_some_and(|(b, _)| &b == binding))
             .map(|p| p.cursor())
             .min()
+    }
+}
+
+/// How long starting up waits for a cluster that answers with time-outs (one recovering from a
+/// lost node elects its stream leaders again).
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `f` again after a failure until it succeeds or [`SETUP_PATIENCE`] is over.
+async fn retrying<T, F, Fut>(mut f: F) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StorageError>>,
+{
+    let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("nats: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -359,7 +385,9 @@ impl Storage for NatsStorage {
             inner.cfg.replicas,
             inner.cfg.duplicate_window,
         );
-        let stream = inner.block(async move {
+        let stream = inner.block(retrying(move || {
+            let (js, config, description) = (js.clone(), config.clone(), description.clone());
+            async move {
             let mut s = js.get_or_create_stream(config).await.map_err(remote)?;
             check_replicas(&mut s, replicas).await?;
             let info = s.info().await.map_err(remote)?;
@@ -373,7 +401,8 @@ impl Storage for NatsStorage {
                 tracing::warn!(stream = %info.config.name, "the stream's duplicate window is {:?}, not the configured {:?} (it was made with another setting)", info.config.duplicate_window, window);
             }
             Ok::<_, StorageError>(s)
-        })?;
+            }
+        }))?;
         self.inner
             .logs
             .lock()

@@ -48,6 +48,18 @@ impl Ownership {
             .iter()
             .flat_map(|(b, d)| (0..inner.cfg.partitions).map(move |p| ((b.clone(), p), d.clone())))
             .collect();
+        // Heartbeats and renewals on their own, so that a slow take-over (a cluster electing
+        // leaders after losing a node answers with time-outs) never lets a held lease lapse.
+        let (me, i) = (Arc::clone(&self), Arc::clone(&inner));
+        let renewing = tokio::spawn(async move {
+            loop {
+                if let Err(e) = me.renew(&i).await {
+                    tracing::warn!("nats: partition leases: {e}");
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        let _stop_renewing = AbortOnDrop(renewing);
         loop {
             if let Err(e) = self.tick(&inner, &all).await {
                 tracing::warn!("nats: partition ownership: {e}");
@@ -56,17 +68,13 @@ impl Ownership {
         }
     }
 
-    async fn tick(
-        &self,
-        inner: &Arc<Inner>,
-        all: &[(PartitionId, DestinationName)],
-    ) -> Result<(), StorageError> {
+    /// Heartbeats this host and renews its leases; a lease that cannot be renewed is lost.
+    async fn renew(&self, inner: &Arc<Inner>) -> Result<(), StorageError> {
         inner
             .hosts
             .put(&inner.host_id, Vec::new().into())
             .await
             .map_err(remote)?;
-        // Renew what is held; what cannot be renewed is lost.
         let held: Vec<(PartitionId, u64)> = self
             .held
             .lock()
@@ -82,7 +90,10 @@ impl Ownership {
                 .await
             {
                 Ok(r) => {
-                    self.held.lock().expect("lock").insert(id, r);
+                    let mut held = self.held.lock().expect("lock");
+                    if let Some(r0) = held.get_mut(&id) {
+                        *r0 = r;
+                    }
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                     tracing::warn!(binding = %id.0, partition = id.1, "lost the lease on a partition; stopping it");
@@ -95,6 +106,14 @@ impl Ownership {
                 Err(e) => return Err(remote(e)),
             }
         }
+        Ok(())
+    }
+
+    async fn tick(
+        &self,
+        inner: &Arc<Inner>,
+        all: &[(PartitionId, DestinationName)],
+    ) -> Result<(), StorageError> {
         let hosts = count(inner.hosts.keys().await.map_err(remote)?)
             .await
             .max(1);
@@ -190,6 +209,15 @@ impl Ownership {
             }
         }
         self.releasing.lock().expect("lock").remove(id);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
