@@ -1,7 +1,8 @@
 //! The storage seam: logs (one per queue, topic and stream store), binding cursors and
 //! per-plugin key-value state, behind the [`Storage`] trait. The broker, the delivery engine and
 //! the API see only this trait; an engine lives behind it: [`EmbeddedStorage`] (the durable
-//! default), [`MemoryStorage`] (tests), NATS JetStream later.
+//! default), [`NatsStorage`] (a NATS JetStream cluster several hosts share), [`MemoryStorage`]
+//! (tests).
 //!
 //! **Invariant:** a [`Commit`] is applied whole or not at all: the key-value writes, the
 //! published records and the cursor advance of one invocation become visible together.

@@ -71,8 +71,9 @@ pub(crate) struct Inner {
     commits: Store,
     leases: Store,
     hosts: Store,
-    /// Per destination: the stream's `max_age` (retention by age, enforced by JetStream).
-    max_age: HashMap<DestinationName, Duration>,
+    /// Per destination: its retention limits, enforced by JetStream as the stream's
+    /// `max_age` and `max_bytes`.
+    retention: HashMap<DestinationName, crate::config::Retention>,
     /// The largest message the servers take.
     max_payload: usize,
 }
@@ -156,14 +157,17 @@ impl NatsStorage {
             .build()
             .map_err(remote)?;
         let handle = runtime.handle().clone();
-        let mut max_age: HashMap<DestinationName, Duration> = config
+        let mut retention: HashMap<DestinationName, crate::config::Retention> = config
             .retention
             .iter()
-            .filter_map(|(d, r)| Some((d.clone(), r.max_age?)))
+            .map(|(d, r)| (d.clone(), *r))
             .collect();
-        max_age.insert(
+        retention.insert(
             DestinationName::reply_inbox(),
-            config.server.reply_retention,
+            crate::config::Retention {
+                max_age: Some(config.server.reply_retention),
+                ..Default::default()
+            },
         );
         let c = cfg.clone();
         let (js, client) = runtime.block_on(async move { connect(&c).await })?;
@@ -199,7 +203,7 @@ impl NatsStorage {
             commits,
             leases,
             hosts,
-            max_age,
+            retention,
             max_payload,
         });
         tracing::info!(host = %inner.host_id, servers = ?inner.cfg.servers, "connected to NATS JetStream");
@@ -373,7 +377,16 @@ impl Storage for NatsStorage {
             subjects: vec![layout::subjects(name)],
             num_replicas: inner.cfg.replicas,
             duplicate_window: inner.cfg.duplicate_window,
-            max_age: inner.max_age.get(name).copied().unwrap_or_default(),
+            max_age: inner
+                .retention
+                .get(name)
+                .and_then(|r| r.max_age)
+                .unwrap_or_default(),
+            max_bytes: inner
+                .retention
+                .get(name)
+                .and_then(|r| r.max_bytes)
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
