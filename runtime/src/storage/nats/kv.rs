@@ -197,6 +197,48 @@ impl Mirror {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// Takes back staged writes that will never be applied (their commit was refused): each
+    /// key counts `n` fewer pending writes and, once none is left, holds the bucket's value
+    /// again (the watcher skipped the key's changes while it had pending writes).
+    pub async fn unstage(&self, keys: Vec<(KvKey, u32)>) {
+        for ((plugin, key), n) in keys {
+            {
+                let mut s = self.state.lock().expect("mirror lock");
+                if let Some(m) = s.meta.get_mut(&(plugin.clone(), key.clone())) {
+                    m.pending = m.pending.saturating_sub(n);
+                }
+            }
+            let k = layout::kv_key(&plugin, &key);
+            let mut wait = std::time::Duration::from_millis(20);
+            let entry = loop {
+                match self.store.entry(&k).await {
+                    Ok(e) => break e,
+                    Err(e) => {
+                        tracing::warn!(plugin = %plugin, key, "nats: cannot read a key back: {e}; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                    }
+                }
+            };
+            let mut s = self.state.lock().expect("mirror lock");
+            let meta = s.meta.entry((plugin.clone(), key.clone())).or_default();
+            if meta.pending > 0 {
+                continue;
+            }
+            let (value, rev) = match entry {
+                Some(e) if e.operation == Operation::Put => (Some(e.value.to_vec()), e.revision),
+                Some(e) => (None, e.revision),
+                None => (None, 0),
+            };
+            meta.revision = meta.revision.max(rev);
+            let map = s.values.entry(plugin).or_default();
+            match value {
+                Some(v) => map.insert(key, v),
+                None => map.remove(&key),
+            };
+        }
+    }
+
     async fn apply_one(
         &self,
         plugin: &PluginName,

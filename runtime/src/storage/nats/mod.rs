@@ -112,7 +112,7 @@ impl Inner {
     fn stop_partition(&self, id: &PartitionId, why: StorageError) {
         let name = id.0.partition(id.1);
         if let Some(p) = self.parts.lock().expect("lock").remove(&name) {
-            p.stop(why);
+            p.stop(self, why);
         }
     }
 }

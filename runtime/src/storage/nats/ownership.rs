@@ -198,7 +198,7 @@ impl Ownership {
             while !part.idle() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            part.stop(super::partition::released(&name));
+            part.stop(inner, super::partition::released(&name));
             inner.parts.lock().expect("lock").remove(&name);
         }
         let rev = self.held.lock().expect("lock").remove(id);

@@ -179,14 +179,24 @@ impl Partition {
     }
 
     /// Stops its tasks; commits submitted after this fail.
-    pub fn stop(&self, why: StorageError) {
+    /// The key-value writes these commits staged in the mirror go back to the bucket's values.
+    pub fn stop(&self, inner: &Inner, why: StorageError) {
         let pending = {
             let mut p = self.progress.lock().expect("partition lock");
             p.failed.get_or_insert(why.clone());
             std::mem::take(&mut p.pending)
         };
+        let mut unstage = Vec::new();
         for c in pending {
+            if let Some((plugin, writes)) = c.kv {
+                let keys: BTreeSet<String> = writes.into_iter().map(|(k, _)| k).collect();
+                unstage.extend(keys.into_iter().map(|k| ((plugin.clone(), k), 1)));
+            }
             let _ = c.done.send(Err(why.clone()));
+        }
+        if !unstage.is_empty() {
+            let kv = Arc::clone(&inner.kv);
+            inner.handle.spawn(async move { kv.unstage(unstage).await });
         }
         self.stop.send_replace(true);
     }
@@ -390,7 +400,12 @@ impl Partition {
                     for d in done {
                         let _ = d.send(Err(e.clone()));
                     }
-                    self.stop(e);
+                    // Never applied: the mirror goes back to what the bucket holds.
+                    inner
+                        .kv
+                        .unstage(kv.into_iter().map(|(k, (_, n))| (k, n)).collect())
+                        .await;
+                    self.stop(&inner, e);
                     return;
                 }
             }
