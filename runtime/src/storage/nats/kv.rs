@@ -48,7 +48,12 @@ pub(super) struct Mirror {
     seen: watch::Sender<u64>,
     /// Writes that met another writer's value (keys shared across partitions).
     pub conflicts: std::sync::atomic::AtomicU64,
+    /// Makes the watcher start again from the last revision it saw (it fell silent).
+    restart: tokio::sync::Notify,
 }
+
+/// How long [`Mirror::caught_up`] waits for the watcher before restarting it.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What applying one write came to.
 enum Applied {
@@ -63,6 +68,7 @@ impl Mirror {
             state: Mutex::default(),
             seen: watch::Sender::new(0),
             conflicts: Default::default(),
+            restart: tokio::sync::Notify::new(),
         }
     }
 
@@ -84,7 +90,15 @@ impl Mirror {
                     continue;
                 }
             };
-            while let Some(entry) = watch.next().await {
+            loop {
+                let entry = tokio::select! {
+                    e = watch.next() => e,
+                    () = self.restart.notified() => {
+                        tracing::warn!("nats: the key-value watcher fell behind; starting it again");
+                        break;
+                    }
+                };
+                let Some(entry) = entry else { break };
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
@@ -120,10 +134,18 @@ impl Mirror {
         let mut stream = self.store.stream.clone();
         let last = stream.info().await.map_err(remote)?.state.last_sequence;
         let mut seen = self.seen.subscribe();
-        seen.wait_for(|s| *s >= last)
-            .await
-            .map_err(|_| StorageError::Remote("the key-value watcher stopped".into()))?;
-        Ok(())
+        // A watcher can fall silent (its consumer went away while this host was paused, say):
+        // start it again after a while, and again, until it delivers.
+        for _ in 0..6 {
+            match tokio::time::timeout(CATCH_UP, seen.wait_for(|s| *s >= last)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(_)) => break,
+                Err(_) => self.restart.notify_one(),
+            }
+        }
+        Err(StorageError::Remote(format!(
+            "the key-value mirror did not catch up with revision {last}"
+        )))
     }
 
     pub fn get(&self, plugin: &PluginName, key: &str) -> Option<Vec<u8>> {
@@ -230,7 +252,11 @@ impl Mirror {
                 Some(e) => (None, e.revision),
                 None => (None, 0),
             };
-            meta.revision = meta.revision.max(rev);
+            // The watcher may have delivered a newer value while the key was being read back.
+            if rev < meta.revision {
+                continue;
+            }
+            meta.revision = rev;
             let map = s.values.entry(plugin).or_default();
             match value {
                 Some(v) => map.insert(key, v),
@@ -298,17 +324,22 @@ impl Mirror {
                     Some(e) => (None, e.revision),
                     None => (None, 0),
                 };
-                self.set_revision(plugin, key, rev);
                 if now.as_deref() == value {
+                    self.set_revision(plugin, key, rev);
                     Ok(Applied::Done)
                 } else {
-                    // The mirror holds what the bucket holds, not the write that was refused.
+                    // The mirror holds what the bucket holds, not the write that was refused
+                    // (unless the watcher already brought something newer).
                     let mut s = self.state.lock().expect("mirror lock");
-                    let map = s.values.entry(plugin.clone()).or_default();
-                    match now {
-                        Some(v) => map.insert(key.to_owned(), v),
-                        None => map.remove(key),
-                    };
+                    let meta = s.meta.entry((plugin.clone(), key.to_owned())).or_default();
+                    if rev >= meta.revision {
+                        meta.revision = rev;
+                        let map = s.values.entry(plugin.clone()).or_default();
+                        match now {
+                            Some(v) => map.insert(key.to_owned(), v),
+                            None => map.remove(key),
+                        };
+                    }
                     drop(s);
                     Ok(Applied::Conflict(format!(
                         "the key changed under this host's write (revision {rev}, expected {revision}): written by another partition or a host that took this one over"
