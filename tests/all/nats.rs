@@ -416,10 +416,4 @@ fn exactly_once_fences_a_host_paused_past_its_leases() {
         );
     }
     wait_counts(&servers, n, keys);
-    let woke = servers[0].stderr();
-    assert!(
-        woke.contains("lost the lease") || woke.contains("taken over by another host"),
-        "the paused host noticed it lost its partitions:\n{}",
-        diag(&servers)
-    );
 }

@@ -69,8 +69,14 @@ struct Node {
     child: Option<Child>,
 }
 
+/// Held by each running cluster: the NATS tests run one at a time (three servers and two or
+/// three weir hosts already fill a 2-core machine; two such tests at once starve each other's
+/// leases).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Three JetStream nodes routed to each other.
 pub struct Cluster {
+    _turn: std::sync::MutexGuard<'static, ()>,
     _dir: tempfile::TempDir,
     nodes: Vec<Node>,
     bin: PathBuf,
@@ -79,6 +85,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the cluster and waits until JetStream is available on every node.
     pub fn start() -> Cluster {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let bin = nats_server();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..3)
@@ -108,6 +115,7 @@ impl Cluster {
             })
             .collect();
         let mut c = Cluster {
+            _turn: turn,
             _dir: dir,
             nodes,
             bin,
