@@ -196,7 +196,7 @@ impl Runtime {
     fn start_on(config: Config, storage: Arc<dyn Storage>, cache: bool) -> anyhow::Result<Runtime> {
         for name in config.destinations.keys() {
             storage.open_log(name).with_context(|| {
-                if config.server.repair {
+                if config.server.repair || config.broker.nats().is_some() {
                     format!("cannot open the log of `{name}`")
                 } else {
                     format!("cannot open the log of `{name}`; `weir run --repair` keeps everything before damage and reports what it dropped")

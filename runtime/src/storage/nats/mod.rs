@@ -262,7 +262,7 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() < deadline => {
+            Err(e @ StorageError::Remote(_)) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!("nats: {e}; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -353,7 +353,7 @@ async fn bucket(
 async fn check_replicas(s: &mut stream::Stream, replicas: usize) -> Result<(), StorageError> {
     let info = s.info().await.map_err(remote)?;
     if info.config.num_replicas != replicas {
-        return Err(StorageError::Remote(format!(
+        return Err(StorageError::Unsupported(format!(
             "stream `{}` has {} replicas, the config asks for {replicas}; change `broker.nats.replicas` or the stream",
             info.config.name, info.config.num_replicas
         )));
@@ -405,7 +405,7 @@ impl Storage for NatsStorage {
             check_replicas(&mut s, replicas).await?;
             let info = s.info().await.map_err(remote)?;
             if info.config.description.as_deref() != Some(description.as_str()) {
-                return Err(StorageError::Remote(format!(
+                return Err(StorageError::Unsupported(format!(
                     "stream `{}` was made for another layout ({:?}); every host must use the same `broker.nats.partitions`",
                     info.config.name, info.config.description
                 )));
