@@ -181,6 +181,42 @@ impl BindingName {
     }
 }
 
+/// Marks the partition part of a name (`<name>~p<n>`): the binding or destination of one
+/// partition, as the NATS backend hands them to the delivery engine.
+const PARTITION_SEP: &str = "~p";
+
+impl DestinationName {
+    /// The log of one partition of this destination: `<destination>~p<n>`.
+    pub fn partition(&self, p: u32) -> DestinationName {
+        DestinationName(format!("{self}{PARTITION_SEP}{p}"))
+    }
+
+    /// For a partition's log, the destination and the partition.
+    pub fn split_partition(&self) -> Option<(DestinationName, u32)> {
+        split_partition(&self.0).map(|(d, p)| (DestinationName(d.to_owned()), p))
+    }
+}
+
+impl BindingName {
+    /// One partition of this binding, run by one host at a time: `<binding>~p<n>`.
+    pub fn partition(&self, p: u32) -> BindingName {
+        BindingName(format!("{self}{PARTITION_SEP}{p}"))
+    }
+
+    /// For a partition of a binding, the binding and the partition.
+    pub fn split_partition(&self) -> Option<(BindingName, u32)> {
+        split_partition(&self.0).map(|(b, p)| (BindingName(b.to_owned()), p))
+    }
+}
+
+fn split_partition(name: &str) -> Option<(&str, u32)> {
+    let (base, p) = name.rsplit_once(PARTITION_SEP)?;
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || validate("name", base).is_err() {
+        return None;
+    }
+    Some((base, p.parse().ok()?))
+}
+
 /// A position in a log. The first record of a log has offset 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Offset(pub u64);

@@ -15,6 +15,8 @@ mod http;
 mod languages;
 mod limits;
 mod metrics;
+mod nats;
+mod nats_support;
 mod ops_http;
 mod outbox;
 mod park;

@@ -120,13 +120,16 @@ impl Default for Server {
 #[serde(deny_unknown_fields)]
 pub(super) struct Broker {
     /// `embedded` (the default): durable logs on this machine's disk, under `server.data_dir`.
+    #[serde(default = "default_kind")]
+    pub kind: Spanned<BrokerKind>,
+    /// `kind = "nats"`: the cluster. Default: none.
     #[serde(default)]
-    pub kind: BrokerKind,
+    pub nats: Option<Spanned<Nats>>,
     /// `always` (the default): a publish is acknowledged only once it is on disk (fdatasync,
     /// group-committed); `interval`: acknowledged after the write, fsynced every
     /// `fsync_interval_ms`; `never`: left to the OS.
     #[serde(default)]
-    pub fsync: Fsync,
+    pub fsync: Option<Spanned<Fsync>>,
     /// Fsync period for `fsync = "interval"`, in milliseconds. Default: 100.
     #[serde(default = "default_fsync_interval_ms")]
     pub fsync_interval_ms: Spanned<u64>,
@@ -143,6 +146,10 @@ pub(super) struct Broker {
     pub reply_retention: Spanned<Span>,
 }
 
+fn default_kind() -> Spanned<BrokerKind> {
+    Spanned::new(0..0, BrokerKind::default())
+}
+
 fn default_reply_retention() -> Spanned<Span> {
     Spanned::new(0..0, Span(std::time::Duration::from_secs(600)))
 }
@@ -154,8 +161,9 @@ fn default_retention_interval() -> Spanned<Span> {
 impl Default for Broker {
     fn default() -> Self {
         Broker {
-            kind: BrokerKind::default(),
-            fsync: Fsync::default(),
+            kind: default_kind(),
+            nats: None,
+            fsync: None,
             fsync_interval_ms: default_fsync_interval_ms(),
             segment_size: default_segment_size(),
             retention_interval: default_retention_interval(),
@@ -185,6 +193,58 @@ pub(super) enum Fsync {
 pub(super) enum BrokerKind {
     #[default]
     Embedded,
+    /// A NATS JetStream cluster shared by several weir hosts (`[broker.nats]`).
+    Nats,
+}
+
+/// `[broker.nats]`: how to reach the JetStream cluster and how to lay weir out on it. Only read
+/// with `kind = "nats"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Nats {
+    /// Server URLs (`nats://host:port`, `tls://host:port`); the client connects to one and
+    /// learns the rest of the cluster. Required, at least one.
+    #[serde(default)]
+    pub servers: Option<Spanned<Vec<String>>>,
+    /// Replicas of every stream and bucket weir creates. Default: 3 (a cluster smaller than that
+    /// refuses to create them: weir never silently keeps fewer copies than asked).
+    #[serde(default)]
+    pub replicas: Option<Spanned<u32>>,
+    /// Partitions of every queue and topic: a key always lands in the same one, and each
+    /// partition of a binding is run by one host at a time, so this bounds how many hosts share
+    /// a binding's work. Fixed when the destination's stream is created. Default: 8.
+    #[serde(default)]
+    pub partitions: Option<Spanned<u32>>,
+    /// How long JetStream remembers a publish id (`Nats-Msg-Id`) to drop a duplicate. Default:
+    /// `"10m"`.
+    #[serde(default)]
+    pub duplicate_window: Option<Spanned<Span>>,
+    /// How long a host's claim on a partition lasts without renewal: a host that died loses its
+    /// partitions after this. Default: `"4s"`.
+    #[serde(default)]
+    pub lease: Option<Spanned<Span>>,
+    /// A NATS credentials file (JWT and nkey seed). Default: none.
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// User name, with `password`. Default: none.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password of `user`. Default: none.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// An authentication token. Default: none.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// PEM file of the CA certificates that sign the servers' certificates; setting it (or
+    /// `tls_cert`) requires TLS. Default: none (the system's roots for `tls://` URLs).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, with `tls_key`, for mutual TLS. Default: none.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default: none.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A queue or a topic: both are logs, with the same retention settings.

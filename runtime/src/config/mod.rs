@@ -2,6 +2,7 @@
 //! [`Config`]. Every error names the file, the line and the key or value at fault.
 
 mod binding;
+mod broker;
 mod duration;
 mod file;
 mod size;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use binding::{Backoff, Guarantee, Ordering, Poison};
+pub use broker::{BrokerConfig, NatsAuth, NatsConfig, NatsTls};
 pub use duration::Span;
 pub use size::ByteSize;
 
@@ -27,6 +29,8 @@ pub struct Config {
     pub file: PathBuf,
     /// HTTP API and local state.
     pub server: ServerConfig,
+    /// Which broker keeps the messages.
+    pub broker: BrokerConfig,
     /// Queues and topics.
     pub destinations: BTreeMap<DestinationName, DestinationKind>,
     /// Retention limits of the destinations that have any.
@@ -417,7 +421,10 @@ impl Cx<'_> {
                 format!("`server.max_message_size` must be between 1B and 64MiB, found {max_message_size}"),
             ));
         }
-        let file::BrokerKind::Embedded = raw.broker.kind;
+        let broker = self.broker(&raw.broker, base)?;
+        if broker.nats().is_some() {
+            self.refuse_on_nats(&raw)?;
+        }
         let interval = *raw.broker.fsync_interval_ms.get_ref();
         if !(1..=60_000).contains(&interval) {
             return Err(self.err(
@@ -425,7 +432,13 @@ impl Cx<'_> {
                 format!("`broker.fsync_interval_ms` must be between 1 and 60000, found {interval}"),
             ));
         }
-        let fsync = match raw.broker.fsync {
+        let fsync = match raw
+            .broker
+            .fsync
+            .as_ref()
+            .map(|f| *f.get_ref())
+            .unwrap_or_default()
+        {
             file::Fsync::Always => FsyncPolicy::Always,
             file::Fsync::Interval => FsyncPolicy::Interval(Duration::from_millis(interval)),
             file::Fsync::Never => FsyncPolicy::Never,
@@ -522,7 +535,7 @@ impl Cx<'_> {
             if let Some(b) = dest
                 .retention_max_bytes
                 .as_ref()
-                .filter(|b| b.get_ref().0 < segment_bytes)
+                .filter(|b| b.get_ref().0 < segment_bytes && broker.nats().is_none())
             {
                 return Err(self.err(
                     b.span(),
@@ -652,6 +665,7 @@ impl Cx<'_> {
         Ok(Config {
             file: self.file.to_owned(),
             server,
+            broker,
             destinations,
             retention,
             max_depth,

@@ -187,7 +187,7 @@ fn errors_name_file_line_and_key() {
     );
     check_err(
         "[broker]\nkind = \"kafka\"\n",
-        "weir.toml:2:8: `broker.kind`: unknown variant `kafka`, expected `embedded`",
+        "weir.toml:2:8: `broker.kind`: unknown variant `kafka`, expected `embedded` or `nats`",
     );
     check_err(
         "[server]\nlisten = 7070\n",
@@ -440,4 +440,147 @@ plugin = "p"
         "[streams.orders]\n[plugins.p]\npath = \"p.wasm\"\npublish = [\"orders\"]\n",
         "weir.toml:4:12: plugin `p` may publish to `orders`, but that is a stream store: events are appended to it only with expected revisions (through the stream API or an aggregate)",
     );
+}
+
+const NATS: &str = r#"
+[broker]
+kind = "nats"
+
+[broker.nats]
+servers = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+"#;
+
+#[test]
+fn broker_defaults_to_embedded() {
+    assert!(matches!(
+        parse(GOOD).unwrap().broker,
+        BrokerConfig::Embedded
+    ));
+}
+
+#[test]
+fn nats_broker_defaults() {
+    let c = parse(&format!("{NATS}{GOOD}")).unwrap();
+    let n = c.broker.nats().expect("nats");
+    assert_eq!(n.servers.len(), 2);
+    assert_eq!(n.replicas, 3, "3 copies unless told otherwise");
+    assert_eq!(n.partitions, 8);
+    assert_eq!(n.duplicate_window, Duration::from_secs(600));
+    assert_eq!(n.lease, Duration::from_secs(4));
+    assert_eq!(n.auth, NatsAuth::None);
+    assert_eq!(n.tls, NatsTls::default());
+}
+
+#[test]
+fn nats_broker_options() {
+    let text = r#"
+[broker]
+kind = "nats"
+[broker.nats]
+servers = ["tls://nats.example:4222"]
+replicas = 1
+partitions = 16
+duplicate_window = "30m"
+lease = "2s"
+creds_file = "weir.creds"
+tls_ca = "ca.pem"
+tls_cert = "c.pem"
+tls_key = "k.pem"
+"#;
+    let c = parse(&format!("{text}{GOOD}")).unwrap();
+    let n = c.broker.nats().unwrap();
+    assert_eq!((n.replicas, n.partitions), (1, 16));
+    assert_eq!(n.duplicate_window, Duration::from_secs(1800));
+    assert_eq!(n.lease, Duration::from_secs(2));
+    assert!(
+        matches!(&n.auth, NatsAuth::CredsFile(p) if p.is_absolute() && p.ends_with("weir.creds"))
+    );
+    assert!(n.tls.ca.as_ref().is_some_and(|p| p.ends_with("ca.pem")));
+    assert!(n.tls.client.is_some());
+    let user = r#"
+[broker]
+kind = "nats"
+[broker.nats]
+servers = ["nats://a:4222"]
+user = "weir"
+password = "secret"
+"#;
+    let c = parse(&format!("{user}{GOOD}")).unwrap();
+    assert_eq!(
+        c.broker.nats().unwrap().auth,
+        NatsAuth::UserPassword("weir".into(), "secret".into())
+    );
+}
+
+#[test]
+fn nats_broker_refusals() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[broker]\nkind = \"nats\"\n",
+            "weir.toml:2:8: `broker.kind = \"nats\"` needs a `[broker.nats]` table with `servers = [\"nats://host:4222\", ...]`",
+        ),
+        (
+            "[broker]\nkind = \"nats\"\n[broker.nats]\nservers = []\n",
+            "weir.toml:4:11: `broker.nats.servers` must list at least one server URL, found none",
+        ),
+        (
+            "[broker]\nkind = \"nats\"\n[broker.nats]\nservers = [\"127.0.0.1:4222\"]\n",
+            "weir.toml:4:11: `broker.nats.servers`: expected URLs such as \"nats://127.0.0.1:4222\" or \"tls://host:4222\", found \"127.0.0.1:4222\"",
+        ),
+        (
+            "[broker]\nkind = \"nats\"\n[broker.nats]\nservers = [\"nats://a:1\"]\nreplicas = 7\n",
+            "weir.toml:5:12: `broker.nats.replicas` must be between 1 and 5 (JetStream's limit), found 7",
+        ),
+        (
+            "[broker]\nkind = \"nats\"\n[broker.nats]\nservers = [\"nats://a:1\"]\nuser = \"u\"\n",
+            "weir.toml:3:1: `broker.nats`: `user` and `password` go together; set both or neither",
+        ),
+        (
+            "[broker]\nkind = \"nats\"\n[broker.nats]\nservers = [\"nats://a:1\"]\ntoken = \"t\"\ncreds_file = \"c\"\n",
+            "weir.toml:3:1: `broker.nats`: set one way to authenticate (`creds_file`, `user` with `password`, or `token`), found several",
+        ),
+        (
+            "[broker]\nkind = \"nats\"\nfsync = \"never\"\n[broker.nats]\nservers = [\"nats://a:1\"]\n",
+            "weir.toml:3:9: `broker.fsync` applies to the embedded store only; on `kind = \"nats\"` durability is JetStream's (a publish is acknowledged once a majority of `replicas` stored it; Debian's nats-server 2.9 fsyncs lazily and has no `sync_interval`)",
+        ),
+        (
+            "[broker]\nkind = \"nats\"\nsegment_size = \"64MiB\"\n[broker.nats]\nservers = [\"nats://a:1\"]\n",
+            "weir.toml:3:16: `broker.segment_size` applies to the embedded store only; on `kind = \"nats\"` the JetStream servers lay out their files",
+        ),
+        (
+            "[broker.nats]\nservers = [\"nats://a:1\"]\n",
+            "weir.toml:1:1: `[broker.nats]` is read only with `broker.kind = \"nats\"`; set the kind or remove the table",
+        ),
+    ];
+    for (text, expect) in cases {
+        check_err(text, expect);
+    }
+}
+
+#[test]
+fn nats_broker_refuses_what_jetstream_cannot_keep() {
+    let refused = [
+        (
+            "[queues.q]\ncompact = true\n",
+            "`q`: `compact = true` is not available on `broker.kind = \"nats\"`",
+        ),
+        (
+            "[queues.q]\nmax_depth = 10\n",
+            "`q`: `max_depth` is not available on `broker.kind = \"nats\"`",
+        ),
+        (
+            "[streams.orders]\n",
+            "stream store `orders`: event-sourced stream stores are not available on `broker.kind = \"nats\"` yet",
+        ),
+        (
+            "[queues.q]\n[plugins.p]\npath = \"p.wasm\"\n[[bindings]]\nsource = \"q\"\nplugin = \"p\"\nordering = \"key\"\npoison = \"park\"\n",
+            "`poison = \"park\"` is not available on `broker.kind = \"nats\"` yet",
+        ),
+    ];
+    for (text, expect) in refused {
+        let e = parse(&format!("{NATS}{text}")).unwrap_err().to_string();
+        assert!(e.contains(expect), "{e}");
+        // The same on the embedded store is fine.
+        parse(text).unwrap();
+    }
 }

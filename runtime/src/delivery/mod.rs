@@ -115,7 +115,8 @@ pub async fn run_binding(
     loop {
         if *shutdown.borrow() {
             while let Some(done) = commits.join_next().await {
-                done.expect("commit waits do not panic")?;
+                let done = done.expect("commit waits do not panic")?;
+                finish(&mut window, &ctx.stats, done);
             }
             return Ok(());
         }

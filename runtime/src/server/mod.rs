@@ -3,6 +3,7 @@
 
 pub(crate) mod aggregates;
 mod backpressure;
+mod cluster;
 mod dlq;
 mod inbox;
 mod metrics;
@@ -78,6 +79,9 @@ pub struct Runtime {
     /// Shadow rebuilds, the latest per plugin.
     rebuilds: rebuild::Rebuilds,
     host: Arc<Host>,
+    /// With `broker.kind = "nats"`: the shared store, which says which binding partitions this
+    /// host runs.
+    cluster: Option<Arc<crate::storage::NatsStorage>>,
 }
 
 /// An open streaming-publish connection, counted by [`Runtime::streaming_connection`].
@@ -179,6 +183,16 @@ impl Runtime {
     pub fn start(config: Config) -> anyhow::Result<Runtime> {
         crate::host::ensure_private_dir(&config.server.data_dir)
             .context("cannot use server.data_dir")?;
+        if config.broker.nats().is_some() {
+            let nats = Arc::new(
+                crate::storage::NatsStorage::connect(&config)
+                    .context("cannot use the NATS JetStream cluster of `broker.nats`")?,
+            );
+            let storage: Arc<dyn Storage> = Arc::clone(&nats) as Arc<dyn Storage>;
+            let mut runtime = Runtime::start_on(config, storage, true)?;
+            runtime.cluster = Some(nats);
+            return Ok(runtime);
+        }
         let storage: Arc<dyn Storage> = Arc::new(open_storage(&config)?);
         Runtime::start_on(config, storage, true)
     }
@@ -196,7 +210,7 @@ impl Runtime {
     fn start_on(config: Config, storage: Arc<dyn Storage>, cache: bool) -> anyhow::Result<Runtime> {
         for name in config.destinations.keys() {
             storage.open_log(name).with_context(|| {
-                if config.server.repair {
+                if config.server.repair || config.broker.nats().is_some() {
                     format!("cannot open the log of `{name}`")
                 } else {
                     format!("cannot open the log of `{name}`; `weir run --repair` keeps everything before damage and reports what it dropped")
@@ -322,6 +336,7 @@ impl Runtime {
             controls,
             rebuilds: rebuild::Rebuilds::default(),
             host,
+            cluster: None,
         })
     }
 
@@ -746,7 +761,16 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    for b in &runtime.config.bindings {
+    if let Some(nats) = &runtime.cluster {
+        let fut = cluster::run_partitions(Arc::clone(&runtime), Arc::clone(nats), stop_rx.clone());
+        tasks.spawn(async move { ("binding partitions".to_owned(), fut.await) });
+    }
+    for b in runtime
+        .config
+        .bindings
+        .iter()
+        .filter(|_| runtime.cluster.is_none())
+    {
         let plugin = Arc::clone(
             runtime
                 .plugins

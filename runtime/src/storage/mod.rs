@@ -1,7 +1,8 @@
 //! The storage seam: logs (one per queue, topic and stream store), binding cursors and
 //! per-plugin key-value state, behind the [`Storage`] trait. The broker, the delivery engine and
 //! the API see only this trait; an engine lives behind it: [`EmbeddedStorage`] (the durable
-//! default), [`MemoryStorage`] (tests), NATS JetStream later.
+//! default), [`NatsStorage`] (a NATS JetStream cluster several hosts share), [`MemoryStorage`]
+//! (tests).
 //!
 //! **Invariant:** a [`Commit`] is applied whole or not at all: the key-value writes, the
 //! published records and the cursor advance of one invocation become visible together.
@@ -9,6 +10,7 @@
 mod embedded;
 pub mod log;
 mod memory;
+mod nats;
 mod outbox;
 mod state;
 
@@ -17,6 +19,7 @@ use std::sync::Arc;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStorage};
 pub use memory::MemoryStorage;
+pub use nats::{NatsStorage, PartitionId};
 use tokio::sync::watch;
 
 use crate::config::Retention;
@@ -84,6 +87,8 @@ pub struct CommitTicket {
     pub offsets: Vec<Offset>,
     pending: Vec<log::AppendTicket>,
     outbox: Option<Arc<outbox::Slot>>,
+    /// Resolved by a store whose writes finish elsewhere (a NATS task).
+    remote: Option<tokio::sync::oneshot::Receiver<Result<Vec<Offset>, StorageError>>>,
 }
 
 impl CommitTicket {
@@ -93,6 +98,19 @@ impl CommitTicket {
             offsets,
             pending: Vec::new(),
             outbox: None,
+            remote: None,
+        }
+    }
+
+    /// A commit that is durable when `done` says so.
+    pub(crate) fn remote(
+        done: tokio::sync::oneshot::Receiver<Result<Vec<Offset>, StorageError>>,
+    ) -> CommitTicket {
+        CommitTicket {
+            offsets: Vec::new(),
+            pending: Vec::new(),
+            outbox: None,
+            remote: Some(done),
         }
     }
 
@@ -101,6 +119,7 @@ impl CommitTicket {
             offsets,
             pending,
             outbox: None,
+            remote: None,
         }
     }
 
@@ -110,12 +129,16 @@ impl CommitTicket {
             offsets: Vec::new(),
             pending: vec![journal],
             outbox: Some(slot),
+            remote: None,
         }
     }
 
     /// Blocks until the commit is durable (its published records too); returns the offsets of
     /// its published records.
     pub fn wait(self) -> Result<Vec<Offset>, StorageError> {
+        if let Some(done) = self.remote {
+            return nats::wait(done);
+        }
         for t in self.pending {
             t.wait()?;
         }
@@ -132,6 +155,9 @@ impl CommitTicket {
     /// Resolves when the commit is durable (its published records too); returns the offsets of
     /// its published records.
     pub async fn durable(self) -> Result<Vec<Offset>, StorageError> {
+        if let Some(done) = self.remote {
+            return done.await.unwrap_or_else(|_| Err(nats::gone()));
+        }
         for t in self.pending {
             t.await?;
         }
@@ -171,6 +197,16 @@ pub enum StorageError {
     /// The store's own state is damaged on disk.
     #[error("{0}")]
     Corrupt(String),
+    /// The NATS cluster failed the operation (unreachable, refused, timed out).
+    #[error("nats: {0}")]
+    Remote(String),
+    /// This host no longer owns the partition: another host took it over, and its commit
+    /// record's compare-and-set refused this one.
+    #[error("partition `{0}` was taken over by another host; this host's commit was refused")]
+    Fenced(BindingName),
+    /// The store cannot do this.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A store of logs, cursors and key-value state.
