@@ -281,7 +281,7 @@ fn publish_lines(args: PublishArgs) -> anyhow::Result<()> {
         let mut m = serde_json::json!({ "key": args.key, "headers": headers });
         match std::str::from_utf8(&line) {
             Ok(text) => m["payload"] = text.into(),
-            Err(_) => m["payload_hex"] = hex(&line).into(),
+            Err(_) => m["payload_hex"] = crate::host::hex(&line).into(),
         }
         if args.key.is_none() {
             m.as_object_mut().expect("an object").remove("key");
@@ -350,10 +350,6 @@ fn publish_lines(args: PublishArgs) -> anyhow::Result<()> {
         anyhow::bail!("{refused} lines were refused (see above); the others were published");
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A payload argument: `-` reads stdin.

@@ -24,4 +24,5 @@ pub use cache::ensure_private_dir;
 pub use engine::{DEFAULT_MEMORY_CACHE_BYTES, Host, HostOptions};
 pub use gate::{KvGate, KvGuard};
 pub use invoke::{Effects, Failure, FailureClass, Invocation, Message, Outcome};
+pub(crate) use plugin::hex;
 pub use plugin::{LoadError, LoadedFrom, Plugin, PluginSpec, content_hash};

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use futures_util::{FutureExt, SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -169,6 +168,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
             let c = Conn {
                 addr: addr.clone(),
                 path: path.clone(),
+                destination: args.destination.clone(),
                 token: args.api_token.clone(),
                 payload: payload.clone(),
                 next: Arc::clone(&next),
@@ -253,6 +253,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
 struct Conn {
     addr: String,
     path: String,
+    destination: String,
     token: Option<String>,
     payload: Bytes,
     next: Arc<AtomicU64>,
@@ -433,68 +434,36 @@ impl Conn {
     /// One WebSocket of the streaming publish with `window` messages in flight: it sends what
     /// the window allows in one write, then reads acknowledgements (in order) as they come.
     async fn run_ws(self, window: usize) -> anyhow::Result<()> {
-        use tokio_tungstenite::tungstenite::Message;
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = format!("ws://{}{}", self.addr, self.path).into_client_request()?;
-        if let Some(t) = &self.token {
-            req.headers_mut()
-                .insert(hyper::header::AUTHORIZATION, format!("Bearer {t}").parse()?);
-        }
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
+        use crate::cli::stream_client;
+        let server = format!("http://{}", self.addr);
+        let mut ws = stream_client::connect(&server, &self.destination, self.token.as_deref())
             .await
-            .with_context(|| format!("opening a WebSocket to {}{}", self.addr, self.path))?;
-        let mut sent = std::collections::VecDeque::with_capacity(window);
-        let mut sending = true;
-        loop {
-            let mut fed = false;
-            while sending && sent.len() < window {
-                if self.failed.load(Relaxed) || self.next.fetch_add(1, Relaxed) >= self.count {
-                    sending = false;
-                    break;
-                }
-                sent.push_back(Instant::now());
-                ws.feed(Message::Binary(self.payload.clone())).await?;
-                fed = true;
+            .inspect_err(|_| self.failed.store(true, Relaxed))?;
+        // When each unacknowledged message was sent: at most `window` are, so a ring indexed
+        // by sequence number holds them.
+        let base = Instant::now();
+        let sent: Vec<AtomicU64> = (0..window).map(|_| AtomicU64::new(0)).collect();
+        let next = |seq: u64| {
+            if self.failed.load(Relaxed) || self.next.fetch_add(1, Relaxed) >= self.count {
+                return None;
             }
-            if fed {
-                ws.flush().await?;
+            sent[seq as usize % window].store(base.elapsed().as_micros() as u64, Relaxed);
+            Some(stream_client::Message::Binary(self.payload.clone()))
+        };
+        let on_ack = |seq: u64, ack: &str| {
+            if !ack.contains("\"offset\"") {
+                bail!("publish refused: {ack}");
             }
-            if sent.is_empty() {
-                break;
-            }
-            let mut next = ws.next().await;
-            loop {
-                match next {
-                    Some(Ok(Message::Text(ack))) => {
-                        if !ack.as_str().contains("\"offset\"") {
-                            self.failed.store(true, Relaxed);
-                            bail!("publish refused: {}", ack.as_str());
-                        }
-                        let t0 = sent.pop_front().context("an acknowledgement too many")?;
-                        self.hist.record(t0.elapsed().as_micros() as u64);
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        self.failed.store(true, Relaxed);
-                        bail!("the server closed the WebSocket: {frame:?}");
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        self.failed.store(true, Relaxed);
-                        return Err(e).context("reading acknowledgements");
-                    }
-                    None => {
-                        self.failed.store(true, Relaxed);
-                        bail!("the server closed the connection");
-                    }
-                }
-                match ws.next().now_or_never() {
-                    Some(n) => next = n,
-                    None => break,
-                }
-            }
+            let t0 = sent[seq as usize % window].load(Relaxed);
+            self.hist
+                .record((base.elapsed().as_micros() as u64).saturating_sub(t0));
+            Ok(())
+        };
+        let published = stream_client::publish_all(&mut ws, window, next, on_ack).await;
+        if published.is_err() {
+            self.failed.store(true, Relaxed);
         }
-        ws.close(None).await.ok();
-        Ok(())
+        published.map(drop)
     }
 }
 

@@ -287,20 +287,17 @@ impl Publisher {
         };
         // Latency mode: each event at its due time, however many are unacknowledged.
         let (mut tx, mut rx) = ws.split();
+        let due = |i: u64| {
+            Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(rate)) as u64)
+        };
         let send = async {
             let start = tokio::time::Instant::now();
             let mut i = 0u64;
             while i < events {
-                let due =
-                    Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(rate)) as u64);
-                tokio::time::sleep_until(start + due).await;
+                tokio::time::sleep_until(start + due(i)).await;
                 // Everything due by now goes in one write.
                 let now = start.elapsed();
-                while i < events
-                    && Duration::from_nanos(
-                        (u128::from(i) * 1_000_000_000 / u128::from(rate)) as u64,
-                    ) <= now
-                {
+                while i < events && due(i) <= now {
                     self.sent[i as usize].store(self.now(), Relaxed);
                     tx.feed(self.message()).await?;
                     i += 1;
