@@ -1,6 +1,6 @@
 //! A client of the streaming publish (`GET /v1/destinations/{name}/publish`, a WebSocket; see
 //! `runtime/src/api/publish_ws.rs`), shared by `weir publish --lines`, `weir chaos --scenario
-//! append` and `weir bench e2e --over ws`. It keeps up to a window of messages unacknowledged
+//! append`, `weir bench publish --protocol ws` and `weir bench e2e --network`. It keeps up to a window of messages unacknowledged
 //! and hands each acknowledgement to its caller, in order.
 
 use std::collections::VecDeque;
