@@ -310,7 +310,7 @@ impl Mirror {
                     // A delete does not say its revision: ask.
                     None => self.revision_of(&k).await?,
                 };
-                self.set_revision(plugin, key, rev);
+                self.set_applied(plugin, key, rev, reapply.then_some(value));
                 Ok(Applied::Done)
             }
             Err((true, _)) => {
@@ -325,7 +325,7 @@ impl Mirror {
                     None => (None, 0),
                 };
                 if now.as_deref() == value {
-                    self.set_revision(plugin, key, rev);
+                    self.set_applied(plugin, key, rev, reapply.then_some(value));
                     Ok(Applied::Done)
                 } else {
                     // The mirror holds what the bucket holds, not the write that was refused
@@ -359,9 +359,27 @@ impl Mirror {
             .map_or(0, |e| e.revision))
     }
 
-    fn set_revision(&self, plugin: &PluginName, key: &str, rev: u64) {
+    /// Records that the bucket holds this host's write at `rev`. A take-over's re-apply
+    /// (`value` given) staged nothing, so the mirror may still hold the key's value from
+    /// before the write: it takes the written value too, unless the key has writes of this
+    /// host staged (their value is newer) or the watcher already brought a later revision.
+    /// (The watcher skips revisions at or below the one recorded here, so without this the
+    /// mirror would keep the old value for good.)
+    fn set_applied(&self, plugin: &PluginName, key: &str, rev: u64, value: Option<Option<&[u8]>>) {
         let mut s = self.state.lock().expect("mirror lock");
         let m = s.meta.entry((plugin.clone(), key.to_owned())).or_default();
+        let newer = rev > m.revision;
+        let staged = m.pending > 0;
         m.revision = m.revision.max(rev);
+        if let Some(value) = value
+            && newer
+            && !staged
+        {
+            let map = s.values.entry(plugin.clone()).or_default();
+            match value {
+                Some(v) => map.insert(key.to_owned(), v.to_vec()),
+                None => map.remove(key),
+            };
+        }
     }
 }

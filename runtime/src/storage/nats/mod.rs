@@ -67,6 +67,9 @@ pub(crate) struct Inner {
     host_id: String,
     logs: Mutex<HashMap<DestinationName, Arc<LogStream>>>,
     parts: Mutex<HashMap<BindingName, Arc<Partition>>>,
+    /// Partitions this host stopped running, until taken over here again: a take-over waits
+    /// until the old run's writer is done with the key-value mirror.
+    retired: Mutex<HashMap<BindingName, Arc<Partition>>>,
     kv: Arc<kv::Mirror>,
     commits: Store,
     leases: Store,
@@ -110,9 +113,15 @@ impl Inner {
     }
 
     fn stop_partition(&self, id: &PartitionId, why: StorageError) {
-        let name = id.0.partition(id.1);
-        if let Some(p) = self.parts.lock().expect("lock").remove(&name) {
-            p.stop(self, why);
+        self.retire(&id.0.partition(id.1), why);
+    }
+
+    /// Stops a partition's run on this host and keeps it until a later take-over of the same
+    /// partition here has waited for it to settle.
+    fn retire(&self, name: &BindingName, why: StorageError) {
+        if let Some(p) = self.parts.lock().expect("lock").remove(name) {
+            p.stop(why);
+            self.retired.lock().expect("lock").insert(name.clone(), p);
         }
     }
 }
@@ -199,6 +208,7 @@ impl NatsStorage {
             host_id: uuid::Uuid::now_v7().simple().to_string(),
             logs: Mutex::default(),
             parts: Mutex::default(),
+            retired: Mutex::default(),
             kv: mirror,
             commits,
             leases,

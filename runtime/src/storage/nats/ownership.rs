@@ -84,6 +84,19 @@ impl Ownership {
             .collect();
         for (id, rev) in held {
             let key = layout::lease_key(&id.0, id.1);
+            if self.fenced(inner, &id) {
+                // Another host rewrote its commit record (it took the partition over while
+                // this host could not renew, or this host's own stale take-over fenced the
+                // owner): the partition is dead here, so give it back like a rebalance does
+                // (the engine stops, then `release` lets the lease go), so that a host takes
+                // it over again instead of it staying with an engine that can only fail.
+                tracing::warn!(binding = %id.0, partition = id.1, "fenced on a partition: another host wrote its commit record; giving it back");
+                self.releasing.lock().expect("lock").insert(id.clone());
+                self.active.send_modify(|a| {
+                    a.remove(&id);
+                });
+                continue;
+            }
             match inner
                 .leases
                 .update(&key, inner.host_id.clone().into(), rev)
@@ -107,6 +120,17 @@ impl Ownership {
             }
         }
         Ok(())
+    }
+
+    /// Whether this host's engine of a held partition was fenced (its writer stopped it), as
+    /// opposed to stopping for a give-back.
+    fn fenced(&self, inner: &Inner, id: &PartitionId) -> bool {
+        if self.releasing.lock().expect("lock").contains(id) {
+            return false;
+        }
+        inner
+            .part(&id.0.partition(id.1))
+            .is_some_and(|p| p.stopped())
     }
 
     async fn tick(
@@ -198,8 +222,7 @@ impl Ownership {
             while !part.idle() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            part.stop(inner, super::partition::released(&name));
-            inner.parts.lock().expect("lock").remove(&name);
+            inner.retire(&name, super::partition::released(&name));
         }
         let rev = self.held.lock().expect("lock").remove(id);
         if let Some(rev) = rev {
@@ -238,6 +261,25 @@ async fn take_over(
     source: &DestinationName,
     p: u32,
 ) -> Result<Arc<Partition>, StorageError> {
+    // This host ran the partition before: its old writer may still hold staged key-value
+    // writes (of commits that were refused) in the mirror, which the new run would read.
+    let old = inner
+        .retired
+        .lock()
+        .expect("lock")
+        .remove(&binding.partition(p));
+    if let Some(old) = old
+        && !old.settled(inner.cfg.lease).await
+    {
+        inner
+            .retired
+            .lock()
+            .expect("lock")
+            .insert(binding.partition(p), old);
+        return Err(StorageError::Remote(
+            "this host's previous run of the partition has not settled yet".into(),
+        ));
+    }
     let key = layout::commit_key(binding, p);
     let (bytes, revision) = loop {
         let entry = inner.commits.entry(&key).await.map_err(remote)?;

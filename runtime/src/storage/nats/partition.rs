@@ -58,6 +58,9 @@ struct Progress {
     pending: Vec<Pending>,
     /// Set once fenced (or stopped): every later commit fails with it.
     failed: Option<StorageError>,
+    /// Keys of commits refused by [`Partition::stop`], whose staged values the writer takes
+    /// back from the mirror before it settles.
+    unstage: Vec<(KvKey, u32)>,
 }
 
 impl Progress {
@@ -131,6 +134,10 @@ pub(super) struct Partition {
     room: Notify,
     wake: Notify,
     stop: watch::Sender<bool>,
+    /// Turns true once the writer exited and every write it staged in the key-value mirror
+    /// was applied or taken back: nothing of this host's run of the partition can change the
+    /// mirror any more.
+    settled: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -166,6 +173,7 @@ impl Partition {
             room: Notify::new(),
             wake: Notify::new(),
             stop: watch::Sender::new(false),
+            settled: watch::Sender::new(false),
         });
         let (i, p) = (Arc::clone(inner), Arc::clone(&part));
         inner
@@ -178,9 +186,10 @@ impl Partition {
         part
     }
 
-    /// Stops its tasks; commits submitted after this fail.
-    /// The key-value writes these commits staged in the mirror go back to the bucket's values.
-    pub fn stop(&self, inner: &Inner, why: StorageError) {
+    /// Stops its tasks; commits submitted and not yet taken by the writer fail, and so do
+    /// those submitted after this. The writer takes the key-value writes they staged back
+    /// from the mirror, then settles ([`Partition::settled`]).
+    pub fn stop(&self, why: StorageError) {
         let pending = {
             let mut p = self.progress.lock().expect("partition lock");
             p.failed.get_or_insert(why.clone());
@@ -194,11 +203,30 @@ impl Partition {
             }
             let _ = c.done.send(Err(why.clone()));
         }
-        if !unstage.is_empty() {
-            let kv = Arc::clone(&inner.kv);
-            inner.handle.spawn(async move { kv.unstage(unstage).await });
-        }
+        self.progress
+            .lock()
+            .expect("partition lock")
+            .unstage
+            .extend(unstage);
         self.stop.send_replace(true);
+    }
+
+    /// Waits until the stopped partition's writer is done with the key-value mirror, for at
+    /// most `patience`; whether it is.
+    pub async fn settled(&self, patience: std::time::Duration) -> bool {
+        let mut settled = self.settled.subscribe();
+        tokio::time::timeout(patience, settled.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether it stopped: fenced by another host's take-over, or stopped by this one.
+    pub fn stopped(&self) -> bool {
+        self.progress
+            .lock()
+            .expect("partition lock")
+            .failed
+            .is_some()
     }
 
     /// Whether every submitted commit is written and applied.
@@ -382,34 +410,50 @@ impl Partition {
         }
     }
 
-    async fn write_loop(self: Arc<Self>, inner: Arc<Inner>, mut revision: u64) {
+    async fn write_loop(self: Arc<Self>, inner: Arc<Inner>, revision: u64) {
+        self.write_until_stopped(&inner, revision).await;
+        // Commits refused by `stop` staged writes that will never be applied: the mirror
+        // goes back to what the bucket holds before anyone may run the partition here again.
+        let unstage = std::mem::take(&mut self.progress.lock().expect("partition lock").unstage);
+        if !unstage.is_empty() {
+            inner.kv.unstage(unstage).await;
+        }
+        self.settled.send_replace(true);
+    }
+
+    async fn write_until_stopped(&self, inner: &Arc<Inner>, mut revision: u64) {
         let mut stop = self.stop.subscribe();
         loop {
             let (bytes, publishes, kv, done) = loop {
                 if let Some(batch) = self.take() {
                     break batch;
                 }
+                if *stop.borrow_and_update() {
+                    return;
+                }
                 tokio::select! {
                     _ = self.wake.notified() => {}
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => {}
                 }
             };
-            match self.write(&inner, bytes, revision).await {
+            match self.write(inner, bytes, revision).await {
                 Ok(r) => revision = r,
                 Err(e) => {
                     for d in done {
                         let _ = d.send(Err(e.clone()));
                     }
-                    // Never applied: the mirror goes back to what the bucket holds.
+                    // Never applied (or, stopped while unsure, applied again by whoever takes
+                    // the partition over, from the record): the mirror goes back to what the
+                    // bucket holds.
                     inner
                         .kv
                         .unstage(kv.into_iter().map(|(k, (_, n))| (k, n)).collect())
                         .await;
-                    self.stop(&inner, e);
+                    self.stop(e);
                     return;
                 }
             }
-            apply(&inner, &publishes, kv, false).await;
+            apply(inner, &publishes, kv, false).await;
             for d in done {
                 let _ = d.send(Ok(Vec::new()));
             }
@@ -477,6 +521,11 @@ impl Partition {
             {
                 Ok(r) => return Ok(r),
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => return Err(fenced()),
+                Err(_) if *self.stop.borrow() => {
+                    // Stopped while unsure whether the record was written: whoever takes the
+                    // partition over reads the record and applies it if it was.
+                    return Err(fenced());
+                }
                 Err(e) => {
                     tracing::warn!(partition = %self.name, "nats: commit record write failed: {e}; checking");
                     tokio::time::sleep(wait).await;
