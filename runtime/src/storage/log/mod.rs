@@ -107,6 +107,7 @@ impl Log {
                 stopped: None,
                 hashes: Vec::new(),
                 ids,
+                space_waiters: 0,
             }),
             writer_cv: Condvar::new(),
             space_cv: Condvar::new(),

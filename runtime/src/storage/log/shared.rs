@@ -35,6 +35,9 @@ pub(crate) struct Pending {
     pub hashes: Vec<[u64; 2]>,
     /// The ids of the active segment and of unwritten records (`None` without dedup).
     pub ids: Option<IdMap>,
+    /// Appenders waiting on `space_cv` for room: the writer wakes them only when there are
+    /// some (a condvar's notify is a futex call even when nobody waits).
+    pub space_waiters: usize,
 }
 
 /// What has been acknowledged, and whether the log stopped.
@@ -116,6 +119,9 @@ pub(crate) struct SyncJob {
 pub(crate) struct SyncQueue {
     pub latest: Option<SyncJob>,
     pub closed: bool,
+    /// Sync threads waiting on `sync_cv`: the writer wakes one only when one waits (the
+    /// others take `latest` when their fsync returns).
+    pub idle: usize,
 }
 
 #[derive(Debug)]
@@ -211,10 +217,12 @@ impl Shared {
             {
                 return Ok(p);
             }
+            p.space_waiters += 1;
             p = self
                 .space_cv
                 .wait(p)
                 .unwrap_or_else(PoisonError::into_inner);
+            p.space_waiters -= 1;
         }
     }
 

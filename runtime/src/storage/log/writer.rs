@@ -29,7 +29,7 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
-        let (first, end) = {
+        let (first, end, wake_space) = {
             let mut pending = lock(&shared.pending);
             loop {
                 if pending.stopped.is_some() {
@@ -67,9 +67,11 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
             mem::swap(&mut pending.hashes, &mut hashes);
             let first = pending.buf_first;
             pending.buf_first = pending.next_offset;
-            (first, pending.next_offset)
+            (first, pending.next_offset, pending.space_waiters > 0)
         };
-        shared.space_cv.notify_all();
+        if wake_space {
+            shared.space_cv.notify_all();
+        }
         if !batch.is_empty() {
             if write_batch(&shared, &batch, &hashes, first).is_err() {
                 return;
@@ -81,8 +83,14 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
         match shared.opts.durability {
             Durability::Always => {
                 let path = shared.read_segments().active.path.clone();
-                lock(&shared.sync_queue).latest = Some(SyncJob { path, end });
-                shared.sync_cv.notify_one();
+                let idle = {
+                    let mut q = lock(&shared.sync_queue);
+                    q.latest = Some(SyncJob { path, end });
+                    q.idle > 0
+                };
+                if idle {
+                    shared.sync_cv.notify_one();
+                }
             }
             Durability::Interval(every) => {
                 shared.commit(end);
@@ -290,10 +298,12 @@ pub(crate) fn run_syncer(shared: Arc<Shared>) {
                 if q.closed {
                     return;
                 }
+                q.idle += 1;
                 q = shared
                     .sync_cv
                     .wait(q)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                q.idle -= 1;
             }
         };
         if handle.as_ref().is_none_or(|(p, _)| *p != job.path) {
