@@ -426,3 +426,99 @@ fn signal(pid: &str, signal: &str) {
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid}");
 }
+
+/// Request/reply, dead letters with their redrive, and replay on JetStream, through one host:
+/// the same routes and answers as on the embedded store.
+#[test]
+fn request_reply_dead_letters_redrive_and_replay_work_on_nats() {
+    let cluster = Cluster::start();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[broker]
+kind = "nats"
+
+[broker.nats]
+{}
+partitions = 2
+lease = "2s"
+
+[queues.counts]
+[queues.jobs]
+
+{}{}
+[[bindings]]
+name = "tally"
+source = "counts"
+plugin = "counter"
+ordering = "key"
+
+[[bindings]]
+name = "work"
+source = "jobs"
+plugin = "fail"
+max_attempts = 1
+"#,
+        cluster.servers_toml(),
+        plugin_toml("counter", ""),
+        plugin_toml("fail", ""),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config);
+    wait_for(
+        "the host to hold partitions",
+        Duration::from_secs(60),
+        || (server.stderr().matches("took a partition over").count() >= 4).then_some(()),
+    );
+
+    // A request gets its handler's reply (the counter answers with its total for the key).
+    for want in ["1", "2"] {
+        let (status, body) = server.post(
+            "/v1/destinations/counts/requests",
+            b"x",
+            &[("weir-header-reply", "yes"), ("weir-key", "k")],
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["reply"]["payload"], want, "{body}");
+        assert_eq!(body["reply"]["destination"], "weir.replies", "{body}");
+    }
+
+    // Dead letters: listed, shown, and a redriven one is delivered (and dead-lettered) again.
+    for p in ["a", "b", "c"] {
+        server.publish("jobs", p, &[("weir-key", p), ("weir-header-trace", p)]);
+    }
+    server.wait_binding("work", "dead_lettered", 3);
+    let (status, list) = server.get("/v1/bindings/work/dlq");
+    assert_eq!(status, 200, "{list}");
+    let mut payloads: Vec<String> = list["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["payload"].as_str().unwrap().to_owned())
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, ["a", "b", "c"], "{list}\n{}", server.stderr());
+    let (status, done) = server.post("/v1/bindings/work/dlq/redrive?limit=1", b"", &[]);
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["redriven"], 1, "{done}");
+    server.wait_binding("work", "dead_lettered", 4);
+    let (_, stats) = server.get("/v1/stats");
+    assert_eq!(
+        stats["destinations"]["jobs"]["messages"].as_u64(),
+        Some(4),
+        "{stats}"
+    );
+
+    // Replay: the counter's two requests handled again by `tally` only.
+    let before = server.stats()["bindings"]["tally"]["acked"]
+        .as_u64()
+        .unwrap();
+    let (status, replayed) = server.post("/v1/bindings/tally/replay?from=0&to=2", b"", &[]);
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(replayed["replayed"], 2, "{replayed}");
+    server.wait_binding("tally", "acked", before + 2);
+    let (_, kv) = server.get("/v1/plugins/counter/kv?prefix=count/&limit=10");
+    assert_eq!(counts(&kv).get("count/k"), Some(&4), "{kv}");
+}

@@ -742,9 +742,16 @@ impl Ctx {
         let b = &self.binding;
         let stored = &job.stored;
         let mut record = (*stored.record).clone();
+        // A partition of a binding (`<binding>~p<n>`, on NATS) dead-letters under the
+        // binding's own name and source: that is what the dead-letter routes list and redrive.
+        let binding = b.name.split_partition().map_or(b.name.clone(), |(n, _)| n);
+        let source = b
+            .source
+            .split_partition()
+            .map_or(b.source.clone(), |(d, _)| d);
         record.headers.extend([
-            ("weir-dlq-binding".to_owned(), b.name.to_string()),
-            ("weir-dlq-source".to_owned(), b.source.to_string()),
+            ("weir-dlq-binding".to_owned(), binding.to_string()),
+            ("weir-dlq-source".to_owned(), source.to_string()),
             ("weir-dlq-offset".to_owned(), stored.offset.to_string()),
             ("weir-dlq-attempts".to_owned(), attempts.to_string()),
             ("weir-dlq-class".to_owned(), class.to_owned()),

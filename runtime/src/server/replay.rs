@@ -70,12 +70,15 @@ impl ReplayError {
     }
 }
 
-/// Whether a record is a replayed copy meant for another binding than `binding`.
+/// Whether a record is a replayed copy meant for another binding than `binding` (a partition
+/// of a binding, `<binding>~p<n>` on NATS, takes the copies meant for the binding).
 pub fn replayed_for_another(record: &Record, binding: &BindingName) -> bool {
+    let base = binding.split_partition().map(|(b, _)| b);
+    let name = base.as_ref().unwrap_or(binding);
     record
         .headers
         .iter()
-        .any(|(k, v)| k == REPLAY_FOR && v != binding.as_str())
+        .any(|(k, v)| k == REPLAY_FOR && v != name.as_str())
 }
 
 impl Runtime {

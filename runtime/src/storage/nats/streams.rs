@@ -168,7 +168,10 @@ impl LogStream {
                         record: Arc::new(decode(&m.payload)?),
                     }),
                     // Removed by retention, or never a weir record: not part of the log.
-                    Err(_) => continue,
+                    Err(e) => {
+                        tracing::debug!(seq, "nats: no record at this sequence: {e}");
+                        continue;
+                    }
                 }
             }
             Ok(out)
