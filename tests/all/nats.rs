@@ -521,4 +521,22 @@ max_attempts = 1
     server.wait_binding("tally", "acked", before + 2);
     let (_, kv) = server.get("/v1/plugins/counter/kv?prefix=count/&limit=10");
     assert_eq!(counts(&kv).get("count/k"), Some(&4), "{kv}");
+
+    // Per-key reads: the key's records (the two requests and their replayed copies), not the
+    // other key's, from an offset on.
+    server.publish("counts", "other", &[("weir-key", "other")]);
+    let (status, body) = server.get("/v1/destinations/counts/messages?key=k&from=0&limit=10");
+    assert_eq!(status, 200, "{body}");
+    let offsets: Vec<u64> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [0, 1, 2, 3], "{body}");
+    let (_, body) = server.get("/v1/destinations/counts/messages?key=k&from=2&limit=1");
+    assert_eq!(body["messages"][0]["offset"], 2, "{body}");
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(1), "{body}");
+    let (_, body) = server.get("/v1/destinations/counts/messages?key=other&from=0&limit=10");
+    assert_eq!(body["messages"][0]["payload"], "other", "{body}");
 }

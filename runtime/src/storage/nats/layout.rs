@@ -63,7 +63,11 @@ pub fn subjects(d: &DestinationName) -> String {
 /// one, or by its id when it has none (deterministic, so a re-published output goes where the
 /// first went).
 pub fn partition_of(record: &Record, partitions: u32) -> u32 {
-    let by = record.key.as_deref().unwrap_or(&record.id);
+    partition_of_key(record.key.as_deref().unwrap_or(&record.id), partitions)
+}
+
+/// The partition of the records with this key (or, without a key, this id).
+pub fn partition_of_key(by: &str, partitions: u32) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in by.bytes() {
         h ^= u64::from(b);

@@ -461,13 +461,18 @@ impl Storage for NatsStorage {
     fn read_key(
         &self,
         log: &DestinationName,
-        _key: &str,
-        _from: Offset,
-        _max: usize,
+        key: &str,
+        from: Offset,
+        max: usize,
     ) -> Result<Vec<Stored>, StorageError> {
-        Err(StorageError::Unsupported(format!(
-            "reading one key of `{log}` is not available on NATS yet"
-        )))
+        let stream = self.inner.log(log)?.stream.clone();
+        let subject = layout::subject(
+            log,
+            layout::partition_of_key(key, self.inner.cfg.partitions),
+        );
+        let key = key.to_owned();
+        self.inner
+            .block(async move { streams::read_key(stream, subject, key, from, max).await })
     }
 
     fn offset_at_time(

@@ -179,6 +179,66 @@ impl LogStream {
     }
 }
 
+/// Records scanned at most by one [`read_key`] call: a key's records are found by reading its
+/// partition (JetStream has no index by a header or a part of the body), so a call over a
+/// long stretch of other keys answers with what it found so far and the caller reads on.
+const KEY_SCAN: usize = 20_000;
+
+/// Up to `max` records with `key` from `from`, read from the subject of the key's partition
+/// (which holds every record with the key, among others): an ordered consumer from `from`
+/// until the subject's end, `max` found, or [`KEY_SCAN`] scanned.
+pub(super) async fn read_key(
+    mut stream: Stream,
+    subject: String,
+    key: String,
+    from: Offset,
+    max: usize,
+) -> Result<Vec<Stored>, StorageError> {
+    let last = stream.info().await.map_err(remote)?.state.last_sequence;
+    let mut out = Vec::new();
+    if from.0 >= last || max == 0 {
+        return Ok(out);
+    }
+    let config = pull::OrderedConfig {
+        filter_subject: subject,
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: from.0 + 1,
+        },
+        ..Default::default()
+    };
+    let consumer = stream.create_consumer(config).await.map_err(remote)?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(remote)?;
+    let patience = std::time::Duration::from_secs(5);
+    for _ in 0..KEY_SCAN {
+        let m = match tokio::time::timeout(patience, messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(remote(e)),
+            Ok(None) => break,
+            Err(_) => {
+                return Err(StorageError::Remote(
+                    "reading a key's partition timed out".into(),
+                ));
+            }
+        };
+        let info = m.info().map_err(remote)?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        let record = decode(&m.payload)?;
+        if record.key.as_deref() == Some(key.as_str()) {
+            out.push(Stored {
+                offset: Offset(seq - 1),
+                record: Arc::new(record),
+            });
+        }
+        if out.len() >= max || pending == 0 || seq >= last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Publishes records with their ids as `Nats-Msg-Id`, all in flight at once, and returns each
 /// one's offset and whether JetStream dropped it as a duplicate (same id within the
 /// `duplicate_window`).
