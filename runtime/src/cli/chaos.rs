@@ -435,11 +435,7 @@ impl Server {
     }
 
     /// Like [`Server::start`], its log (at `level`) going to `stderr`.
-    pub(super) fn start_logging(
-        dir: &Path,
-        stderr: Stdio,
-        level: &str,
-    ) -> anyhow::Result<Server> {
+    pub(super) fn start_logging(dir: &Path, stderr: Stdio, level: &str) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("locating the weir binary")?;
         let mut child = Command::new(exe)
             .args(["run", "--config", "weir.toml"])

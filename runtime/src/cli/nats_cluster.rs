@@ -33,7 +33,10 @@ fn nats_server() -> anyhow::Result<PathBuf> {
     eprintln!(
         "{DEBIAN_PATH} is missing: installing Debian's nats-server (apt-get update; apt-get install -y nats-server)"
     );
-    for args in [&["apt-get", "update"][..], &["apt-get", "install", "-y", "nats-server"]] {
+    for args in [
+        &["apt-get", "update"][..],
+        &["apt-get", "install", "-y", "nats-server"],
+    ] {
         let argv: Vec<&str> = sudo.iter().chain(args).copied().collect();
         let status = Command::new(argv[0])
             .args(&argv[1..])
@@ -180,7 +183,13 @@ impl NatsCluster {
                     );
                 }
                 let leader = || -> Option<()> {
-                    let text = agent.get(&url).call().ok()?.body_mut().read_to_string().ok()?;
+                    let text = agent
+                        .get(&url)
+                        .call()
+                        .ok()?
+                        .body_mut()
+                        .read_to_string()
+                        .ok()?;
                     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
                     let meta = v.get("meta_cluster")?;
                     let has_leader = meta
@@ -202,32 +211,42 @@ impl NatsCluster {
     }
 }
 
+/// A JetStream context on the nodes at `urls`.
+pub(super) async fn connect(urls: &[String]) -> anyhow::Result<async_nats::jetstream::Context> {
+    let servers = urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(servers)
+        .await?;
+    Ok(async_nats::jetstream::new(client))
+}
+
 /// The holder (a host id) of every partition lease, by lease key (`<binding>.<p>`).
 pub(super) fn lease_holders(urls: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(urls.join(","))
-            .await?;
-        let js = async_nats::jetstream::new(client);
-        let mut holders = BTreeMap::new();
-        let leases = js.get_key_value(nats_observe::LEASES_BUCKET).await?;
-        let keys: Vec<String> = leases
-            .keys()
-            .await?
-            .filter_map(|k| async { k.ok() })
-            .collect()
-            .await;
-        for k in keys {
-            if let Some(v) = leases.get(&k).await? {
-                holders.insert(k, String::from_utf8_lossy(&v).into_owned());
-            }
+    rt.block_on(async { holders(&connect(urls).await?).await })
+}
+
+async fn holders(js: &async_nats::jetstream::Context) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut holders = BTreeMap::new();
+    let leases = js.get_key_value(nats_observe::LEASES_BUCKET).await?;
+    let keys: Vec<String> = leases
+        .keys()
+        .await?
+        .filter_map(|k| async { k.ok() })
+        .collect()
+        .await;
+    for k in keys {
+        if let Some(v) = leases.get(&k).await? {
+            holders.insert(k, String::from_utf8_lossy(&v).into_owned());
         }
-        Ok(holders)
-    })
+    }
+    Ok(holders)
 }
 
 /// Waits until all `partitions` leases are held, by `hosts` distinct hosts.
@@ -237,22 +256,31 @@ pub(super) fn wait_spread(
     hosts: usize,
     deadline: Duration,
 ) -> anyhow::Result<()> {
-    let until = Instant::now() + deadline;
-    loop {
-        let holders = lease_holders(urls).unwrap_or_default();
-        let distinct: BTreeSet<&String> = holders.values().collect();
-        if holders.len() == partitions && distinct.len() == hosts {
-            return Ok(());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let until = tokio::time::Instant::now() + deadline;
+        let js = connect(urls).await?;
+        loop {
+            let read = holders(&js).await;
+            let held = read.as_ref().cloned().unwrap_or_default();
+            let distinct: BTreeSet<&String> = held.values().collect();
+            if held.len() == partitions && distinct.len() == hosts {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > until {
+                let why = read.err().map(|e| format!(" (reading the leases: {e:#})"));
+                bail!(
+                    "after {deadline:?}, {} of {partitions} partitions are held, by {} of {hosts} hosts{}",
+                    held.len(),
+                    distinct.len(),
+                    why.unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if Instant::now() > until {
-            bail!(
-                "after {deadline:?}, {} of {partitions} partitions are held, by {} of {hosts} hosts",
-                holders.len(),
-                distinct.len()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 impl Drop for NatsCluster {

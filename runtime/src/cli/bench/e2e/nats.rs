@@ -44,7 +44,9 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 pub(super) fn run(args: &E2eArgs, events: u64, base: &Path) -> anyhow::Result<()> {
     if args.backlog || !args.prefill.is_empty() || args.publish != super::PublishMode::Async {
-        bail!("--broker nats measures live publishing only: drop --backlog, --prefill and --publish");
+        bail!(
+            "--broker nats measures live publishing only: drop --backlog, --prefill and --publish"
+        );
     }
     if args.rate.is_some() {
         bail!("--broker nats measures throughput only: drop --rate");
@@ -215,8 +217,7 @@ fn on_cluster(
         hosts.push(Server::start(d.path())?);
     }
     nats_cluster::wait_spread(&cluster.urls(), PARTITIONS as usize, HOSTS, DEADLINE)?;
-    let client = rt.block_on(async_nats::connect(cluster.urls().join(",")))?;
-    let js = jetstream::new(client);
+    let js = rt.block_on(nats_cluster::connect(&cluster.urls()))?;
 
     // Every commit record written: (when, ns since `clock`; partition; cursor).
     let clock = Instant::now();
@@ -356,8 +357,7 @@ async fn follow_commits(
 /// The backend alone: publish with async-nats, `window` unacknowledged, while an ordered
 /// consumer reads the stream.
 async fn ceiling(args: &E2eArgs, events: u64, cluster: &NatsCluster) -> anyhow::Result<Figures> {
-    let client = async_nats::connect(cluster.urls().join(",")).await?;
-    let js = jetstream::new(client);
+    let js = nats_cluster::connect(&cluster.urls()).await?;
     let subject = "weir-ceiling.events";
     let config = stream::Config {
         name: "WEIR_CEILING".into(),
@@ -414,7 +414,10 @@ async fn ceiling(args: &E2eArgs, events: u64, cluster: &NatsCluster) -> anyhow::
         }
         payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("c-{i}").as_str());
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("c-{i}").as_str(),
+        );
         sent[i].store(now(), Relaxed);
         let ack = js
             .publish_with_headers(subject, headers, payload.clone().into())
