@@ -470,6 +470,11 @@ impl Server {
         self.child.id()
     }
 
+    /// How the child exited, if it did.
+    pub(super) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub(super) fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();

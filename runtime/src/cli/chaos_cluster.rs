@@ -64,6 +64,8 @@ struct Report {
     count_mismatches: u64,
     /// Whether the outputs caught up with the inputs before the deadline.
     caught_up: bool,
+    /// How long, after the last input was acknowledged, the outputs took to catch up.
+    catch_up_seconds: f64,
     ok: bool,
     seconds: f64,
 }
@@ -166,11 +168,22 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
     let acked = load.stop()?;
     report.inputs_acked = acked.len() as u64;
 
+    for (i, s) in servers.iter_mut().enumerate() {
+        if let Some(status) = s.as_mut().and_then(Server::exited) {
+            print_log_tail(dir, i);
+            bail!("weir host {i} exited by itself ({status}); the end of its log is above");
+        }
+    }
     let live: Vec<String> = servers.iter().flatten().map(|s| s.url.clone()).collect();
     let reader = Reader::new(&live[0]);
+    let waited = Instant::now();
     report.caught_up = reader.wait_outputs(acked.len() as u64)?;
+    report.catch_up_seconds = (waited.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     check(&reader, &live, &acked, &mut report)?;
     if !report.caught_up {
+        for i in 0..hosts {
+            print_log_tail(dir, i);
+        }
         println!("chaos: the outputs did not catch up; where the partitions are:");
         for (key, host) in nats_cluster::lease_holders(&nats_urls).unwrap_or_default() {
             println!("  lease {key}: host {host}");
@@ -218,6 +231,20 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// The last lines of host `i`'s log, leaving out the routine refused key-value writes of
+/// the counter's global `count`.
+fn print_log_tail(dir: &Path, i: usize) {
+    let log = std::fs::read_to_string(dir.join(format!("host{i}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("not applied") && !l.contains("async_nats"))
+        .collect();
+    println!("chaos: the end of weir host {i}'s log:");
+    for l in &lines[lines.len().saturating_sub(40)..] {
+        println!("  {l}");
+    }
 }
 
 fn config(args: &ChaosArgs, cluster: &NatsCluster) -> anyhow::Result<String> {
