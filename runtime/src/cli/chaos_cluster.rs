@@ -129,7 +129,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         if load.failed.load(Relaxed) {
             break;
         }
-        let kill_host = rng.next() % 2 == 0;
+        let kill_host = rng.next().is_multiple_of(2);
         let what = if kill_host {
             let i = (rng.next() % hosts as u64) as usize;
             urls.lock().expect("urls")[i] = None;

@@ -199,6 +199,10 @@ fn config(args: &E2eArgs, cluster: &NatsCluster) -> anyhow::Result<String> {
     ))
 }
 
+/// Per partition, every cursor its commit record showed: (when, ns since the run's clock;
+/// cursor), ascending.
+type Cursors = Arc<Mutex<Vec<Vec<(u64, u64)>>>>;
+
 /// Two hosts on the cluster; the events published to the first.
 fn on_cluster(
     args: &E2eArgs,
@@ -221,8 +225,7 @@ fn on_cluster(
 
     // Every commit record written: (when, ns since `clock`; partition; cursor).
     let clock = Instant::now();
-    let cursors: Arc<Mutex<Vec<Vec<(u64, u64)>>>> =
-        Arc::new(Mutex::new(vec![Vec::new(); PARTITIONS as usize]));
+    let cursors: Cursors = Arc::new(Mutex::new(vec![Vec::new(); PARTITIONS as usize]));
     let watcher = {
         let (js, cursors) = (js.clone(), Arc::clone(&cursors));
         rt.spawn(async move { follow_commits(js, clock, cursors).await })
@@ -329,7 +332,7 @@ fn on_cluster(
 async fn follow_commits(
     js: jetstream::Context,
     clock: Instant,
-    cursors: Arc<Mutex<Vec<Vec<(u64, u64)>>>>,
+    cursors: Cursors,
 ) -> anyhow::Result<()> {
     let binding = BindingName::new(BINDING)?;
     let keys: BTreeMap<String, usize> = (0..PARTITIONS)
