@@ -16,6 +16,7 @@ mod languages;
 mod limits;
 mod metrics;
 mod nats;
+mod nats_bench;
 mod nats_support;
 mod ops_http;
 mod outbox;

@@ -74,6 +74,11 @@ struct Node {
 /// leases).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// A turn of the one NATS cluster at a time, for tests whose cluster the `weir` binary starts.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Three JetStream nodes routed to each other.
 pub struct Cluster {
     _turn: std::sync::MutexGuard<'static, ()>,
@@ -85,7 +90,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the cluster and waits until JetStream is available on every node.
     pub fn start() -> Cluster {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let turn = one_at_a_time();
         let bin = nats_server();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..3)

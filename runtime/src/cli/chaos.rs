@@ -12,6 +12,9 @@
 //! messages with a plugin that counts them and forwards each one; the counter and the outputs
 //! are checked against the inputs at the end (see `chaos_deliver.rs`).
 //!
+//! `--scenario cluster`: weir hosts on a 3-node NATS JetStream cluster, exactly-once, with
+//! weir hosts and NATS nodes SIGKILLed under load and restarted (see `chaos_cluster.rs`).
+//!
 //! `--scenario streams`: appenders race `exact` appends on the shared streams of a stream
 //! store, with a projection counting events (see `chaos_streams.rs`).
 
@@ -59,6 +62,9 @@ pub struct ChaosArgs {
     /// `deliver`: outputs per input (the plugin publishes this many, each with header `copy`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub(super) outputs: u32,
+    /// `cluster`: weir hosts sharing the NATS cluster.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub(super) hosts: u32,
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub(super) json: bool,
@@ -75,6 +81,10 @@ enum Scenario {
     /// of a stream store, with a projection counting each stream's events; checks revisions,
     /// acknowledged events, atomicity and the projection after the crashes.
     Streams,
+    /// Exactly-once weir hosts on a 3-node NATS JetStream cluster; SIGKILLs a random host or
+    /// NATS node under load, restarts it, and checks inputs, outputs, per-key order and the
+    /// counts on every host at the end.
+    Cluster,
 }
 
 /// What the run found.
@@ -127,6 +137,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         Scenario::Append => append(&args, &dir, seed),
         Scenario::Deliver => super::chaos_deliver::run(&args, &dir, seed),
         Scenario::Streams => super::chaos_streams::run(&args, &dir, seed),
+        Scenario::Cluster => super::chaos_cluster::run(&args, &dir, seed),
     }
 }
 
@@ -420,13 +431,18 @@ pub(super) struct Server {
 
 impl Server {
     pub(super) fn start(dir: &Path) -> anyhow::Result<Server> {
+        Server::start_logging(dir, Stdio::inherit(), "warn")
+    }
+
+    /// Like [`Server::start`], its log (at `level`) going to `stderr`.
+    pub(super) fn start_logging(dir: &Path, stderr: Stdio, level: &str) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("locating the weir binary")?;
         let mut child = Command::new(exe)
             .args(["run", "--config", "weir.toml"])
             .current_dir(dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .context("starting weir run")?;
         let stdout = child.stdout.take().expect("piped stdout");
@@ -452,6 +468,11 @@ impl Server {
     /// The child's process id.
     pub(super) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How the child exited, if it did.
+    pub(super) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub(super) fn kill(&mut self) {

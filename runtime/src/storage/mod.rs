@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStorage};
 pub use memory::MemoryStorage;
-pub use nats::{NatsStorage, PartitionId};
+pub use nats::{NatsStorage, PartitionId, observe as nats_observe};
 use tokio::sync::watch;
 
 use crate::config::Retention;

@@ -29,6 +29,7 @@
 //! per value, each in a fresh store, and compares the largest prefill's figures with the
 //! smallest's.
 
+mod nats;
 mod network;
 mod prefill;
 mod probe;
@@ -124,6 +125,13 @@ pub struct E2eArgs {
     /// process and publishing skips HTTP.
     #[arg(long)]
     network: bool,
+    /// `nats`: measure, in one run, weir on a 3-node NATS JetStream cluster (two `weir run`
+    /// hosts, started by this command with the cluster), the embedded store through the same
+    /// publisher (as `--network`), and raw JetStream publish + consume with the same size and
+    /// window, the backend's ceiling (see `e2e/nats.rs`). Needs `/usr/sbin/nats-server`
+    /// (installed with apt-get when missing). Default events then: 60,000.
+    #[arg(long, value_enum, default_value = "embedded")]
+    broker: Broker,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -133,6 +141,12 @@ impl E2eArgs {
     fn plugin(&self) -> &Path {
         self.plugin.as_deref().expect("set by run")
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Broker {
+    Embedded,
+    Nats,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,6 +168,7 @@ pub fn run(mut args: E2eArgs) -> anyhow::Result<()> {
     }
     let events = match (args.events, args.rate) {
         (Some(n), _) => n,
+        (None, None) if args.broker == Broker::Nats => 60_000,
         (None, None) => 500_000,
         (None, Some(rate)) => rate.saturating_mul(args.seconds),
     };
@@ -164,6 +179,9 @@ pub fn run(mut args: E2eArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::current_dir()?,
     };
+    if args.broker == Broker::Nats {
+        return nats::run(&args, events, &base);
+    }
     if args.network {
         return network::run(&args, events, &base);
     }

@@ -18,6 +18,7 @@
 
 mod kv;
 mod layout;
+pub mod observe;
 mod ownership;
 mod partition;
 mod streams;

@@ -12,7 +12,7 @@
 //! whatever is still unacknowledged.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,6 +24,7 @@ use crate::cli::bench::publish::Usage;
 use crate::cli::bench::{round3, workdir::WorkDir};
 use crate::cli::chaos::Server;
 use crate::cli::stream_client::{self, Message};
+use crate::storage::nats_observe;
 
 /// Shortest time between two samples of the cursor.
 const SAMPLE_EVERY: Duration = Duration::from_micros(200);
@@ -31,6 +32,105 @@ const SAMPLE_EVERY: Duration = Duration::from_micros(200);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 
 pub(super) fn run(args: &E2eArgs, events: u64, base: &std::path::Path) -> anyhow::Result<()> {
+    let m = measure(args, events, base)?;
+    m.human(args);
+    if args.json {
+        println!("{}", m.json(args));
+    }
+    Ok(())
+}
+
+/// What a run through the network measured.
+pub(super) struct Measured {
+    pub(super) events: u64,
+    /// First send to last event handled, in seconds.
+    pub(super) span: f64,
+    /// Publish sent to handled, ns, sorted.
+    pub(super) latency: Vec<u64>,
+    /// Publish sent to acknowledged, ns, sorted.
+    pub(super) publish: Vec<u64>,
+    cpu: Option<f64>,
+    fsyncs: Option<u64>,
+    samples: usize,
+}
+
+/// The `q` quantile of sorted nanoseconds, in milliseconds.
+pub(super) fn pct(v: &[u64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    round3(v[i] as f64 / 1e6)
+}
+
+impl Measured {
+    pub(super) fn rate(&self) -> f64 {
+        self.events as f64 / self.span
+    }
+
+    pub(super) fn human(&self, args: &E2eArgs) {
+        let (events, span, rate) = (self.events, self.span, self.rate());
+        let (latency, publish) = (&self.latency, &self.publish);
+        let mode = match args.rate {
+            Some(r) => format!("at {r} events/s"),
+            None => format!("{} unacknowledged", args.publishers),
+        };
+        println!(
+            "e2e over the network ({}, {mode}, {} B): {events} events handled in {span:.2} s: {rate:.0} events/s",
+            args.guarantee, args.payload_bytes
+        );
+        println!(
+            "  publish sent to handled (durable): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+            pct(latency, 0.5),
+            pct(latency, 0.99),
+            pct(latency, 0.999),
+            pct(latency, 1.0)
+        );
+        println!(
+            "  publish sent to acknowledged:      p50 {} ms, p99 {} ms",
+            pct(publish, 0.5),
+            pct(publish, 0.99)
+        );
+        if let (Some(cpu), Some(f)) = (self.cpu, self.fsyncs) {
+            println!(
+                "  server: {cpu:.2} cores busy, {:.0} fsyncs/s; {} cursor samples",
+                f as f64 / span,
+                self.samples
+            );
+        }
+    }
+
+    pub(super) fn json(&self, args: &E2eArgs) -> serde_json::Value {
+        let (latency, publish, span) = (&self.latency, &self.publish, self.span);
+        serde_json::json!({
+            "scenario": "e2e",
+            "over": "websocket",
+            "guarantee": args.guarantee.to_string(),
+            "effects": args.effects,
+            "events": self.events,
+            "payload_bytes": args.payload_bytes,
+            "rate": args.rate,
+            "window": if args.rate.is_none() { Some(args.publishers) } else { None },
+            "seconds": round3(span),
+            "events_per_sec": self.rate().round(),
+            "latency_p50_ms": pct(latency, 0.5),
+            "latency_p99_ms": pct(latency, 0.99),
+            "latency_p999_ms": pct(latency, 0.999),
+            "latency_max_ms": pct(latency, 1.0),
+            "publish_p50_ms": pct(publish, 0.5),
+            "publish_p99_ms": pct(publish, 0.99),
+            "server_cpu_cores": self.cpu,
+            "fsyncs_per_sec": self.fsyncs.map(|f| (f as f64 / span).round()),
+            "cursor_samples": self.samples,
+        })
+    }
+}
+
+pub(super) fn measure(
+    args: &E2eArgs,
+    events: u64,
+    base: &std::path::Path,
+) -> anyhow::Result<Measured> {
     if args.backlog || !args.prefill.is_empty() || args.publish != super::PublishMode::Async {
         bail!("--network measures live publishing only: drop --backlog, --prefill and --publish");
     }
@@ -83,6 +183,7 @@ pub(super) fn run(args: &E2eArgs, events: u64, base: &std::path::Path) -> anyhow
                 offsets,
                 payload,
                 headers,
+                partitions: None,
             };
             let r = publisher.run(&url, events, rate, window).await;
             if r.is_err() {
@@ -159,11 +260,6 @@ pub(super) fn run(args: &E2eArgs, events: u64, base: &std::path::Path) -> anyhow
     latency.sort_unstable();
     publish.sort_unstable();
     let span = (last_handled - first_sent) as f64 / 1e9;
-    let rate = events as f64 / span;
-    let pct = |v: &[u64], q: f64| {
-        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-        round3(v[i] as f64 / 1e6)
-    };
     let cpu = before
         .cpu
         .zip(after.cpu)
@@ -172,72 +268,30 @@ pub(super) fn run(args: &E2eArgs, events: u64, base: &std::path::Path) -> anyhow
         .fsyncs
         .zip(after.fsyncs)
         .map(|(a, b)| b.saturating_sub(a));
-    let mode = match args.rate {
-        Some(r) => format!("at {r} events/s"),
-        None => format!("{} unacknowledged", args.publishers),
-    };
-    println!(
-        "e2e over the network ({}, {mode}, {} B): {events} events handled in {span:.2} s: {rate:.0} events/s",
-        args.guarantee, args.payload_bytes
-    );
-    println!(
-        "  publish sent to handled (durable): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
-        pct(&latency, 0.5),
-        pct(&latency, 0.99),
-        pct(&latency, 0.999),
-        pct(&latency, 1.0)
-    );
-    println!(
-        "  publish sent to acknowledged:      p50 {} ms, p99 {} ms",
-        pct(&publish, 0.5),
-        pct(&publish, 0.99)
-    );
-    if let (Some(cpu), Some(f)) = (cpu, fsyncs) {
-        println!(
-            "  server: {cpu:.2} cores busy, {:.0} fsyncs/s; {} cursor samples",
-            f as f64 / span,
-            samples.len()
-        );
-    }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "e2e",
-                "over": "websocket",
-                "guarantee": args.guarantee.to_string(),
-                "effects": args.effects,
-                "events": events,
-                "payload_bytes": args.payload_bytes,
-                "rate": args.rate,
-                "window": if args.rate.is_none() { Some(args.publishers) } else { None },
-                "seconds": round3(span),
-                "events_per_sec": rate.round(),
-                "latency_p50_ms": pct(&latency, 0.5),
-                "latency_p99_ms": pct(&latency, 0.99),
-                "latency_p999_ms": pct(&latency, 0.999),
-                "latency_max_ms": pct(&latency, 1.0),
-                "publish_p50_ms": pct(&publish, 0.5),
-                "publish_p99_ms": pct(&publish, 0.99),
-                "server_cpu_cores": cpu,
-                "fsyncs_per_sec": fsyncs.map(|f| (f as f64 / span).round()),
-                "cursor_samples": samples.len(),
-            })
-        );
-    }
-    Ok(())
+    Ok(Measured {
+        events,
+        span,
+        latency,
+        publish,
+        cpu,
+        fsyncs,
+        samples: samples.len(),
+    })
 }
 
 /// The one connection publishing the events.
-struct Publisher {
-    clock: Instant,
+pub(super) struct Publisher {
+    pub(super) clock: Instant,
     /// Per event, ns since `clock`: when it was sent and acknowledged, and its offset.
-    sent: Arc<Vec<AtomicU64>>,
-    acked: Arc<Vec<AtomicU64>>,
-    offsets: Arc<Vec<AtomicU64>>,
-    payload: bytes::Bytes,
+    pub(super) sent: Arc<Vec<AtomicU64>>,
+    pub(super) acked: Arc<Vec<AtomicU64>>,
+    pub(super) offsets: Arc<Vec<AtomicU64>>,
+    pub(super) payload: bytes::Bytes,
     /// Each event carries `forward-to: out` (`--effects`): a JSON text message then.
-    headers: bool,
+    pub(super) headers: bool,
+    /// On a NATS cluster of this many partitions: per event, the partition its acknowledged
+    /// id goes to.
+    pub(super) partitions: Option<(u32, Arc<Vec<AtomicU32>>)>,
 }
 
 impl Publisher {
@@ -264,10 +318,16 @@ impl Publisher {
         let i = i as usize;
         self.acked[i].store(self.now(), Relaxed);
         self.offsets[i].store(offset, Relaxed);
+        if let Some((n, parts)) = &self.partitions {
+            let Some(id) = ack_id(text) else {
+                bail!("acknowledgement {i} carries no id: {text}");
+            };
+            parts[i].store(nats_observe::partition_of_id(id, *n), Relaxed);
+        }
         Ok(())
     }
 
-    async fn run(
+    pub(super) async fn run(
         &self,
         url: &str,
         events: u64,
@@ -344,6 +404,13 @@ fn ack_offset(text: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
+/// The id of a successful acknowledgement (`{"seq":N,"offset":O,"id":"..."}`); ids weir
+/// makes need no JSON unescaping.
+fn ack_id(text: &str) -> Option<&str> {
+    let rest = &text[text.find("\"id\":\"")? + 6..];
+    Some(&rest[..rest.find('"')?])
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -355,6 +422,10 @@ mod tests {
         assert_eq!(
             super::ack_offset(r#"{"seq":3,"error":{"code":"invalid"}}"#),
             None
+        );
+        assert_eq!(
+            super::ack_id(r#"{"seq":3,"offset":1234,"id":"01ab"}"#),
+            Some("01ab")
         );
     }
 }
