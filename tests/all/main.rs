@@ -16,6 +16,7 @@ mod languages;
 mod limits;
 mod metrics;
 mod nats;
+mod nats_deploy;
 mod nats_support;
 mod ops_http;
 mod outbox;
