@@ -218,6 +218,10 @@ fn deploys_at_once_on_two_hosts_converge_and_an_automatic_rollback_reaches_every
         });
         deploys.map(|d| d.join().unwrap()).into()
     });
+    eprintln!(
+        "deploys at once answered {:?}",
+        answers.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
     for (status, body) in &answers {
         assert!(
             *status == 201 || (*status == 409 && body["error"]["code"] == "version_changed"),

@@ -851,6 +851,7 @@ impl Registry {
             Err(e) => {
                 // Not recorded, so not deployed: the version before comes back.
                 entry.slot.swap(before.reactivated());
+                entry.follow_own_record(mode != Mode::Following);
                 tracing::error!(plugin = %name, "cannot record the new version ({e}); version {} keeps serving", before.version.seq);
                 return Err(e.into());
             }
@@ -933,6 +934,7 @@ impl Registry {
         // rollback was asked to undo is gone.
         let active = entry.slot.version();
         if active != from {
+            entry.follow_own_record(share);
             return Err(DeployError::ChangedDuringRollback {
                 plugin: name.to_string(),
                 expected: from,
@@ -953,6 +955,7 @@ impl Registry {
         });
         if let Err(e) = st.store.roll_back(target, reason) {
             entry.slot.swap(before.reactivated());
+            entry.follow_own_record(share);
             return Err(e.into());
         }
         st.swaps += 1;
@@ -1123,6 +1126,16 @@ impl Registry {
 impl Entry {
     fn lock(&self) -> MutexGuard<'_, EntryState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// After this host recorded a version in the cluster (`recorded`) and then did not swap it
+    /// in: the record is followed like another host's when the watcher delivers it. Under
+    /// `changing`.
+    fn follow_own_record(&self, recorded: bool) {
+        if recorded {
+            self.cluster_revision
+                .store(0, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Taken by a deploy or rollback for its whole length (see [`Entry::changing`]).
