@@ -17,6 +17,7 @@ mod limits;
 mod metrics;
 mod nats;
 mod nats_bench;
+mod nats_deploy;
 mod nats_support;
 mod ops_http;
 mod outbox;

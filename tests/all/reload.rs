@@ -14,7 +14,7 @@ use crate::support::{Server, call_json, orders_plugin, plugin, wait_for, weir};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The `tagger` example with its 8-byte tag set: a distinct version of the same plugin.
-fn tagged(tag: &str) -> Vec<u8> {
+pub(crate) fn tagged(tag: &str) -> Vec<u8> {
     assert_eq!(tag.len(), 8);
     let mut bytes = std::fs::read(plugin("tagger")).unwrap();
     let marker = b"weir-tag:";

@@ -134,7 +134,8 @@ impl From<DeployError> for ApiError {
             DeployError::NoPrevious(_)
             | DeployError::AlreadyActive { .. }
             | DeployError::Changed { .. }
-            | DeployError::ChangedDuringRollback { .. } => StatusCode::CONFLICT,
+            | DeployError::ChangedDuringRollback { .. }
+            | DeployError::Conflict { .. } => StatusCode::CONFLICT,
             DeployError::TooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };

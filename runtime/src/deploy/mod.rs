@@ -13,8 +13,10 @@
 //! than `rollback_failure_rate` of them fail, the slot swaps the version before it back in at
 //! once (it was kept loaded for that), and the failures it caused did not use up the messages'
 //! attempts, so they are retried on the restored version. Versions are kept on disk
-//! ([`store`]) and survive restarts.
+//! ([`store`]) and survive restarts. When several hosts share a cluster, every deploy and
+//! rollback is also recorded there and every host follows it ([`cluster`]).
 
+mod cluster;
 pub mod shadow;
 mod store;
 mod watch;
@@ -30,6 +32,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{ActiveVersion, OnChange, SharedVersions};
 pub use store::{Origin, StoreError};
 pub use watch::Reloader;
 
@@ -244,8 +247,24 @@ enum Work {
         to: u64,
         reason: String,
     },
+    /// The cluster recorded a plugin's active version (any host's write, this one's too).
+    Cluster {
+        plugin: PluginName,
+        record: ActiveVersion,
+        revision: u64,
+    },
     /// The reloader stops.
     Stop,
+}
+
+/// Who a deploy is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Asked of this host: recorded in the cluster too, if there is one; a refusal is recorded
+    /// only when `record_refusal`.
+    Here { record_refusal: bool },
+    /// Following the cluster's record (written by any host).
+    Following,
 }
 
 /// Every plugin's slot, versions and deploy history.
@@ -258,6 +277,8 @@ pub struct Registry {
     entries: BTreeMap<PluginName, Entry>,
     events: Mutex<Option<mpsc::Receiver<Work>>>,
     sender: mpsc::Sender<Work>,
+    /// With several hosts: where their versions are shared.
+    shared: Option<Arc<dyn SharedVersions>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -279,6 +300,9 @@ struct Entry {
     /// content finds it active instead of compiling it again, and the instances loading takes
     /// stay within what the pooling allocator was sized for. Readers never take it.
     changing: Mutex<()>,
+    /// The revision of the plugin's cluster record this host last wrote or followed (0: none);
+    /// written only under `changing`.
+    cluster_revision: AtomicU64,
     /// The versions and counters. Held only briefly (never across a load): listing plugins
     /// and `/metrics` take it from async handlers.
     state: Mutex<EntryState>,
@@ -431,6 +455,16 @@ pub enum DeployError {
         /// The version the rollback was loading.
         target: u64,
     },
+    /// Another host changed the plugin's active version first; this host follows it.
+    #[error(
+        "another host changed the active version of plugin `{plugin}` first (the cluster's record is past revision {expected}); this host follows it; nothing was deployed here"
+    )]
+    Conflict {
+        /// The plugin.
+        plugin: String,
+        /// The revision this host expected.
+        expected: u64,
+    },
     /// The rebuilt state is too large to swap in one commit.
     #[error(
         "the rebuilt key-value state of plugin `{plugin}` is {bytes} bytes; a rebuild swaps at most {max} in one commit; version {active} keeps serving"
@@ -457,9 +491,9 @@ impl DeployError {
             DeployError::NoPrevious(_) => "no_previous_version",
             DeployError::AlreadyActive { .. } => "already_active",
             DeployError::Store(_) | DeployError::Storage(_) => "storage_unavailable",
-            DeployError::Changed { .. } | DeployError::ChangedDuringRollback { .. } => {
-                "version_changed"
-            }
+            DeployError::Changed { .. }
+            | DeployError::ChangedDuringRollback { .. }
+            | DeployError::Conflict { .. } => "version_changed",
             DeployError::TooLarge { .. } => "state_too_large",
         }
     }
@@ -469,12 +503,14 @@ impl Registry {
     /// Loads every configured plugin's active version: the stored one, unless the configured
     /// file changed since it was last taken (then the file is deployed as a new version; if it
     /// is refused and a stored version exists, that one serves and the refusal is logged).
-    /// `data_dir` `None` stores nothing (validating a config).
+    /// `data_dir` `None` stores nothing (validating a config). With `shared`, each plugin then
+    /// takes the cluster's active version, and follows it from then on.
     pub fn open(
         config: &Config,
         host: Arc<Host>,
         storage: Arc<dyn Storage>,
         data_dir: Option<&Path>,
+        shared: Option<Arc<dyn SharedVersions>>,
     ) -> anyhow::Result<Registry> {
         let (sender, receiver) = mpsc::channel();
         let mut registry = Registry {
@@ -485,24 +521,32 @@ impl Registry {
             entries: BTreeMap::new(),
             events: Mutex::new(Some(receiver)),
             sender,
+            shared,
         };
+        let mut changed_files = Vec::new();
         for (name, p) in &config.plugins {
             let store = match data_dir {
                 Some(dir) => VersionStore::open(dir.join("plugins").join(name.as_str()))?,
                 None => VersionStore::ephemeral(),
             };
-            let entry = registry.open_entry(name, p, store)?;
+            let (entry, file_changed) = registry.open_entry(name, p, store)?;
+            if file_changed {
+                changed_files.push(name.clone());
+            }
             registry.entries.insert(name.clone(), entry);
         }
+        registry.join_cluster(&changed_files)?;
         Ok(registry)
     }
 
+    /// Also returns whether the configured file changed since the last start (with versions
+    /// stored) and was deployed.
     fn open_entry(
         &self,
         name: &PluginName,
         p: &PluginConfig,
         mut store: VersionStore,
-    ) -> anyhow::Result<Entry> {
+    ) -> anyhow::Result<(Entry, bool)> {
         let gate = Arc::new(KvGate::default());
         // A shadow rebuild's swap cut off between recording its version and copying its state:
         // the copy is done now, before anything runs on that version. Otherwise whatever a
@@ -522,13 +566,15 @@ impl Registry {
         let file_hash = file.as_ref().ok().map(|b| crate::host::content_hash(b));
         let taken = file_hash.is_some() && file_hash.as_deref() == store.file_sha256();
         let stored = store.active().cloned();
+        let mut file_changed = false;
         let (plugin, seq) = match (file, stored) {
             // The file is new to the store: it is deployed, unless it is refused.
             (Ok(bytes), stored) if !taken || stored.is_none() => {
                 let hash = file_hash.clone().unwrap_or_default();
                 match (self.load(name, p, &p.path, &bytes, &gate, false), stored) {
-                    (Ok(plugin), _) => {
+                    (Ok(plugin), stored) => {
                         let v = store.deploy(&bytes, &hash, Origin::File, false)?;
+                        file_changed = stored.is_some();
                         (plugin, v.seq)
                     }
                     (Err(e), None) => return Err(e.into()),
@@ -580,19 +626,21 @@ impl Registry {
             activation: activation(),
             probation: None,
         };
-        Ok(Entry {
+        let entry = Entry {
             slot: Arc::new(Slot::new(name.clone(), live, self.sender.clone())),
             config: p.clone(),
             gate,
             pending: AtomicBool::new(false),
             changing: Mutex::new(()),
+            cluster_revision: AtomicU64::new(0),
             state: Mutex::new(EntryState {
                 store,
                 stats: BTreeMap::from([(seq, stats)]),
                 swaps: 0,
                 rollbacks: 0,
             }),
-        })
+        };
+        Ok((entry, file_changed))
     }
 
     fn load(
@@ -677,7 +725,11 @@ impl Registry {
     ) -> Result<Deployed, DeployError> {
         let (name, entry) = self.entry(plugin)?;
         let hash = crate::host::content_hash(bytes);
-        self.deploy_inner(name, entry, bytes, &hash, origin, true)
+        let _changing = entry.changing();
+        let mode = Mode::Here {
+            record_refusal: true,
+        };
+        self.deploy_inner(name, entry, bytes, &hash, origin, mode)
     }
 
     /// Deploys the plugin's configured file when its content is new. `Ok(None)`: nothing new.
@@ -703,10 +755,15 @@ impl Registry {
         if entry.lock().store.file_sha256() == Some(hash.as_str()) {
             return Ok(None);
         }
-        self.deploy_inner(name, entry, &bytes, &hash, Origin::File, final_attempt)
+        let _changing = entry.changing();
+        let mode = Mode::Here {
+            record_refusal: final_attempt,
+        };
+        self.deploy_inner(name, entry, &bytes, &hash, Origin::File, mode)
             .map(Some)
     }
 
+    /// The caller holds `changing`.
     fn deploy_inner(
         &self,
         name: &PluginName,
@@ -714,9 +771,12 @@ impl Registry {
         bytes: &[u8],
         hash: &str,
         origin: Origin,
-        record_refusal: bool,
+        mode: Mode,
     ) -> Result<Deployed, DeployError> {
-        let _changing = entry.changing();
+        let record_refusal = mode
+            != Mode::Here {
+                record_refusal: false,
+            };
         if let Some(unchanged) = entry.unchanged(&mut entry.lock(), hash, origin)? {
             return Ok(unchanged);
         }
@@ -727,6 +787,11 @@ impl Registry {
         // Without the state lock: listing plugins and `/metrics` answer while it compiles.
         tracing::info!(plugin = %name, ?origin, "loading a new plugin version");
         let loaded = self.load(name, &entry.config, &path, bytes, &entry.gate, true);
+        // Recorded in the cluster before it is swapped in here: the record decides, and a
+        // refused write (another host's deploy came first) leaves this host as it is.
+        if loaded.is_ok() && mode != Mode::Following {
+            self.publish_version(name, entry, hash, bytes, None)?;
+        }
         let mut st = entry.lock();
         // Looked at again: an automatic rollback may have changed the active version meanwhile
         // (even to this content), and the probation keeps whatever is active now.
@@ -786,6 +851,7 @@ impl Registry {
             Err(e) => {
                 // Not recorded, so not deployed: the version before comes back.
                 entry.slot.swap(before.reactivated());
+                entry.follow_own_record(mode != Mode::Following);
                 tracing::error!(plugin = %name, "cannot record the new version ({e}); version {} keeps serving", before.version.seq);
                 return Err(e.into());
             }
@@ -806,9 +872,9 @@ impl Registry {
     pub fn rollback(&self, plugin: &str, to: Option<u64>) -> Result<Deployed, DeployError> {
         let (name, entry) = self.entry(plugin)?;
         let _changing = entry.changing();
-        let (from, target, bytes, path) = {
+        let from = entry.slot.version();
+        let target = {
             let st = entry.lock();
-            let from = entry.slot.version();
             let target = match to {
                 Some(v) => v,
                 None => st
@@ -823,6 +889,24 @@ impl Registry {
                     version: target,
                 });
             }
+            target
+        };
+        self.roll_back_to(name, entry, from, target, "rolled back by command", true)
+    }
+
+    /// Makes the stored version `target` active again instead of `from`, recorded in the
+    /// cluster too when `share`. The caller holds `changing`.
+    fn roll_back_to(
+        &self,
+        name: &PluginName,
+        entry: &Entry,
+        from: u64,
+        target: u64,
+        reason: &str,
+        share: bool,
+    ) -> Result<Deployed, DeployError> {
+        let (sha256, bytes, path) = {
+            let st = entry.lock();
             let record = st
                 .store
                 .get(target)
@@ -831,18 +915,26 @@ impl Registry {
                     version: target,
                 })?;
             let bytes = st.store.read_artifact(record)?;
-            (from, target, bytes, st.store.artifact(&record.sha256))
+            (
+                record.sha256.clone(),
+                bytes,
+                st.store.artifact(&record.sha256),
+            )
         };
         // Without the state lock, like a deploy's load.
         let plugin = self
             .load(name, &entry.config, &path, &bytes, &entry.gate, true)
             .map_err(|e| DeployError::Refused(e, from))?;
+        if share {
+            self.publish_version(name, entry, &sha256, &bytes, Some(reason))?;
+        }
         let (load_ms, loaded_from) = (plugin.load_time().as_secs_f64() * 1e3, plugin.loaded_from());
         let mut st = entry.lock();
         // An automatic rollback may have changed the active version meanwhile: what this
         // rollback was asked to undo is gone.
         let active = entry.slot.version();
         if active != from {
+            entry.follow_own_record(share);
             return Err(DeployError::ChangedDuringRollback {
                 plugin: name.to_string(),
                 expected: from,
@@ -861,13 +953,14 @@ impl Registry {
             activation: activation(),
             probation: None,
         });
-        if let Err(e) = st.store.roll_back(target, "rolled back by command") {
+        if let Err(e) = st.store.roll_back(target, reason) {
             entry.slot.swap(before.reactivated());
+            entry.follow_own_record(share);
             return Err(e.into());
         }
         st.swaps += 1;
         st.rollbacks += 1;
-        tracing::warn!(plugin = %name, from, to = target, "rolled back by command");
+        tracing::warn!(plugin = %name, from, to = target, "{reason}");
         let live = entry.slot.live.load_full();
         Ok(Deployed {
             version: st.view(target, &live),
@@ -995,17 +1088,20 @@ impl Registry {
 
     /// Records an automatic rollback a slot made.
     fn rolled_back(&self, plugin: &PluginName, from: u64, to: u64, reason: &str) {
-        let Some(entry) = self.entries.get(plugin) else {
+        let Some((name, entry)) = self.entries.get_key_value(plugin) else {
             return;
         };
-        let mut st = entry.lock();
-        st.swaps += 1;
-        st.rollbacks += 1;
-        if st.store.active().map(|v| v.seq) == Some(from)
-            && let Err(e) = st.store.roll_back(to, reason)
         {
-            tracing::error!(plugin = %plugin, "cannot record the automatic rollback: {e}");
+            let mut st = entry.lock();
+            st.swaps += 1;
+            st.rollbacks += 1;
+            if st.store.active().map(|v| v.seq) == Some(from)
+                && let Err(e) = st.store.roll_back(to, reason)
+            {
+                tracing::error!(plugin = %plugin, "cannot record the automatic rollback: {e}");
+            }
         }
+        self.publish_rollback(name, entry, to, reason);
     }
 
     /// Every plugin with its versions.
@@ -1030,6 +1126,16 @@ impl Registry {
 impl Entry {
     fn lock(&self) -> MutexGuard<'_, EntryState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// After this host recorded a version in the cluster (`recorded`) and then did not swap it
+    /// in: the record is followed like another host's when the watcher delivers it. Under
+    /// `changing`.
+    fn follow_own_record(&self, recorded: bool) {
+        if recorded {
+            self.cluster_revision
+                .store(0, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Taken by a deploy or rollback for its whole length (see [`Entry::changing`]).

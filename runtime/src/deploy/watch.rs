@@ -1,5 +1,6 @@
-//! The reloader: one thread that deploys plugin files when they change (watched with `notify`)
-//! and records the automatic rollbacks slots make.
+//! The reloader: one thread that deploys plugin files when they change (watched with `notify`),
+//! records the automatic rollbacks slots make, and (with several hosts) activates the versions
+//! the cluster records.
 //!
 //! A file is taken when it is complete. Writers finish in one of three ways, and each is a
 //! signal to take the file at once: closing a file written in place or truncated and rewritten
@@ -148,6 +149,11 @@ fn run(
                 to,
                 reason,
             }) => registry.rolled_back(&plugin, from, to, &reason),
+            Ok(Work::Cluster {
+                plugin,
+                record,
+                revision,
+            }) => registry.follow(&plugin, record, revision),
             Ok(Work::Fs(Err(e))) => tracing::warn!("watching plugin files: {e}"),
             Ok(Work::Fs(Ok(event))) => {
                 tracing::trace!(?event, "plugin directory event");

@@ -189,12 +189,15 @@ impl Runtime {
                     .context("cannot use the NATS JetStream cluster of `broker.nats`")?,
             );
             let storage: Arc<dyn Storage> = Arc::clone(&nats) as Arc<dyn Storage>;
-            let mut runtime = Runtime::start_on(config, storage, true)?;
+            let shared = nats
+                .plugin_versions()
+                .context("cannot use the plugin versions stored in the NATS JetStream cluster")?;
+            let mut runtime = Runtime::start_on(config, storage, true, Some(shared))?;
             runtime.cluster = Some(nats);
             return Ok(runtime);
         }
         let storage: Arc<dyn Storage> = Arc::new(open_storage(&config)?);
-        Runtime::start_on(config, storage, true)
+        Runtime::start_on(config, storage, true, None)
     }
 
     /// Validates a config the way [`Runtime::start`] would, loading (type-checking) every plugin,
@@ -204,10 +207,17 @@ impl Runtime {
             config,
             Arc::new(crate::storage::MemoryStorage::new()),
             false,
+            None,
         )
     }
 
-    fn start_on(config: Config, storage: Arc<dyn Storage>, cache: bool) -> anyhow::Result<Runtime> {
+    /// `shared`: where the plugin versions of several hosts are kept, if they are.
+    fn start_on(
+        config: Config,
+        storage: Arc<dyn Storage>,
+        cache: bool,
+        shared: Option<Arc<dyn crate::deploy::SharedVersions>>,
+    ) -> anyhow::Result<Runtime> {
         for name in config.destinations.keys() {
             storage.open_log(name).with_context(|| {
                 if config.server.repair || config.broker.nats().is_some() {
@@ -285,6 +295,7 @@ impl Runtime {
             Arc::clone(&host),
             Arc::clone(&storage),
             data_dir,
+            shared,
         )?);
         for b in &config.bindings {
             let world = plugins.slot(&b.plugin).map(|s| s.plugin().world());

@@ -14,6 +14,12 @@ pub const LEASES: &str = "weir_leases";
 pub const HOSTS: &str = "weir_hosts";
 /// Bucket of every plugin's key-value state.
 pub const PLUGIN_KV: &str = "weir_kv";
+/// Bucket of each plugin's active-version record (see `plugins.rs`).
+pub const PLUGIN_VERSIONS: &str = "weir_plugins";
+/// Stream of plugin components, by SHA-256.
+pub const PLUGIN_COMPONENTS: &str = "WEIR_plugins";
+/// The subjects of [`PLUGIN_COMPONENTS`] start with this.
+pub const PLUGIN_SUBJECTS: &str = "weir.plugins";
 
 /// `name` with every byte but `[A-Za-z0-9-]` written as `_xx`.
 pub fn escape(name: &str) -> String {

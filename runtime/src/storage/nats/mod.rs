@@ -7,7 +7,9 @@
 //! - each binding runs per partition, on the one host holding the partition's lease
 //!   (`ownership.rs`), whose progress and outbox are one commit record written with
 //!   compare-and-set (`partition.rs`);
-//! - plugin key-value state is one bucket, mirrored in memory (`kv.rs`).
+//! - plugin key-value state is one bucket, mirrored in memory (`kv.rs`);
+//! - plugin versions: components by SHA-256 in a stream, each plugin's active version in a
+//!   bucket written with compare-and-set (`plugins.rs`, for `deploy::cluster`).
 //!
 //! The trait is synchronous in places (`kv_get` runs inside a plugin, `read` inside the
 //! engine's loop), so everything the engine reads is served from memory; the network calls
@@ -21,6 +23,7 @@ mod layout;
 pub mod observe;
 mod ownership;
 mod partition;
+mod plugins;
 mod streams;
 
 use std::collections::HashMap;
@@ -236,6 +239,13 @@ impl NatsStorage {
         let (own, inner) = (Arc::clone(&self.ownership), Arc::clone(&self.inner));
         self.inner.handle.spawn(own.run(inner, bindings));
         rx
+    }
+
+    /// The plugin versions the hosts of this cluster share (makes their stream and bucket).
+    pub fn plugin_versions(&self) -> Result<Arc<dyn crate::deploy::SharedVersions>, StorageError> {
+        Ok(Arc::new(plugins::NatsPluginVersions::open(Arc::clone(
+            &self.inner,
+        ))?))
     }
 
     /// Gives a partition back once its engine stopped.
