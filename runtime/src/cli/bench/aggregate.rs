@@ -85,7 +85,9 @@ fn measure(args: &AggregateArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         1 << 20,
         None,
     )?);
-    let host = Host::new(HostOptions::default().max_instances(16))?;
+    // Commands to an order overlap when round trips outlast the interval between them (a
+    // loaded machine), each on an instance of its own: room for many (16 ran out under CI).
+    let host = Host::new(HostOptions::default().max_instances(256))?;
     let runner = |name: &str, snapshot_every: u64| -> anyhow::Result<Arc<AggregateRunner>> {
         let aggregate = host
             .load_aggregate(
