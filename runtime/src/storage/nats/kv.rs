@@ -327,6 +327,19 @@ impl Mirror {
                 if now.as_deref() == value {
                     self.set_applied(plugin, key, rev, reapply.then_some(value));
                     Ok(Applied::Done)
+                } else if rev < revision {
+                    // The bucket went back: it no longer holds revisions this host saw applied
+                    // (JetStream lost acknowledged writes when a node died). The mirror's value
+                    // is the committed one, so it is written again over what the bucket holds
+                    // now; without this every later write of the key would be refused.
+                    tracing::warn!(plugin = %plugin, key, "nats: the key-value bucket lost writes (revision {rev}, this host saw {revision}); writing the key again");
+                    let mut s = self.state.lock().expect("mirror lock");
+                    if let Some(m) = s.meta.get_mut(&(plugin.clone(), key.to_owned())) {
+                        m.revision = rev;
+                    }
+                    Err(StorageError::Remote(
+                        "the key-value bucket went back".into(),
+                    ))
                 } else {
                     // The mirror holds what the bucket holds, not the write that was refused
                     // (unless the watcher already brought something newer).
