@@ -11,20 +11,17 @@ use crate::support::{Server, plugin_toml, wait_for};
 
 const BINDING: &str = "in.counter";
 
+/// The `[server]` and `[broker]` tables of a host on `cluster`, with 2 s leases.
+fn broker_toml(cluster: &Cluster, partitions: u32) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[broker]\nkind = \"nats\"\n\n[broker.nats]\n{}\npartitions = {partitions}\nlease = \"2s\"\n",
+        cluster.servers_toml()
+    )
+}
+
 fn config(cluster: &Cluster, plugin: &str, guarantee: &str) -> String {
     format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[broker]
-kind = "nats"
-
-[broker.nats]
-{}
-partitions = 4
-lease = "2s"
-
+        r#"{}
 [queues.in]
 [topics.out]
 
@@ -36,7 +33,7 @@ plugin = "{plugin}"
 guarantee = "{guarantee}"
 ordering = "key"
 "#,
-        cluster.servers_toml(),
+        broker_toml(cluster, 4),
         plugin_toml(plugin, "publish = [\"out\"]"),
     )
 }
@@ -434,18 +431,7 @@ fn signal(pid: &str, signal: &str) {
 fn request_reply_dead_letters_redrive_and_replay_work_on_nats() {
     let cluster = Cluster::start();
     let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[broker]
-kind = "nats"
-
-[broker.nats]
-{}
-partitions = 2
-lease = "2s"
-
+        r#"{}
 [queues.counts]
 [queues.jobs]
 
@@ -462,7 +448,7 @@ source = "jobs"
 plugin = "fail"
 max_attempts = 1
 "#,
-        cluster.servers_toml(),
+        broker_toml(&cluster, 2),
         plugin_toml("counter", ""),
         plugin_toml("fail", ""),
     );
