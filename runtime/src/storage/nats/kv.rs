@@ -328,11 +328,14 @@ impl Mirror {
                     self.set_applied(plugin, key, rev, reapply.then_some(value));
                     Ok(Applied::Done)
                 } else if rev < revision {
-                    // The bucket went back: it no longer holds revisions this host saw applied
-                    // (JetStream lost acknowledged writes when a node died). The mirror's value
-                    // is the committed one, so it is written again over what the bucket holds
-                    // now; without this every later write of the key would be refused.
-                    tracing::warn!(plugin = %plugin, key, "nats: the key-value bucket lost writes (revision {rev}, this host saw {revision}); writing the key again");
+                    // The bucket went back: it no longer holds revisions this host saw applied.
+                    // Reads go to the stream's leader (no direct gets, which a restarted
+                    // replica answers with old revisions), so this is JetStream having lost
+                    // acknowledged writes. The mirror's value is the committed one, so it is
+                    // written again over what the bucket holds now; without this every later
+                    // write of the key would be refused. Should the read have been stale after
+                    // all, the write's compare-and-set fails and the key is read again.
+                    tracing::warn!(plugin = %plugin, key, "nats: the key-value bucket went back (revision {rev}, this host saw {revision}); writing the key again");
                     let mut s = self.state.lock().expect("mirror lock");
                     if let Some(m) = s.meta.get_mut(&(plugin.clone(), key.to_owned())) {
                         m.revision = rev;

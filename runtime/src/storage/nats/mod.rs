@@ -354,18 +354,32 @@ async fn bucket(
         max_age: max_age.unwrap_or_default(),
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        // Every read goes to the stream's leader. A direct get may be answered by any replica,
+        // and on nats-server before 2.9.17 a replica that restarted answers with revisions
+        // from before its kill until it catches up (nats-server#4162): a host then takes a
+        // stale revision for the bucket's and its compare-and-set writes of the key fail.
+        allow_direct: false,
         num_replicas: replicas,
         discard: stream::DiscardPolicy::New,
         storage: stream::StorageType::File,
         ..Default::default()
     };
-    let mut s = js.get_or_create_stream(config).await.map_err(|e| {
+    let mut s = js.get_or_create_stream(config.clone()).await.map_err(|e| {
         StorageError::Remote(format!(
             "cannot create the bucket `{name}` with {replicas} replicas: {e}"
         ))
     })?;
     check_replicas(&mut s, replicas).await?;
+    if s.cached_info().config.allow_direct {
+        // Made by an earlier weir with direct gets on: turn them off (see above).
+        let mut updated = s.cached_info().config.clone();
+        updated.allow_direct = false;
+        js.update_stream(updated).await.map_err(|e| {
+            StorageError::Remote(format!(
+                "cannot turn off direct gets on the bucket `{name}`: {e}"
+            ))
+        })?;
+    }
     js.get_key_value(name).await.map_err(remote)
 }
 
