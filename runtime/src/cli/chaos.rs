@@ -52,7 +52,8 @@ pub struct ChaosArgs {
     /// Keep the store in this directory instead of a temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// `deliver`: the binding's guarantee (`exactly-once`, `at-least-once`, `at-most-once`).
+    /// `deliver`, `cluster`: the binding's guarantee (`exactly-once`, `at-least-once`,
+    /// `at-most-once`; `cluster` takes the first two).
     #[arg(long, default_value = "exactly-once")]
     pub(super) guarantee: Guarantee,
     /// `deliver`, `streams`: the counting plugin (the `counter` example, which forwards each message to

@@ -1,7 +1,7 @@
 //! `weir chaos --scenario cluster`: `--hosts` weir hosts (default 2) with one config on a
 //! 3-node NATS JetStream cluster started by this command ([`NatsCluster`]); the `counter`
-//! plugin at exactly-once with `ordering = "key"` handles the queue `in` and forwards every
-//! input to the topic `out`, counting per key. Publishers keep a steady load: each input has
+//! plugin at `--guarantee` (exactly-once, or at-least-once) with `ordering = "key"` handles the
+//! queue `in` and forwards every input to the topic `out`, counting per key. Publishers keep a steady load: each input has
 //! the id `in-<i>` and is retried, to whichever host answers, until one acknowledges it (so
 //! every input sent is acknowledged in the end, and a retry never stores it twice). `--kills`
 //! times, after a random stretch of load, a random weir host or a random NATS node (a coin
@@ -11,7 +11,9 @@
 //! At the end, once the outputs have caught up: the input stream must hold exactly the
 //! acknowledged ids, once each; `out` each input once (no duplicates, none missing) and, per
 //! key, in the order of the input stream; and every host's `count/<key>` must equal the
-//! inputs of the key. `ok` only if all hold.
+//! inputs of the key. `ok` only if all hold. At-least-once may handle an input more than once:
+//! its duplicates are counted, not failures, and a count may be above the key's inputs, never
+//! below; the first copies of the outputs must still be complete and in order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -27,6 +29,7 @@ use serde_json::Value;
 use super::chaos::{ChaosArgs, Server, XorShift};
 use super::chaos_deliver::counter_value;
 use super::nats_cluster::{self, NatsCluster};
+use crate::config::Guarantee;
 
 const PARTITIONS: usize = 4;
 const BINDING: &str = "in.counter";
@@ -43,6 +46,7 @@ const DEADLINE: Duration = Duration::from_secs(120);
 #[derive(Debug, Default, serde::Serialize)]
 struct Report {
     scenario: &'static str,
+    guarantee: String,
     seed: u64,
     hosts: u32,
     kills: u32,
@@ -57,10 +61,11 @@ struct Report {
     /// In the input stream and never acknowledged.
     inputs_unexpected: u64,
     outputs: u64,
+    /// Outputs of an input already output (allowed at least once).
     duplicates: u64,
     missing: u64,
     order_violations: u64,
-    /// (host, key) pairs whose count is wrong.
+    /// (host, key) pairs whose count is wrong (at least once: below the key's inputs).
     count_mismatches: u64,
     /// Whether the outputs caught up with the inputs before the deadline.
     caught_up: bool,
@@ -78,6 +83,11 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         bail!(
             "plugin `{}` not found; build the example plugins with `scripts/build-plugins` (from the repository root) or pass --plugin",
             args.plugin.display()
+        );
+    }
+    if args.guarantee == Guarantee::AtMostOnce {
+        bail!(
+            "--scenario cluster checks exactly-once or at-least-once (at-most-once may lose work by design)"
         );
     }
     let started = Instant::now();
@@ -117,6 +127,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
 
     let mut report = Report {
         scenario: "cluster",
+        guarantee: args.guarantee.to_string(),
         seed,
         hosts: args.hosts,
         ..Report::default()
@@ -179,7 +190,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
     let waited = Instant::now();
     report.caught_up = reader.wait_outputs(acked.len() as u64)?;
     report.catch_up_seconds = (waited.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-    check(&reader, &live, &acked, &mut report)?;
+    check(&reader, &live, &acked, args.guarantee, &mut report)?;
     if !report.caught_up {
         for i in 0..hosts {
             print_log_tail(dir, i);
@@ -200,7 +211,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
         && report.inputs_lost == 0
         && report.inputs_duplicated == 0
         && report.inputs_unexpected == 0
-        && report.duplicates == 0
+        && (report.duplicates == 0 || args.guarantee == Guarantee::AtLeastOnce)
         && report.missing == 0
         && report.order_violations == 0
         && report.count_mismatches == 0;
@@ -256,9 +267,10 @@ fn config(args: &ChaosArgs, cluster: &NatsCluster) -> anyhow::Result<String> {
          [queues.in]\n[topics.out]\n\
          [plugins.counter]\npath = {:?}\npublish = [\"out\"]\n\
          [[bindings]]\nname = \"{BINDING}\"\nsource = \"in\"\nplugin = \"counter\"\n\
-         guarantee = \"exactly-once\"\nordering = \"key\"\n",
+         guarantee = \"{}\"\nordering = \"key\"\n",
         cluster.servers_toml(),
-        plugin.display().to_string()
+        plugin.display().to_string(),
+        args.guarantee
     ))
 }
 
@@ -446,6 +458,7 @@ fn check(
     reader: &Reader,
     hosts: &[String],
     acked: &BTreeMap<u64, String>,
+    guarantee: Guarantee,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     // The input stream: each id once, exactly the acknowledged ones; its order per key.
@@ -478,7 +491,23 @@ fn check(
         .values()
         .flat_map(|is| is.iter().enumerate().map(|(p, i)| (*i, p)))
         .collect();
-    let outputs = reader.read_all("out")?;
+    // At least once, `out` may reach the inputs' number with duplicates before the last first
+    // copies are in: read again until none is missing or the deadline passes.
+    let deadline = Instant::now() + DEADLINE;
+    let outputs = loop {
+        let outputs = reader.read_all("out")?;
+        let present: std::collections::HashSet<u64> = outputs
+            .iter()
+            .filter_map(|m| m["payload"].as_str()?.parse().ok())
+            .collect();
+        if guarantee != Guarantee::AtLeastOnce
+            || copies.keys().all(|i| present.contains(i))
+            || Instant::now() > deadline
+        {
+            break outputs;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     report.outputs = outputs.len() as u64;
     let mut seen: HashMap<u64, u64> = HashMap::new();
     let mut last_by_key: HashMap<String, usize> = HashMap::new();
@@ -512,11 +541,16 @@ fn check(
     for url in hosts {
         loop {
             let got = reader.counts(url)?;
-            if got == want || Instant::now() > deadline {
-                report.count_mismatches +=
-                    want.iter().filter(|(k, n)| got.get(*k) != Some(n)).count() as u64
-                        + got.keys().filter(|k| !want.contains_key(*k)).count() as u64;
-                if got != want {
+            // At least once a key's count may be above its inputs (an input handled twice).
+            let wrong = |k: &String, n: &u64| match (got.get(k), guarantee) {
+                (Some(g), Guarantee::AtLeastOnce) => g < n,
+                (g, _) => g != Some(n),
+            };
+            let mismatches = want.iter().filter(|(k, n)| wrong(k, n)).count() as u64
+                + got.keys().filter(|k| !want.contains_key(*k)).count() as u64;
+            if mismatches == 0 || Instant::now() > deadline {
+                report.count_mismatches += mismatches;
+                if mismatches > 0 {
                     println!("chaos: counts on {url}: {got:?}, expected {want:?}");
                 }
                 break;

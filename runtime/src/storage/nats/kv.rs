@@ -55,10 +55,22 @@ pub(super) struct Mirror {
 /// How long [`Mirror::caught_up`] waits for the watcher before restarting it.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a key may read older in the bucket than in the mirror before a write takes the
+/// bucket's revision and writes the mirror's value again (see [`Applied::Behind`]).
+const BEHIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What applying one write came to.
 enum Applied {
     Done,
     Conflict(String),
+    /// The bucket answered with a revision of the key below one this host saw applied. A
+    /// stream leader elected after a node kill can answer before it has applied everything
+    /// committed (nats-server 2.9), so this is taken for a stale answer and tried again; only
+    /// if it lasts [`BEHIND_PATIENCE`] is it taken for writes the bucket lost.
+    Behind {
+        rev: u64,
+        seen: u64,
+    },
 }
 
 impl Mirror {
@@ -195,9 +207,19 @@ impl Mirror {
             let me = std::sync::Arc::clone(self);
             tasks.spawn(async move {
                 let mut wait = std::time::Duration::from_millis(20);
+                let mut behind_since: Option<std::time::Instant> = None;
                 loop {
-                    match me.apply_one(&plugin, &key, value.as_deref(), reapply).await {
+                    let rewrite = behind_since.is_some_and(|t| t.elapsed() >= BEHIND_PATIENCE);
+                    match me.apply_one(&plugin, &key, value.as_deref(), reapply, rewrite).await {
                         Ok(Applied::Done) => break,
+                        Ok(Applied::Behind { rev, seen }) => {
+                            if behind_since.is_none() {
+                                tracing::warn!(plugin = %plugin, key, "nats: the key-value bucket answered with revision {rev} of the key, this host saw {seen} applied; trying again (a stream leader that has not caught up)");
+                                behind_since = Some(std::time::Instant::now());
+                            }
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                        }
                         Ok(Applied::Conflict(why)) => {
                             me.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::error!(plugin = %plugin, key, "nats: key-value write not applied: {why}");
@@ -271,6 +293,7 @@ impl Mirror {
         key: &str,
         value: Option<&[u8]>,
         reapply: bool,
+        rewrite: bool,
     ) -> Result<Applied, StorageError> {
         let k = layout::kv_key(plugin, key);
         let revision = {
@@ -327,15 +350,20 @@ impl Mirror {
                 if now.as_deref() == value {
                     self.set_applied(plugin, key, rev, reapply.then_some(value));
                     Ok(Applied::Done)
+                } else if rev < revision && !rewrite {
+                    // Never take an older value for the key's: a stale answer (see
+                    // `Applied::Behind`). The mirror keeps what it holds.
+                    Ok(Applied::Behind {
+                        rev,
+                        seen: revision,
+                    })
                 } else if rev < revision {
-                    // The bucket went back: it no longer holds revisions this host saw applied.
-                    // Reads go to the stream's leader (no direct gets, which a restarted
-                    // replica answers with old revisions), so this is JetStream having lost
-                    // acknowledged writes. The mirror's value is the committed one, so it is
+                    // Older for `BEHIND_PATIENCE`: the bucket went back (JetStream lost
+                    // acknowledged writes). The mirror's value is the committed one, so it is
                     // written again over what the bucket holds now; without this every later
-                    // write of the key would be refused. Should the read have been stale after
-                    // all, the write's compare-and-set fails and the key is read again.
-                    tracing::warn!(plugin = %plugin, key, "nats: the key-value bucket went back (revision {rev}, this host saw {revision}); writing the key again");
+                    // write of the key would be refused. Should the answer have been stale
+                    // after all, the write's compare-and-set fails and the key is read again.
+                    tracing::error!(plugin = %plugin, key, "nats: the key-value bucket went back (revision {rev}, this host saw {revision}) for {BEHIND_PATIENCE:?}; writing the key again");
                     let mut s = self.state.lock().expect("mirror lock");
                     if let Some(m) = s.meta.get_mut(&(plugin.clone(), key.to_owned())) {
                         m.revision = rev;
