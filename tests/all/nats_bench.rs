@@ -110,3 +110,65 @@ fn chaos_cluster_survives_killed_hosts_and_nodes() {
         assert_eq!(j[zero], 0, "{zero}: {j}");
     }
 }
+
+/// At least once across the same kills: every acknowledged input is handled (its output in
+/// `out`, in per-key order by first copy) and no count is below its key's inputs; copies
+/// handled twice are reported, not failures.
+#[test]
+fn chaos_cluster_at_least_once_handles_every_input_across_kills() {
+    let _turn = nats_support::one_at_a_time();
+    nats_support::nats_server();
+    let dir = tempfile::tempdir().unwrap();
+    let counter = plugin("counter");
+    let (code, out, err) = weir(
+        &[
+            "chaos",
+            "--scenario",
+            "cluster",
+            "--guarantee",
+            "at-least-once",
+            "--kills",
+            "2",
+            "--plugin",
+            counter.to_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let j = last_json(&out, &err);
+    assert_eq!(j["guarantee"], "at-least-once", "{j}");
+    assert_eq!(j["ok"], true, "{j}");
+    let acked = j["inputs_acked"].as_u64().unwrap();
+    assert!(acked > 0, "{j}");
+    assert_eq!(j["inputs_stored"], acked, "{j}");
+    assert!(j["outputs"].as_u64().unwrap() >= acked, "{j}");
+    for zero in [
+        "inputs_lost",
+        "missing",
+        "order_violations",
+        "count_mismatches",
+    ] {
+        assert_eq!(j[zero], 0, "{zero}: {j}");
+    }
+}
+
+#[test]
+fn chaos_cluster_refuses_at_most_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = plugin("counter");
+    let (code, out, err) = weir(
+        &[
+            "chaos",
+            "--scenario",
+            "cluster",
+            "--guarantee",
+            "at-most-once",
+            "--plugin",
+            counter.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(err.contains("exactly-once or at-least-once"), "{err}");
+}

@@ -40,6 +40,7 @@ pub struct LogOptions {
     pub(crate) index_interval_bytes: u64,
     pub(crate) max_pending_bytes: usize,
     pub(crate) sync_threads: usize,
+    pub(crate) commit_delay: Duration,
     pub(crate) verify_sealed: bool,
     pub(crate) dedup: bool,
     pub(crate) segment_records: u64,
@@ -57,6 +58,12 @@ impl Default for LogOptions {
             index_interval_bytes: 4096,
             max_pending_bytes: 64 << 20,
             sync_threads: 4,
+            commit_delay: Duration::from_micros(
+                std::env::var("WEIR_COMMIT_DELAY_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
             verify_sealed: false,
             dedup: true,
             segment_records: 1 << 18,

@@ -122,6 +122,11 @@ pub(crate) struct SyncQueue {
     /// Sync threads waiting on `sync_cv`: the writer wakes one only when one waits (the
     /// others take `latest` when their fsync returns).
     pub idle: usize,
+    /// The highest end an fsync has started for.
+    pub started: u64,
+    /// A sync thread is holding its fsync back for more writes (see `run_syncer`): the others
+    /// leave `latest` to it.
+    pub gathering: bool,
 }
 
 #[derive(Debug)]

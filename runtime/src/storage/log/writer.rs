@@ -83,12 +83,14 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
         match shared.opts.durability {
             Durability::Always => {
                 let path = shared.read_segments().active.path.clone();
-                let idle = {
+                let (idle, gathering) = {
                     let mut q = lock(&shared.sync_queue);
                     q.latest = Some(SyncJob { path, end });
-                    q.idle > 0
+                    (q.idle > 0, q.gathering)
                 };
-                if idle {
+                if gathering {
+                    shared.sync_cv.notify_all();
+                } else if idle {
                     shared.sync_cv.notify_one();
                 }
             }
@@ -285,14 +287,22 @@ fn prune_ids(shared: &Shared, sealed_end: u64, ids: &[(u64, u64)]) {
     }
 }
 
+/// A commit delay applies to an fsync covering at least this many records (fewer: too few
+/// writers in flight for waiting to gather more)...
+const GATHER_SIBLINGS: u64 = 8;
+/// ...and fewer than this many (a batch this large already shares its fsync well).
+const GATHER_FULL: u64 = 64;
+
 /// Runs one sync thread until the log is closed or stopped.
 pub(crate) fn run_syncer(shared: Arc<Shared>) {
     let mut handle: Option<(std::path::PathBuf, Arc<dyn SegmentFile>)> = None;
     loop {
         let job = {
             let mut q = lock(&shared.sync_queue);
-            loop {
-                if let Some(job) = q.latest.take() {
+            let mut job = loop {
+                if !q.gathering
+                    && let Some(job) = q.latest.take()
+                {
                     break job;
                 }
                 if q.closed {
@@ -304,7 +314,40 @@ pub(crate) fn run_syncer(shared: Arc<Shared>) {
                     .wait(q)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 q.idle -= 1;
+            };
+            // Commit delay (PostgreSQL's `commit_delay` with `commit_siblings`): an fsync that
+            // would cover only a few records while several are in flight waits a moment for
+            // more writes, so concurrent single-record publishers share fsyncs. Never for a
+            // lone writer (no siblings) nor for a batch already large.
+            let delay = shared.opts.commit_delay;
+            let records = job.end.saturating_sub(q.started);
+            if !delay.is_zero() && (GATHER_SIBLINGS..GATHER_FULL).contains(&records) {
+                let deadline = Instant::now() + delay;
+                q.gathering = true;
+                loop {
+                    if let Some(newer) = q.latest.take() {
+                        job = newer;
+                    }
+                    let now = Instant::now();
+                    if q.closed
+                        || job.end.saturating_sub(q.started) >= GATHER_FULL
+                        || now >= deadline
+                    {
+                        break;
+                    }
+                    q = shared
+                        .sync_cv
+                        .wait_timeout(q, deadline - now)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+                q.gathering = false;
+                if q.latest.is_some() && q.idle > 0 {
+                    shared.sync_cv.notify_one();
+                }
             }
+            q.started = q.started.max(job.end);
+            job
         };
         if handle.as_ref().is_none_or(|(p, _)| *p != job.path) {
             match shared.opts.io.open(&job.path, false) {
