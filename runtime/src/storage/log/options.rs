@@ -58,12 +58,7 @@ impl Default for LogOptions {
             index_interval_bytes: 4096,
             max_pending_bytes: 64 << 20,
             sync_threads: 4,
-            commit_delay: Duration::from_micros(
-                std::env::var("WEIR_COMMIT_DELAY_US")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            ),
+            commit_delay: Duration::from_micros(300),
             verify_sealed: false,
             dedup: true,
             segment_records: 1 << 18,
@@ -120,6 +115,16 @@ impl LogOptions {
     #[must_use]
     pub fn sync_threads(mut self, threads: usize) -> LogOptions {
         self.sync_threads = threads.max(1);
+        self
+    }
+
+    /// How long an fsync that would cover only a few records, while at least 8 wait for
+    /// durability, waits for more writes first (PostgreSQL's `commit_delay` with
+    /// `commit_siblings`): concurrent single-record publishers then share fsyncs. A lone writer
+    /// and a batch of 64 records or more never wait. Default: 300 µs; zero turns it off.
+    #[must_use]
+    pub fn commit_delay(mut self, delay: Duration) -> LogOptions {
+        self.commit_delay = delay;
         self
     }
 

@@ -287,10 +287,11 @@ fn prune_ids(shared: &Shared, sealed_end: u64, ids: &[(u64, u64)]) {
     }
 }
 
-/// A commit delay applies to an fsync covering at least this many records (fewer: too few
-/// writers in flight for waiting to gather more)...
+/// A commit delay applies while at least this many records wait for durability (fewer: too
+/// few writers in flight for waiting to gather more)...
 const GATHER_SIBLINGS: u64 = 8;
-/// ...and fewer than this many (a batch this large already shares its fsync well).
+/// ...and to an fsync that would cover fewer than this many (a batch this large already
+/// shares its fsync well).
 const GATHER_FULL: u64 = 64;
 
 /// Runs one sync thread until the log is closed or stopped.
@@ -320,8 +321,13 @@ pub(crate) fn run_syncer(shared: Arc<Shared>) {
             // more writes, so concurrent single-record publishers share fsyncs. Never for a
             // lone writer (no siblings) nor for a batch already large.
             let delay = shared.opts.commit_delay;
-            let records = job.end.saturating_sub(q.started);
-            if !delay.is_zero() && (GATHER_SIBLINGS..GATHER_FULL).contains(&records) {
+            let in_flight = job
+                .end
+                .saturating_sub(shared.committed.load(std::sync::atomic::Ordering::Acquire));
+            if !delay.is_zero()
+                && in_flight >= GATHER_SIBLINGS
+                && job.end.saturating_sub(q.started) < GATHER_FULL
+            {
                 let deadline = Instant::now() + delay;
                 q.gathering = true;
                 loop {
