@@ -65,27 +65,31 @@ fn bench_e2e_on_nats_reports_weir_the_embedded_store_and_the_ceiling() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-#[test]
-fn chaos_cluster_survives_killed_hosts_and_nodes() {
+/// `weir chaos --scenario cluster --kills 2 --json` with `extra` arguments; its report.
+fn chaos_cluster(extra: &[&str]) -> Value {
     let _turn = nats_support::one_at_a_time();
     nats_support::nats_server();
     let dir = tempfile::tempdir().unwrap();
     let counter = plugin("counter");
-    let (code, out, err) = weir(
-        &[
-            "chaos",
-            "--scenario",
-            "cluster",
-            "--kills",
-            "2",
-            "--plugin",
-            counter.to_str().unwrap(),
-            "--json",
-        ],
-        dir.path(),
-    );
+    let mut args = vec![
+        "chaos",
+        "--scenario",
+        "cluster",
+        "--kills",
+        "2",
+        "--plugin",
+        counter.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = weir(&args, dir.path());
     assert_eq!(code, 0, "{out}\n{err}");
-    let j = last_json(&out, &err);
+    last_json(&out, &err)
+}
+
+#[test]
+fn chaos_cluster_survives_killed_hosts_and_nodes() {
+    let j = chaos_cluster(&[]);
     assert_eq!(j["scenario"], "cluster", "{j}");
     assert_eq!(j["ok"], true, "{j}");
     assert_eq!(j["kills"], 2, "{j}");
@@ -116,27 +120,7 @@ fn chaos_cluster_survives_killed_hosts_and_nodes() {
 /// handled twice are reported, not failures.
 #[test]
 fn chaos_cluster_at_least_once_handles_every_input_across_kills() {
-    let _turn = nats_support::one_at_a_time();
-    nats_support::nats_server();
-    let dir = tempfile::tempdir().unwrap();
-    let counter = plugin("counter");
-    let (code, out, err) = weir(
-        &[
-            "chaos",
-            "--scenario",
-            "cluster",
-            "--guarantee",
-            "at-least-once",
-            "--kills",
-            "2",
-            "--plugin",
-            counter.to_str().unwrap(),
-            "--json",
-        ],
-        dir.path(),
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
-    let j = last_json(&out, &err);
+    let j = chaos_cluster(&["--guarantee", "at-least-once"]);
     assert_eq!(j["guarantee"], "at-least-once", "{j}");
     assert_eq!(j["ok"], true, "{j}");
     let acked = j["inputs_acked"].as_u64().unwrap();

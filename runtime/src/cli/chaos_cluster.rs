@@ -1,8 +1,9 @@
 //! `weir chaos --scenario cluster`: `--hosts` weir hosts (default 2) with one config on a
 //! 3-node NATS JetStream cluster started by this command ([`NatsCluster`]); the `counter`
 //! plugin at `--guarantee` (exactly-once, or at-least-once) with `ordering = "key"` handles the
-//! queue `in` and forwards every input to the topic `out`, counting per key. Publishers keep a steady load: each input has
-//! the id `in-<i>` and is retried, to whichever host answers, until one acknowledges it (so
+//! queue `in` and forwards every input to the topic `out`, counting per key. Publishers keep a
+//! steady load: each input has the id `in-<i>` and is retried, to whichever host answers, until
+//! one acknowledges it (so
 //! every input sent is acknowledged in the end, and a retry never stores it twice). `--kills`
 //! times, after a random stretch of load, a random weir host or a random NATS node (a coin
 //! from the seeded generator, the seed printed) is SIGKILLed and, after a random pause,

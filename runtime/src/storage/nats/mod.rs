@@ -364,7 +364,7 @@ async fn bucket(
         storage: stream::StorageType::File,
         ..Default::default()
     };
-    let mut s = js.get_or_create_stream(config.clone()).await.map_err(|e| {
+    let mut s = js.get_or_create_stream(config).await.map_err(|e| {
         StorageError::Remote(format!(
             "cannot create the bucket `{name}` with {replicas} replicas: {e}"
         ))
