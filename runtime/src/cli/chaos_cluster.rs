@@ -155,7 +155,7 @@ pub(super) fn run(args: &ChaosArgs, dir: &Path, seed: u64) -> anyhow::Result<()>
             report.host_kills += 1;
             format!("weir host {i}")
         } else {
-            let i = (rng.next() % cluster.len() as u64) as usize;
+            let i = (rng.next() % cluster.node_count() as u64) as usize;
             cluster.kill_node(i);
             std::thread::sleep(Duration::from_millis(rng.next() % 1000));
             cluster.start_node(i)?;

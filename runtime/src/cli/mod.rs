@@ -12,7 +12,7 @@ mod chaos_deliver;
 mod chaos_streams;
 mod client;
 mod dlq;
-mod nats_cluster;
+pub mod nats_cluster;
 mod plugin;
 pub(super) mod progress;
 mod replay;

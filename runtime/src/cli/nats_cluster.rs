@@ -1,13 +1,15 @@
 //! A 3-node NATS JetStream cluster on free loopback ports in a temp dir, started by the `weir`
-//! binary itself for `weir bench e2e --broker nats` and `weir chaos --scenario cluster`
-//! (the tests have their own, `tests/all/nats_support.rs`). Debian's `nats-server`, installed
-//! with apt-get when missing (saying so); ready once every node sees a JetStream meta leader;
-//! a node can be SIGKILLed and started again; every node is killed on drop.
+//! binary itself for `weir bench e2e --broker nats` and `weir chaos --scenario cluster`, and
+//! by the integration tests. Debian's `nats-server`, installed with apt-get when missing
+//! (saying so); ready once every node sees a JetStream meta leader; a node can be SIGKILLed
+//! and started again; every node is killed on drop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -19,9 +21,15 @@ use crate::storage::nats_observe;
 const DEBIAN_PATH: &str = "/usr/sbin/nats-server";
 /// How long a node may take to see a meta leader.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Clusters tried, each on other ports, before giving up.
+const ATTEMPTS: usize = 3;
+/// The lowest port [`free_ports`] hands out.
+const LOWEST_PORT: usize = 10_000;
 
-/// The server binary, installed with apt-get if missing.
-fn nats_server() -> anyhow::Result<PathBuf> {
+/// The server binary, installed with apt-get if missing (one install at a time per process).
+pub fn nats_server() -> anyhow::Result<PathBuf> {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if Path::new(DEBIAN_PATH).is_file() {
         return Ok(DEBIAN_PATH.into());
     }
@@ -55,8 +63,41 @@ fn nats_server() -> anyhow::Result<PathBuf> {
     Ok(DEBIAN_PATH.into())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` loopback ports that are free now, below the kernel's ephemeral range
+/// (`ip_local_port_range`). A port the kernel handed out for port 0 could be handed out again,
+/// to another listener or as an outgoing connection's source port, between this check and the
+/// server binding it; on a machine busy with other tests that happened, a node failed to
+/// start and the cluster never saw a meta leader. Below the range only a program that picks
+/// its ports itself can take one: each process starts at its own place in the range and never
+/// hands out a port twice.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32_768)
+        .max(LOWEST_PORT + 1_000);
+    let span = low - LOWEST_PORT;
+    let start = std::process::id() as usize * 7_919 % span;
+    let _ = NEXT.compare_exchange(usize::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..span {
+        let port = (LOWEST_PORT + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+            if ports.len() == n {
+                return Ok(ports);
+            }
+        }
+    }
+    bail!("fewer than {n} free loopback ports in {LOWEST_PORT}..{low}")
+}
+
+/// The last lines of a node's log, for an error.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
 struct Node {
@@ -67,21 +108,39 @@ struct Node {
 }
 
 /// Three JetStream nodes routed to each other.
-pub(super) struct NatsCluster {
+pub struct NatsCluster {
     nodes: Vec<Node>,
     bin: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
-    /// Starts the cluster and waits until JetStream is available on every node.
-    pub(super) fn start() -> anyhow::Result<NatsCluster> {
+    /// Starts the cluster and waits until JetStream is available on every node. A cluster
+    /// that does not come up (a node exits, or no meta leader in time) is killed and started
+    /// again on other ports, up to [`ATTEMPTS`] times.
+    pub fn start() -> anyhow::Result<NatsCluster> {
         let bin = nats_server()?;
-        let dir = tempfile::Builder::new().prefix("weir-nats-").tempdir()?;
-        let mut ports = Vec::new();
-        for _ in 0..3 {
-            ports.push((free_port()?, free_port()?, free_port()?));
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(&bin) {
+                Ok(c) => return Ok(c),
+                Err(e) if attempt < ATTEMPTS => {
+                    eprintln!(
+                        "NATS cluster, attempt {attempt} of {ATTEMPTS}: {e:#}; trying again on other ports"
+                    );
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(e.context(format!("{ATTEMPTS} NATS clusters did not come up")));
+                }
+            }
         }
+    }
+
+    fn try_start(bin: &Path) -> anyhow::Result<NatsCluster> {
+        let dir = tempfile::Builder::new().prefix("weir-nats-").tempdir()?;
+        let ports = free_ports(9)?;
+        let ports: Vec<(u16, u16, u16)> = ports.chunks(3).map(|p| (p[0], p[1], p[2])).collect();
         let routes = ports
             .iter()
             .map(|(_, route, _)| format!("nats-route://127.0.0.1:{route}"))
@@ -108,7 +167,7 @@ impl NatsCluster {
         }
         let mut c = NatsCluster {
             nodes,
-            bin,
+            bin: bin.to_owned(),
             _dir: dir,
         };
         for i in 0..3 {
@@ -119,7 +178,7 @@ impl NatsCluster {
     }
 
     /// The client URLs of the nodes.
-    pub(super) fn urls(&self) -> Vec<String> {
+    pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
             .map(|n| format!("nats://127.0.0.1:{}", n.client))
@@ -127,17 +186,18 @@ impl NatsCluster {
     }
 
     /// `servers = [...]` for a weir config.
-    pub(super) fn servers_toml(&self) -> String {
+    pub fn servers_toml(&self) -> String {
         let urls: Vec<String> = self.urls().iter().map(|u| format!("{u:?}")).collect();
         format!("servers = [{}]", urls.join(", "))
     }
 
-    pub(super) fn len(&self) -> usize {
+    /// How many nodes the cluster has (running or not).
+    pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
 
     /// Starts node `i` (again), its log in `n<i>.log` of the cluster's directory.
-    pub(super) fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+    pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -155,7 +215,7 @@ impl NatsCluster {
     }
 
     /// SIGKILLs node `i`.
-    pub(super) fn kill_node(&mut self, i: usize) {
+    pub fn kill_node(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -163,7 +223,7 @@ impl NatsCluster {
     }
 
     /// Waits until every running node reports a JetStream meta leader of a 3-node cluster.
-    pub(super) fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(2)))
             .build()
@@ -176,10 +236,11 @@ impl NatsCluster {
             let url = format!("http://127.0.0.1:{}/jsz", n.http);
             loop {
                 if let Some(status) = child.try_wait()? {
+                    let log = n.config.with_extension("log");
                     bail!(
-                        "nats-server {} exited with {status}; see {}",
+                        "nats-server {} exited with {status}; its log ends:\n{}",
                         n.config.display(),
-                        n.config.with_extension("log").display()
+                        log_tail(&log)
                     );
                 }
                 let leader = || -> Option<()> {
@@ -202,7 +263,10 @@ impl NatsCluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("no JetStream meta leader on {url} after {READY_DEADLINE:?}");
+                    bail!(
+                        "no JetStream meta leader on {url} after {READY_DEADLINE:?}; its log ends:\n{}",
+                        log_tail(&n.config.with_extension("log"))
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -365,7 +365,7 @@ async fn ceiling(args: &E2eArgs, events: u64, cluster: &NatsCluster) -> anyhow::
     let config = stream::Config {
         name: "WEIR_CEILING".into(),
         subjects: vec![subject.into()],
-        num_replicas: cluster.len(),
+        num_replicas: cluster.node_count(),
         ..Default::default()
     };
     let stream = js
