@@ -71,18 +71,18 @@ pub fn nats_server() -> anyhow::Result<PathBuf> {
 /// its ports itself can take one: each process starts at its own place in the range and never
 /// hands out a port twice.
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    static HANDED_OUT: AtomicUsize = AtomicUsize::new(0);
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
         .unwrap_or(32_768)
         .max(LOWEST_PORT + 1_000);
     let span = low - LOWEST_PORT;
-    let start = std::process::id() as usize * 7_919 % span;
-    let _ = NEXT.compare_exchange(usize::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    let start = std::process::id() as usize * 7_919;
     let mut ports = Vec::with_capacity(n);
     for _ in 0..span {
-        let port = (LOWEST_PORT + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        let port = LOWEST_PORT + (start + HANDED_OUT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = port as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             ports.push(port);
             if ports.len() == n {
